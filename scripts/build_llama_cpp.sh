@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Build the one pinned llama.cpp: the llama-cpp-python wheel and the llama.cpp tools, both from
+# the llama.cpp source that the llama-cpp-python sdist vendors. The converter runs from the same
+# source tree. Results are cached in $LLAMA_CPP_DIR and reused when version and flags match.
+#
+#   scripts/build_llama_cpp.sh                       # CPU build on the host
+#   LLAMA_CMAKE_ARGS="-DGGML_CUDA=ON -DGGML_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=80;90" \
+#       scripts/build_llama_cpp.sh                   # CUDA build (the container does this)
+#
+# Environment: PYTHON (default: python3), LLAMA_CPP_DIR (default: build/llama.cpp),
+# LLAMA_CMAKE_ARGS (extra CMake flags for both builds), JOBS (default: all cores).
+set -euo pipefail
+
+VERSION=0.3.36   # llama-cpp-python; pins the llama.cpp commit it vendors
+PYTHON=${PYTHON:-python3}
+DIR=${LLAMA_CPP_DIR:-build/llama.cpp}
+CMAKE_FLAGS="-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF ${LLAMA_CMAKE_ARGS:-}"
+JOBS=${JOBS:-$(nproc)}
+TOOLS="llama-quantize llama-bench llama-cli llama-perplexity"
+STAMP="$VERSION $CMAKE_FLAGS"
+
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+SDIST="$DIR/llama_cpp_python-$VERSION.tar.gz"
+
+if [[ ! -f "$SDIST" ]]; then
+  echo "== fetching llama-cpp-python $VERSION sdist"
+  "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$DIR"
+fi
+
+if [[ ! -f "$DIR/src/convert_hf_to_gguf.py" ]]; then
+  echo "== unpacking the vendored llama.cpp source"
+  rm -rf "$DIR/src" "$DIR/unpack" && mkdir -p "$DIR/unpack"
+  tar xzf "$SDIST" -C "$DIR/unpack"
+  mv "$DIR/unpack/llama_cpp_python-$VERSION/vendor/llama.cpp" "$DIR/src"
+  rm -rf "$DIR/unpack"
+fi
+
+if [[ "$(cat "$DIR/wheel.stamp" 2>/dev/null)" != "$STAMP" ]] || ! ls "$DIR"/wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  echo "== building the llama-cpp-python wheel (about 6 minutes on 2 cores)"
+  rm -rf "$DIR/wheels"
+  CMAKE_ARGS="$CMAKE_FLAGS" CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
+    "$PYTHON" -m pip wheel --quiet --no-deps -w "$DIR/wheels" "$SDIST"
+  echo "$STAMP" > "$DIR/wheel.stamp"
+fi
+
+if [[ "$(cat "$DIR/tools.stamp" 2>/dev/null)" != "$STAMP" ]] || [[ ! -x "$DIR/cmake/bin/llama-quantize" ]]; then
+  echo "== building the llama.cpp tools: $TOOLS (about 4 minutes on 2 cores)"
+  # shellcheck disable=SC2086
+  cmake -S "$DIR/src" -B "$DIR/cmake" -DCMAKE_BUILD_TYPE=Release $CMAKE_FLAGS >/dev/null
+  # shellcheck disable=SC2086
+  cmake --build "$DIR/cmake" --config Release -j "$JOBS" --target $TOOLS
+  echo "$STAMP" > "$DIR/tools.stamp"
+fi
+
+echo "llama.cpp $VERSION ready: tools in $DIR/cmake/bin, wheel in $DIR/wheels, converter in $DIR/src"

@@ -1,0 +1,24 @@
+"""The edgetune command line: one sub-command per pipeline stage, plus tools around them."""
+
+import click
+
+from . import __version__
+from .convert import convert
+from .fetch_model import fetch_model
+from .merge import merge
+from .prepare import prepare
+from .quantize import quantize
+from .train import train
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__)
+def main():
+    """Fine-tune a small LLM, convert it to GGUF, quantize it, and measure every step.
+
+    Each stage reads its section of params.yaml; `dvc repro` runs them in order.
+    """
+
+
+for command in (fetch_model, prepare, train, merge, convert, quantize):
+    main.add_command(command)

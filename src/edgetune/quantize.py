@@ -1,0 +1,64 @@
+"""Stage quantize: f16 GGUF -> one quant type with llama.cpp's llama-quantize.
+
+It also records what the file really holds: tensor types by count and by weights, and bits per
+weight. Models whose width is not a multiple of 256 (Qwen2.5 0.5B: 896) fall back from k-quants
+to q5_0/q8_0 on many tensors, so "Q4_K_M" is not four and a half bits there.
+"""
+
+import collections
+import os
+from pathlib import Path
+
+import click
+
+from . import llamacpp
+from .errors import EdgetuneError
+from .files import atomic_path, write_json
+
+
+def file_type(name: str) -> str:
+    """Check a quant type name against the ones llama.cpp knows; return it upper-case."""
+    from gguf import LlamaFileType
+
+    known = sorted(t.name.removeprefix("MOSTLY_") for t in LlamaFileType if t.name.startswith("MOSTLY_"))
+    if name.upper() not in known:
+        raise EdgetuneError(
+            f"params.yaml: quantize.types: unknown quant type {name!r}. llama.cpp knows: {', '.join(k.lower() for k in known)}."
+        )
+    return name.upper()
+
+
+def tensor_stats(path: Path) -> dict:
+    """Tensor-type histogram and real bits per weight of a GGUF file."""
+    from gguf import GGUFReader
+
+    by_type = collections.defaultdict(lambda: {"tensors": 0, "weights": 0, "bytes": 0})
+    for t in GGUFReader(path).tensors:
+        entry = by_type[t.tensor_type.name.lower()]
+        entry["tensors"] += 1
+        entry["weights"] += int(t.n_elements)
+        entry["bytes"] += int(t.n_bytes)
+    weights = sum(e["weights"] for e in by_type.values())
+    tensor_bytes = sum(e["bytes"] for e in by_type.values())
+    return {
+        "model_bytes": path.stat().st_size,
+        "n_weights": weights,
+        "bits_per_weight": 8 * tensor_bytes / weights,
+        "tensor_types": dict(sorted(by_type.items(), key=lambda kv: -kv[1]["weights"])),
+    }
+
+
+@click.command("quantize")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="f16 GGUF.")
+@click.option("--type", "qtype", required=True, help="llama.cpp quant type, e.g. q4_k_m.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--stats", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON: tensor types and bits per weight.")
+def quantize(model: Path, qtype: str, out: Path, stats: Path):
+    """Quantize the f16 GGUF MODEL to TYPE with llama-quantize."""
+    name = file_type(qtype)
+    with atomic_path(out, ".gguf") as tmp:
+        llamacpp.run([llamacpp.tool("llama-quantize"), model, tmp, name, os.cpu_count() or 1], f"llama-quantize {name}")
+        result = {"type": qtype.lower(), **tensor_stats(tmp)}
+    write_json(stats, result)
+    types = ", ".join(f"{k}: {v['tensors']}" for k, v in result["tensor_types"].items())
+    click.echo(f"{out}: {result['model_bytes'] / 1e6:.0f} MB, {result['bits_per_weight']:.2f} bits/weight ({types})")
