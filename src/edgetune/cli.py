@@ -3,11 +3,14 @@
 import click
 
 from . import __version__
+from .baseline import baseline
 from .convert import convert
+from .evaluate import evaluate
 from .fetch_model import fetch_model
 from .merge import merge
 from .prepare import prepare
 from .quantize import quantize
+from .report import report
 from .train import train
 
 
@@ -20,5 +23,5 @@ def main():
     """
 
 
-for command in (fetch_model, prepare, train, merge, convert, quantize):
+for command in (fetch_model, prepare, train, merge, convert, quantize, baseline, evaluate, report):
     main.add_command(command)

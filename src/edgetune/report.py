@@ -1,0 +1,110 @@
+"""Stage report: every variant side by side -> metrics.json, summary.md and plot data.
+
+What a person reads first: per variant its size, bits per weight, accuracy, F1, speed, and the
+difference to the f16 GGUF, to the untuned model (its fair free-answer accuracy), and to the
+classical TF-IDF baseline.
+"""
+
+import json
+from pathlib import Path
+
+import click
+
+from .errors import EdgetuneError
+from .files import write_json, write_text
+
+ORDER = ["tfidf", "base", "f16"]  # then the quant types, largest first
+SCALARS = ("accuracy", "precision", "recall", "f1", "n_samples", "seconds_per_sample", "samples_per_second",
+           "prompt_tokens_per_second", "model_bytes", "bits_per_weight")
+
+
+def load_variants(eval_dir: Path) -> dict[str, dict]:
+    variants = {f.stem: json.loads(f.read_text()) for f in sorted(eval_dir.glob("*.json"))}
+    if not variants:
+        raise EdgetuneError(f"{eval_dir}: no evaluation results. Run the evaluate stages first (`dvc repro`).")
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return dict(sorted(variants.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), -(kv[1].get("model_bytes") or 0))))
+
+
+def side_by_side(variants: dict[str, dict]) -> dict[str, dict]:
+    """The scalar metrics of each variant, plus per-class scores and the free-answer result."""
+    table = {}
+    for name, v in variants.items():
+        row = {k: v[k] for k in SCALARS if v.get(k) is not None}
+        row["per_class"] = {c: {k: s[k] for k in ("precision", "recall", "f1")} for c, s in v["per_class"].items()}
+        if "free_answer" in v:
+            row["free_answer"] = {k: v["free_answer"][k] for k in ("accuracy", "f1", "unparsed")}
+        table[name] = row
+    return table
+
+
+def untuned_accuracy(variants: dict) -> float | None:
+    """The untuned model at its fairest: asked freely if it was, else by label scoring."""
+    base = variants.get("base")
+    if not base:
+        return None
+    return base.get("free_answer", {}).get("accuracy", base["accuracy"])
+
+
+def fmt_delta(value, ref) -> str:
+    return "" if value is None or ref is None else f"{100 * (value - ref):+.1f}"
+
+
+def summary_markdown(variants: dict, data: dict, train: dict) -> str:
+    f16 = variants.get("f16", {}).get("accuracy")
+    untuned = untuned_accuracy(variants)
+    tfidf = variants.get("tfidf", {}).get("accuracy")
+    lines = [
+        "# edgetune report",
+        "",
+        f"Test split: {next(iter(variants.values()))['n_samples']} examples from `{data.get('source', '?')}`. "
+        "Accuracy by label scoring; *free* is the greedy answer parsed for the label word "
+        "(the untuned model's fair score). Deltas in points.",
+        "",
+        "| variant | MB | bits/weight | accuracy | F1 | free | s/sample | prompt tok/s | Δ f16 | Δ untuned | Δ tfidf |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, v in variants.items():
+        mb = f"{v['model_bytes'] / 1e6:.0f}" if v.get("model_bytes") else ""
+        bpw = f"{v['bits_per_weight']:.2f}" if v.get("bits_per_weight") else ""
+        free = v.get("free_answer")
+        free_cell = f"{100 * free['accuracy']:.1f} ({free['unparsed']} unparsed)" if free else ""
+        tps = f"{v['prompt_tokens_per_second']:.0f}" if v.get("prompt_tokens_per_second") else ""
+        lines.append(
+            f"| {name} | {mb} | {bpw} | {100 * v['accuracy']:.1f} | {100 * v['f1']:.1f} | {free_cell} | "
+            f"{v['seconds_per_sample']:.3f} | {tps} | {fmt_delta(v['accuracy'], f16)} | "
+            f"{fmt_delta(v['accuracy'], untuned)} | {fmt_delta(v['accuracy'], tfidf)} |"
+        )
+    if "base" in variants:
+        lines += ["", "*base* is the untuned model; its label-scoring accuracy is unfair to it (it starts its "
+                  "answer with other words), so Δ untuned uses its free-answer accuracy."]
+    if train:
+        keep = {k: train[k] for k in ("train_loss", "eval_loss", "steps", "train_runtime", "tokens_seen") if k in train}
+        lines += ["", "## Training", "", "| " + " | ".join(keep) + " |", "|" + "---:|" * len(keep),
+                  "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in keep.values()) + " |"]
+    if data.get("splits"):
+        lines += ["", "## Data", "", "| split | examples | classes | median prompt tokens | truncated |", "|---|---:|---|---:|---:|"]
+        for name, s in data["splits"].items():
+            lines.append(f"| {name} | {s['n']} | {s['classes']} | {s.get('prompt_tokens', {}).get('median', '')} | {s['truncated']} |")
+    return "\n".join(lines) + "\n"
+
+
+@click.command("report")
+@click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/eval"), show_default=True)
+@click.option("--data-stats", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/data.json"), show_default=True)
+@click.option("--train-metrics", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/train/metrics.json"), show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
+def report(eval_dir: Path, data_stats: Path, train_metrics: Path, out: Path):
+    """Gather every variant's results into OUT/metrics.json, OUT/summary.md and plot data."""
+    variants = load_variants(eval_dir)
+    data = json.loads(data_stats.read_text()) if data_stats.is_file() else {}
+    train = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
+    write_json(out / "metrics.json", {"variants": side_by_side(variants), "train": train})
+    write_json(
+        out / "plots" / "accuracy_vs_size.json",
+        [{"variant": n, "model_mb": v["model_bytes"] / 1e6, "accuracy": v["accuracy"]}
+         for n, v in variants.items() if v.get("model_bytes")],
+    )
+    text = summary_markdown(variants, data, train)
+    write_text(out / "summary.md", text)
+    click.echo(text)
