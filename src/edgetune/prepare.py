@@ -29,8 +29,8 @@ class DataParams:
     text_column: str = "text"
     label_column: str = "label"
     labels: dict[str, str] = dataclasses.field(default_factory=lambda: {"negative": "负面", "positive": "正面"})
-    max_text_tokens: int = 160  # longer texts keep their head and tail
-    head_tokens: int = 48
+    max_text_tokens: int = 128  # longer texts keep their head and tail
+    head_tokens: int = 40
     split: list[float] = dataclasses.field(default_factory=lambda: [0.8, 0.1, 0.1])
     max_train: int | None = None
     max_val: int | None = None

@@ -9,7 +9,7 @@ ELLIPSIS = "…"
 class PromptParams:
     # None: the chat template's default system prompt; "": an empty system turn (fewest tokens).
     system: str | None = ""
-    instruction: str = "情感（正面/负面）："
+    instruction: str = "判断评论情感，只回答正面或负面。评论："
 
 
 def truncate(text: str, tokenizer, max_tokens: int, head_tokens: int) -> tuple[str, bool]:

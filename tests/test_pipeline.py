@@ -1,0 +1,136 @@
+"""End to end: `dvc repro` in a copy of the repo, on a tiny Qwen2 and 60 real reviews.
+
+Every stage runs for real: TRL training, PEFT merge, llama.cpp's converter and quantizer,
+llama-cpp-python evaluation, DVC's dependency tracking.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, write_jsonl
+
+STAGES = {"fetch-model", "prepare", "baseline", "train", "merge", "convert", "quantize@q8_0", "quantize@q4_k_m",
+          "evaluate-base", "evaluate-f16", "evaluate@q8_0", "evaluate@q4_k_m", "report"}
+
+
+def dvc(project: Path, *args, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def ran_stages(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def set_params(project: Path, **sections):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model, reviews) -> Path:
+    """A fresh git + DVC project with the repo's pipeline, pointed at the tiny model and reviews."""
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    data = write_jsonl(root / "reviews.jsonl", reviews)
+    set_params(
+        root,
+        model={"source": str(tiny_model), "name": "tiny", "dtype": "float32"},
+        data={"source": str(data.relative_to(root)), "max_train": None, "max_val": 8, "max_test": 12,
+              "split": [0.6, 0.2, 0.2], "max_text_tokens": 48, "head_tokens": 16},
+        train={"max_steps": 6, "batch_size": 4, "save_steps": 2, "eval_steps": 3, "logging_steps": 1, "lr": 1e-3},
+        evaluate={"max_answer_tokens": 4, "threads": 2},
+    )
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    dvc(root, "init", "-q")
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(project) -> str:
+    return dvc(project, "repro").stdout
+
+
+def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
+    assert ran_stages(first_run) == STAGES
+    from llama_cpp import Llama
+
+    for variant in ("f16", "q8_0", "q4_k_m"):
+        gguf = project / "models" / "gguf" / f"tiny-{variant}.gguf"
+        llm = Llama(model_path=str(gguf), n_ctx=64, verbose=False, logits_all=True, n_threads=2)
+        llm.eval(llm.tokenize("房间很干净".encode()))
+        assert llm.scores[llm.n_tokens - 1].std() > 0  # real logits
+
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert set(metrics["variants"]) == {"tfidf", "base", "f16", "q8_0", "q4_k_m"}
+    for name, v in metrics["variants"].items():
+        assert 0 <= v["accuracy"] <= 1 and 0 <= v["f1"] <= 1 and v["n_samples"] == 12, name
+        assert set(v["per_class"]) == {"negative", "positive"}
+    for name in ("base", "f16", "q8_0", "q4_k_m"):
+        result = json.loads((project / "reports" / "eval" / f"{name}.json").read_text())
+        for key in ("accuracy", "precision", "recall", "f1", "confusion_matrix", "n_samples", "seconds_per_sample", "model_bytes"):
+            assert key in result, (name, key)
+        assert sum(map(sum, result["confusion_matrix"]["matrix"])) == 12
+        assert result["seconds_per_sample"] > 0 and result["model_bytes"] > 0
+    for name in ("base", "q4_k_m"):
+        free = json.loads((project / "reports" / "eval" / f"{name}.json").read_text())["free_answer"]
+        assert 0 <= free["accuracy"] <= 1 and 0 <= free["unparsed"] <= 12
+    sizes = {v: metrics["variants"][v]["model_bytes"] for v in ("f16", "q8_0", "q4_k_m")}
+    assert sizes["f16"] > sizes["q8_0"] > sizes["q4_k_m"]
+
+    quant = json.loads((project / "reports" / "quantize" / "q4_k_m.json").read_text())
+    assert sum(t["tensors"] for t in quant["tensor_types"].values()) > 0 and quant["bits_per_weight"] < 16
+    summary = (project / "reports" / "summary.md").read_text()
+    assert "| q4_k_m |" in summary and "| tfidf |" in summary
+    assert (project / "reports" / "train" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    merged_gen = json.loads((project / "models" / "merged" / "generation_config.json").read_text())
+    assert merged_gen["eos_token_id"] == 151645  # <|im_end|>: answers stop at the end of the turn
+
+
+def test_second_repro_runs_nothing(project, first_run):
+    out = dvc(project, "repro").stdout
+    assert ran_stages(out) == set()
+    assert "is up to date" in out or "Data and pipelines are up to date" in out
+
+
+def test_new_quant_type_reruns_only_quantize_evaluate_report(project, first_run):
+    set_params(project, quantize={"types": ["q8_0", "q4_k_m", "q5_k_m"]})
+    out = dvc(project, "repro").stdout
+    assert ran_stages(out) == {"quantize@q5_k_m", "evaluate@q5_k_m", "report"}
+    assert "q5_k_m" in json.loads((project / "reports" / "metrics.json").read_text())["variants"]
+
+
+def test_killed_training_resumes_from_its_checkpoint(project, first_run):
+    set_params(project, train={"max_steps": 8, "save_steps": 2})  # new params: a fresh run
+    proc = subprocess.Popen(["dvc", "repro", "train"], cwd=project, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    checkpoints = project / "models" / "adapter" / "checkpoints"
+    deadline = time.time() + 600
+    while not (checkpoints / "checkpoint-4" / "trainer_state.json").is_file():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (checkpoints / "checkpoint-8").exists()
+
+    out = dvc(project, "repro", "train").stdout
+    assert "resuming from" in out and "checkpoint-" in out
+    state = json.loads((sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+                        / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert (project / "models" / "adapter" / "adapter_model.safetensors").is_file()

@@ -1,0 +1,125 @@
+"""Cleaning, splitting, template rendering, label scoring and metrics, on real data and tokenizer."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from edgetune.errors import EdgetuneError
+from edgetune.prepare import DataParams, cap, clean, split
+from edgetune.prompts import ELLIPSIS, PromptParams, messages, render_prompt, truncate
+from edgetune.scoring import classification_metrics, log_softmax, parse_answer, pick_label
+
+LABELS = {"negative": "负面", "positive": "正面"}
+
+
+def test_clean_strips_dedups_and_drops_conflicts():
+    rows = [
+        {"text": "  好评 ", "label": "positive"},
+        {"text": "好评", "label": "positive"},  # duplicate after stripping
+        {"text": "", "label": "negative"},
+        {"text": "一般", "label": "positive"},
+        {"text": "一般", "label": "negative"},  # same text, two labels: dropped entirely
+        {"text": "太差", "label": "negative"},
+    ]
+    out, stats = clean(rows, DataParams(labels=LABELS), "test")
+    assert sorted((r["text"], r["label"]) for r in out) == [("太差", "negative"), ("好评", "positive")]
+    assert stats["dropped"] == {"duplicate": 2, "empty": 1, "conflicting_labels": 1}
+    assert stats == {**stats, "raw": 6, "clean": 2}
+
+
+def test_clean_rejects_unknown_labels_and_single_class():
+    with pytest.raises(EdgetuneError, match="'neutral' are not in data.labels"):
+        clean([{"text": "a", "label": "neutral"}], DataParams(labels=LABELS), "x.jsonl")
+    with pytest.raises(EdgetuneError, match="only 1 class"):
+        clean([{"text": "a", "label": "positive"}, {"text": "b", "label": "positive"}], DataParams(labels=LABELS), "x.jsonl")
+
+
+def test_split_is_stratified_seeded_disjoint_and_capped(reviews):
+    p = DataParams(labels=LABELS, split=[0.6, 0.2, 0.2], max_test=6, seed=3)
+    parts = split(reviews, p)
+    again = split(reviews, p)
+    assert parts == again  # seeded
+    texts = [set(r["text"] for r in parts[name]) for name in ("train", "val", "test")]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert len(parts["train"]) == 36 and len(parts["val"]) == 12
+    assert collections.Counter(r["label"] for r in parts["test"]) == {"positive": 3, "negative": 3}
+    assert collections.Counter(r["label"] for r in parts["val"]) == {"positive": 6, "negative": 6}
+    other = split(reviews, DataParams(labels=LABELS, split=[0.6, 0.2, 0.2], max_test=6, seed=4))
+    assert other["test"] != parts["test"]
+
+
+def test_cap_balances_classes():
+    rows = [{"text": str(i), "label": "a" if i < 90 else "b"} for i in range(100)]
+    capped = cap(rows, 16, True, np.random.default_rng(0))
+    assert collections.Counter(r["label"] for r in capped) == {"a": 8, "b": 8}
+    assert cap(rows, None, True, np.random.default_rng(0)) == rows
+
+
+def test_truncate_keeps_head_and_tail_on_character_boundaries(qwen_tokenizer):
+    text = "开头很好。" * 30 + "但是最后非常失望"
+    out, cut = truncate(text, qwen_tokenizer, max_tokens=20, head_tokens=6)
+    assert cut and out.endswith("但是最后非常失望") and out.startswith("开头") and ELLIPSIS in out
+    assert "\ufffd" not in out  # no character split in half
+    n = len(qwen_tokenizer(out.replace(ELLIPSIS, ""), add_special_tokens=False)["input_ids"])
+    assert n <= 21
+    assert truncate("短评", qwen_tokenizer, 20, 6) == ("短评", False)
+
+
+def test_render_uses_the_models_chat_template(qwen_tokenizer):
+    turns = messages("房间很干净", "正面", PromptParams(system="", instruction="情感："))
+    assert turns[-1] == {"role": "assistant", "content": "正面"}
+    prompt = render_prompt(turns[:-1], qwen_tokenizer)
+    assert prompt == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n情感：房间很干净<|im_end|>\n<|im_start|>assistant\n"
+    default = render_prompt(messages("x", None, PromptParams(system=None)), qwen_tokenizer)
+    assert default.startswith("<|im_start|>system\nYou are Qwen")  # the template's own default
+
+
+def test_parse_answer_takes_the_first_label_word():
+    assert parse_answer("这段文本的情感是负面的", LABELS) == "negative"
+    assert parse_answer("正面。虽然有负面的地方", LABELS) == "positive"
+    assert parse_answer("这段文本描述了", LABELS) is None
+
+
+def test_log_softmax_and_pick_label():
+    lp = log_softmax(np.array([1.0, 2.0, 3.0], dtype=np.float32))
+    assert np.isclose(np.exp(lp).sum(), 1.0) and np.argmax(lp) == 2
+    assert pick_label({"negative": -3.2, "positive": -0.1}) == "positive"
+
+
+def test_classification_metrics_match_hand_counts():
+    y_true = ["positive", "positive", "negative", "negative", "negative"]
+    y_pred = ["positive", "negative", "negative", "negative", None]
+    m = classification_metrics(y_true, y_pred, ["negative", "positive"])
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["confusion_matrix"]["matrix"] == [[2, 0], [1, 1]]  # the unparsed answer is in neither column
+    assert m["per_class"]["positive"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert m["per_class"]["negative"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["negative"]["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert m["unparsed"] == 1 and m["n_samples"] == 5
+
+
+def test_label_scoring_matches_full_logits(tiny_gguf, qwen_tokenizer):
+    """Prefix-cached scoring gives the same log-probabilities as a fresh full evaluation."""
+    from llama_cpp import Llama
+
+    from edgetune.evaluate import Scorer
+
+    scorer = Scorer(tiny_gguf, n_ctx=256, threads=2)
+    prompts = [
+        render_prompt(messages(t, None, PromptParams()), qwen_tokenizer) for t in ("质量很好，推荐", "太差了，退货")
+    ]
+    answers = {label: scorer.tokens(word, special=False) for label, word in LABELS.items()}
+    cached = [scorer.score(scorer.tokens(p), answers) for p in prompts]
+    assert scorer.evaluated < sum(len(scorer.tokens(p)) for p in prompts)  # the shared prefix was reused
+
+    full = Llama(model_path=str(tiny_gguf), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    for prompt, scores in zip(prompts, cached):
+        for label, answer in answers.items():
+            tokens = scorer.tokens(prompt) + answer
+            full.reset()
+            full.eval(tokens)
+            n = len(tokens) - len(answer)
+            expected = sum(log_softmax(full.scores[n - 1 + i])[t] for i, t in enumerate(answer))
+            assert scores[label] == pytest.approx(expected, abs=1e-3)
