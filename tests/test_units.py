@@ -100,26 +100,30 @@ def test_classification_metrics_match_hand_counts():
     assert m["unparsed"] == 1 and m["n_samples"] == 5
 
 
-def test_label_scoring_matches_full_logits(tiny_gguf, qwen_tokenizer):
-    """Prefix-cached scoring gives the same log-probabilities as a fresh full evaluation."""
+@pytest.mark.parametrize("answers", [LABELS, {"negative": "负面评价", "positive": "正面评价"}], ids=["one-token", "multi-token"])
+def test_batched_scoring_matches_a_plain_full_evaluation(tiny_gguf, qwen_tokenizer, answers):
+    """Shared-prefix, batched scoring gives the log-probabilities of a fresh one-at-a-time evaluation."""
     from llama_cpp import Llama
 
     from edgetune.evaluate import Scorer
 
-    scorer = Scorer(tiny_gguf, n_ctx=256, threads=2)
-    prompts = [
-        render_prompt(messages(t, None, PromptParams()), qwen_tokenizer) for t in ("质量很好，推荐", "太差了，退货")
-    ]
-    answers = {label: scorer.tokens(word, special=False) for label, word in LABELS.items()}
-    cached = [scorer.score(scorer.tokens(p), answers) for p in prompts]
-    assert scorer.evaluated < sum(len(scorer.tokens(p)) for p in prompts)  # the shared prefix was reused
-
+    texts = ("质量很好，推荐", "太差了，退货", "一般般吧，还可以再便宜点", "物流快")
+    prompts_text = [render_prompt(messages(t, None, PromptParams()), qwen_tokenizer) for t in texts]
     full = Llama(model_path=str(tiny_gguf), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
-    for prompt, scores in zip(prompts, cached):
-        for label, answer in answers.items():
-            tokens = scorer.tokens(prompt) + answer
+    prompts = [full.tokenize(p.encode(), add_bos=False, special=True) for p in prompts_text]
+    answer_tokens = {label: full.tokenize(w.encode(), add_bos=False, special=False) for label, w in answers.items()}
+
+    scorer = Scorer(tiny_gguf, prompts, batch_size=3, max_new=4, threads=2)
+    scores, texts_out = scorer.run(prompts, answer_tokens, True, answers, 4)
+    assert 0 < scorer.prompt_evaluated < sum(map(len, prompts))  # the shared prefix was computed once
+    scorer.close()
+
+    for prompt, got, text in zip(prompts, scores, texts_out):
+        for label, answer in answer_tokens.items():
             full.reset()
-            full.eval(tokens)
-            n = len(tokens) - len(answer)
-            expected = sum(log_softmax(full.scores[n - 1 + i])[t] for i, t in enumerate(answer))
-            assert scores[label] == pytest.approx(expected, abs=1e-3)
+            full.eval(prompt + answer)
+            expected = sum(log_softmax(full.scores[len(prompt) - 1 + i])[t] for i, t in enumerate(answer))
+            assert got[label] == pytest.approx(expected, abs=2e-3)
+        full.reset()  # greedy answer, one token at a time, no batching
+        greedy = full.create_completion(prompt, max_tokens=4, temperature=0.0)["choices"][0]["text"]
+        assert greedy.startswith(text)

@@ -30,60 +30,140 @@ from .scoring import classification_metrics, log_softmax, parse_answer, pick_lab
 class EvaluateParams:
     free_answer: list[str] = dataclasses.field(default_factory=lambda: ["base", "q4_k_m"])
     max_answer_tokens: int = 12
+    batch_size: int = 8  # prompts decoded together
     threads: int | None = None  # None: all cores
     max_samples: int | None = None  # None: the whole test split
 
 
 class Scorer:
-    """A GGUF model held in llama-cpp-python, with the KV cache of the last prompt kept."""
+    """A GGUF model in llama.cpp, scoring and answering several prompts per decode.
 
-    def __init__(self, path: Path, n_ctx: int, threads: int):
+    Every prompt starts with the same template and instruction: that prefix is evaluated once
+    and its KV cache shared by all sequences; each batch then decodes only the prompts' own
+    tokens, `batch_size` prompts at a time, and answers greedily for them in parallel.
+    """
+
+    def __init__(self, path: Path, prompts: list[list[int]], batch_size: int, max_new: int, threads: int):
+        import llama_cpp
         from llama_cpp import Llama
 
-        self.llm = Llama(
-            model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads,
-            logits_all=False, verbose=False,
-        )
-        self.evaluated = 0  # prompt tokens actually computed (after prefix reuse)
+        self.lib = llama_cpp
+        self.llm = Llama(model_path=str(path), n_ctx=64, n_threads=threads, verbose=False)  # model + tokenizer
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.n_vocab = self.llm.n_vocab()
+        shortest = min(map(len, prompts))
+        self.prefix = prompts[0][: shortest - 1]
+        for tokens in prompts:
+            while tokens[: len(self.prefix)] != self.prefix:
+                self.prefix = self.prefix[:-1]
+        self.batch_size = batch_size
+        longest = max(map(len, prompts)) - len(self.prefix) + max_new + 8
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = len(self.prefix) + batch_size * longest
+        cparams.n_batch = cparams.n_ubatch = max(512, min(cparams.n_ctx, 2048))
+        cparams.n_seq_max = batch_size
+        cparams.kv_unified = True  # one cache: the sequences share the prefix cells
+        cparams.n_threads = cparams.n_threads_batch = threads
+        self.ctx = llama_cpp.llama_init_from_model(self.llm.model, cparams)
+        llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
+        self.batch = llama_cpp.llama_batch_init(cparams.n_batch, 0, 1)
+        self.n_batch = cparams.n_batch
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.prompt_evaluated = 0  # prompt tokens actually computed (the shared prefix once)
+        self.answer_seconds = 0.0  # time spent generating free answers
+        self.decode([(t, i, 0, False) for i, t in enumerate(self.prefix)])
+        self.prompt_evaluated = len(self.prefix)
+        for seq in range(1, batch_size):
+            llama_cpp.llama_memory_seq_cp(self.memory, 0, seq, 0, len(self.prefix))
 
     def tokens(self, text: str, special: bool = True) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
-    def next_logprobs(self, tokens: list[int]) -> np.ndarray:
-        """Log-probabilities of the token after `tokens`, reusing the cached common prefix."""
-        import llama_cpp
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> list[np.ndarray]:
+        """Decode (token, position, sequence, wants_logits) entries; log-probs where asked."""
+        out = []
+        for start in range(0, len(entries), self.n_batch):
+            chunk = entries[start : start + self.n_batch]
+            self.batch.n_tokens = len(chunk)
+            for i, (token, pos, seq, logits) in enumerate(chunk):
+                self.batch.token[i], self.batch.pos[i], self.batch.logits[i] = token, pos, logits
+                self.batch.n_seq_id[i] = 1
+                self.batch.seq_id[i][0] = seq
+            if self.lib.llama_decode(self.ctx, self.batch) != 0:
+                raise EdgetuneError("llama.cpp could not decode a batch: the context is too small for evaluate.batch_size.")
+            for i, (*_, logits) in enumerate(chunk):
+                if logits:
+                    row = self.lib.llama_get_logits_ith(self.ctx, i)
+                    out.append(log_softmax(np.ctypeslib.as_array(row, shape=(self.n_vocab,))))
+        return out
 
-        cached = self.llm.input_ids[: self.llm.n_tokens]
-        n = 0
-        for a, b in zip(cached, tokens):
-            if a != b:
+    def run(self, prompts: list[list[int]], answers: dict[str, list[int]], free: bool, words: dict[str, str],
+            max_new: int) -> tuple[list[dict[str, float]], list[str]]:
+        """Label scores (log P(answer | prompt)) and, if `free`, greedy answers for up to batch_size prompts."""
+        single = all(len(a) == 1 for a in answers.values())
+        # One branch per prompt when every answer is one token; else one per (prompt, label) pair.
+        branches = [(i, None) for i in range(len(prompts))] if single else [
+            (i, label) for i in range(len(prompts)) for label in answers]
+        scores = [dict.fromkeys(answers, 0.0) for _ in prompts]
+        texts = [""] * len(prompts)
+        n = len(self.prefix)
+        for group in range(0, len(branches), self.batch_size):
+            part = branches[group : group + self.batch_size]
+            entries, want = [], []
+            for seq, (i, label) in enumerate(part):
+                tokens = prompts[i][n:] + ([] if label is None else answers[label][:-1])
+                first_scored = len(prompts[i]) - n - 1
+                for k, t in enumerate(tokens):
+                    entries.append((t, n + k, seq, k >= first_scored))
+                want.append(len(tokens) - first_scored)
+            self.prompt_evaluated += len(entries)
+            logprobs = iter(self.decode(entries))
+            last = {}
+            for seq, (i, label) in enumerate(part):
+                rows = [next(logprobs) for _ in range(want[seq])]
+                if label is None:
+                    scores[i] = {lab: float(rows[0][a[0]]) for lab, a in answers.items()}
+                else:
+                    scores[i][label] = float(sum(row[t] for row, t in zip(rows, answers[label])))
+                last[seq] = rows[0]
+            if free:
+                start = time.perf_counter()
+                self.answer(part, prompts, last, texts, words, max_new)
+                self.answer_seconds += time.perf_counter() - start
+            for seq in range(len(part)):
+                self.lib.llama_memory_seq_rm(self.memory, seq, n, -1)
+        return scores, texts
+
+    def answer(self, part, prompts, last, texts, words, max_new):
+        """Greedy answers for the sequences of a batch, one token per sequence per decode."""
+        active = {seq: [] for seq, (_, label) in enumerate(part) if label is None or label == next(iter(words))}
+        pos = {seq: len(prompts[part[seq][0]]) for seq in active}
+        logprobs = {seq: last[seq] for seq in active}
+        # (with multi-token answers, the branch of the first label continues after the prompt alone)
+        for seq in active:
+            self.lib.llama_memory_seq_rm(self.memory, seq, pos[seq], -1)
+        for _ in range(max_new):
+            step = []
+            for seq in list(active):
+                token = int(np.argmax(logprobs[seq]))
+                if self.lib.llama_vocab_is_eog(self.vocab, token):
+                    del active[seq]
+                    continue
+                active[seq].append(token)
+                texts[part[seq][0]] = self.llm.detokenize(active[seq]).decode("utf-8", "ignore")
+                if parse_answer(texts[part[seq][0]], words) is not None:
+                    del active[seq]
+                    continue
+                step.append((token, pos[seq], seq, True))
+                pos[seq] += 1
+            if not step:
                 break
-            n += 1
-        n = min(n, len(tokens) - 1)  # the last token must be evaluated to get its logits
-        self.llm.n_tokens = n
-        self.llm.eval(tokens[n:])
-        self.evaluated += len(tokens) - n
-        logits = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
-        return log_softmax(np.ctypeslib.as_array(logits, shape=(self.llm.n_vocab(),)).copy())
+            for (_, _, seq, _), row in zip(step, self.decode(step)):
+                logprobs[seq] = row
 
-    def score(self, prompt: list[int], answers: dict[str, list[int]]) -> dict[str, float]:
-        """log P(answer | prompt) for each label, summed over the answer's tokens."""
-        scores = {}
-        for label, answer in answers.items():
-            total = 0.0
-            for i, tok in enumerate(answer):
-                total += float(self.next_logprobs(prompt + answer[:i])[tok])
-            scores[label] = total
-        return scores
-
-    def answer(self, prompt: list[int], words: dict[str, str], max_tokens: int) -> str:
-        """Greedy free answer; stops at end of turn, or as soon as a label word appears."""
-        text = ""
-        for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True):
-            text += chunk["choices"][0]["text"]
-            if parse_answer(text, words) is not None:
-                break
-        return text
+    def close(self):
+        self.lib.llama_batch_free(self.batch)
+        self.lib.llama_free(self.ctx)
 
 
 def check_template(scorer: Scorer, row: dict, where: Path) -> bool:
@@ -118,20 +198,28 @@ def evaluate(model: Path, variant: str, data: Path, out: Path, predictions: Path
         raise EdgetuneError(f"{data}: no examples to evaluate.")
     threads = p.threads or os.cpu_count() or 1
 
-    probe = Scorer(model, n_ctx=64, threads=threads)
-    prompts = [probe.tokens(r["prompt"]) for r in rows]
-    answer_tokens = {label: probe.tokens(word, special=False) for label, word in answers.items()}
-    del probe
-    n_ctx = max(map(len, prompts)) + max(p.max_answer_tokens, *map(len, answer_tokens.values())) + 8
-    scorer = Scorer(model, n_ctx=n_ctx, threads=threads)
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(model), vocab_only=True, verbose=False)
+    prompts = [vocab.tokenize(r["prompt"].encode("utf-8"), add_bos=False, special=True) for r in rows]
+    answer_tokens = {label: vocab.tokenize(w.encode("utf-8"), add_bos=False, special=False) for label, w in answers.items()}
+    free = variant in p.free_answer
+    scorer = Scorer(model, prompts, p.batch_size, p.max_answer_tokens, threads)
     template_ok = check_template(scorer, rows[0], model)
 
-    y_true = [r["label"] for r in rows]
-    y_pred = []
+    scores, texts = [], []
     start = time.perf_counter()
-    for tokens in tqdm(prompts, desc=f"label scoring {variant}", unit="sample"):
-        y_pred.append(pick_label(scorer.score(tokens, answer_tokens)))
-    seconds = time.perf_counter() - start
+    with tqdm(total=len(rows), desc=f"evaluate {variant}" + (" (+ free answer)" if free else ""), unit="sample") as bar:
+        for i in range(0, len(rows), 8 * p.batch_size):
+            s, t = scorer.run(prompts[i : i + 8 * p.batch_size], answer_tokens, free, answers, p.max_answer_tokens)
+            scores += s
+            texts += t
+            bar.update(len(s))
+    seconds = time.perf_counter() - start - scorer.answer_seconds  # label scoring alone
+    scorer.close()
+
+    y_true = [r["label"] for r in rows]
+    y_pred = [pick_label(s) for s in scores]
     result = classification_metrics(y_true, y_pred, list(answers))
     result.pop("unparsed")
     prompt_tokens = sum(map(len, prompts))
@@ -140,26 +228,22 @@ def evaluate(model: Path, variant: str, data: Path, out: Path, predictions: Path
         seconds_per_sample=seconds / len(rows),
         samples_per_second=len(rows) / seconds,
         prompt_tokens_per_second=prompt_tokens / seconds,
-        evaluated_tokens_per_second=scorer.evaluated / seconds,
+        evaluated_tokens_per_second=scorer.prompt_evaluated / seconds,
         prompt_tokens=prompt_tokens,
         model_bytes=model.stat().st_size,
         bits_per_weight=tensor_stats(model)["bits_per_weight"],
         chat_template_matches=template_ok,
     )
-
-    if variant in p.free_answer:
-        free, start = [], time.perf_counter()
-        for tokens in tqdm(prompts, desc=f"free answer {variant}", unit="sample"):
-            free.append(scorer.answer(tokens, answers, p.max_answer_tokens))
-        parsed = [parse_answer(t, answers) for t in free]
+    if free:
+        parsed = [parse_answer(t, answers) for t in texts]
         fm = classification_metrics(y_true, parsed, list(answers))
         result["free_answer"] = {
             "accuracy": fm["accuracy"],
             "f1": fm["f1"],
             "unparsed": fm["unparsed"],
             "confusion_matrix": fm["confusion_matrix"],
-            "seconds_per_sample": (time.perf_counter() - start) / len(rows),
-            "examples": [{"label": y, "answer": a} for y, a in list(zip(y_true, free))[:5]],
+            "seconds_per_sample": (seconds + scorer.answer_seconds) / len(rows),
+            "examples": [{"label": y, "answer": a} for y, a in list(zip(y_true, texts))[:5]],
         }
 
     if predictions:

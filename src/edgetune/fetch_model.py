@@ -90,7 +90,9 @@ def dequantize_gguf(gguf: Path, out: Path, p: ModelParams) -> None:
 
     click.echo(f"dequantizing {gguf.name} with transformers (about a minute for 0.5B)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, p.dtype))
+    # Dequantizing is fastest into float32; the checkpoint is then stored in model.dtype.
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = model.to(getattr(torch, p.dtype))
     # The GGUF quantizer stays attached to a loaded model; drop it, or the saved config says
     # "quant_method: gguf" and llama.cpp's converter refuses the checkpoint later.
     model.hf_quantizer = None

@@ -1,0 +1,108 @@
+"""Bad input: a clear message naming the input, a non-zero exit, and no partial output."""
+
+import shutil
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import REPO, make_tiny_model, write_jsonl
+from edgetune.cli import main
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def set_params(workdir, section, **values):
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params[section].update(values)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def prepare(workdir, tiny_model, source):
+    set_params(workdir, "data", source=str(source), max_test=4, max_val=4)
+    return run("prepare", "--model", tiny_model, "--out", workdir / "out", "--stats", workdir / "stats.json")
+
+
+def failed(result, *needles):
+    assert result.exit_code != 0, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+    return True
+
+
+GOOD = [{"text": f"评论{i}", "label": "positive" if i % 2 else "negative"} for i in range(40)]
+
+
+@pytest.mark.parametrize(
+    "name, content, needles",
+    [
+        ("missing.jsonl", None, ["missing.jsonl", "file not found"]),
+        ("empty.jsonl", "", ["empty.jsonl", "empty"]),
+        ("bad.jsonl", '{"text": "好", "label": "positive"}\n{"text": "差", label\n', ["bad.jsonl", "could not be read"]),
+        ("nolabel.jsonl", [{"text": "好", "sentiment": "positive"}], ["nolabel.jsonl", "'label'", "data.label_column"]),
+        ("oneclass.jsonl", [{"text": f"好{i}", "label": "positive"} for i in range(10)], ["oneclass.jsonl", "only 1 class"]),
+        ("neutral.jsonl", GOOD + [{"text": "还行", "label": "neutral"}], ["neutral.jsonl", "'neutral'", "data.labels"]),
+    ],
+)
+def test_bad_data(workdir, tiny_model, name, content, needles):
+    path = workdir / name
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    elif content is not None:
+        write_jsonl(path, content)
+    assert failed(prepare(workdir, tiny_model, path), *needles)
+    assert not (workdir / "out").exists() and not (workdir / "stats.json").exists()
+
+
+def test_good_data_prepares(workdir, tiny_model):
+    result = prepare(workdir, tiny_model, write_jsonl(workdir / "good.jsonl", GOOD))
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (workdir / "out").iterdir()} == {"train.jsonl", "val.jsonl", "test.jsonl"}
+
+
+def test_params_with_a_wrong_type(workdir, tiny_model):
+    set_params(workdir, "data", seed="zero")
+    result = run("prepare", "--model", tiny_model, "--out", workdir / "out", "--stats", workdir / "stats.json")
+    assert failed(result, "params.yaml", "data.seed", "'zero'", "expected int")
+    assert not (workdir / "out").exists()
+
+
+def test_unknown_quant_type(workdir, tiny_gguf):
+    result = run("quantize", "--model", tiny_gguf, "--type", "q3_z", "--out", workdir / "x.gguf", "--stats", workdir / "x.json")
+    assert failed(result, "q3_z", "q4_k_m")
+    assert not list(workdir.glob("*.gguf")) and not (workdir / "x.json").exists()
+
+
+def test_model_source_that_does_not_exist(workdir):
+    set_params(workdir, "model", source="./no/such/model")
+    assert failed(run("fetch-model", "--out", workdir / "base"), "./no/such/model", "no such folder")
+    assert not (workdir / "base").exists()
+
+
+def test_gguf_checksum_mismatch(workdir, tiny_gguf):
+    set_params(workdir, "model", source=str(tiny_gguf), sha256="0" * 64)
+    assert failed(run("fetch-model", "--out", workdir / "base"), "sha256", "does not match", "model.sha256")
+    assert not (workdir / "base").exists()
+
+
+def test_adapter_that_does_not_fit_the_base(workdir, tiny_model, qwen_tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    narrow = make_tiny_model(qwen_tokenizer, workdir / "narrow", hidden=32)
+    adapter = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(narrow), LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
+    adapter.save_pretrained(workdir / "adapter")
+    result = run("merge", "--base", tiny_model, "--adapter", workdir / "adapter", "--out", workdir / "merged")
+    assert failed(result, "adapter", "does not fit the base model")
+    assert not (workdir / "merged").exists()
