@@ -1,8 +1,8 @@
 """Stage evaluate: one GGUF variant on the test split, through llama-cpp-python.
 
 Label scoring: after each rendered prompt, compare the log-probabilities of the label answers
-(正面 vs 负面); no free generation. Every prompt starts with the same template and instruction,
-so the KV cache of the longest shared prefix is kept and only the rest is evaluated.
+(正面 vs 负面); no free generation. Every prompt starts with the same template and instruction:
+that prefix is computed once and shared, and `evaluate.batch_size` prompts decode together.
 
 Free answer (for the variants in `evaluate.free_answer`): a greedy answer, parsed for the label
 word, the way a user would ask. Label scoring is unfair to an untuned model, which starts its
@@ -76,9 +76,6 @@ class Scorer:
         for seq in range(1, batch_size):
             llama_cpp.llama_memory_seq_cp(self.memory, 0, seq, 0, len(self.prefix))
 
-    def tokens(self, text: str, special: bool = True) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
-
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> list[np.ndarray]:
         """Decode (token, position, sequence, wants_logits) entries; log-probs where asked."""
         out = []
@@ -136,10 +133,12 @@ class Scorer:
 
     def answer(self, part, prompts, last, texts, words, max_new):
         """Greedy answers for the sequences of a batch, one token per sequence per decode."""
-        active = {seq: [] for seq, (_, label) in enumerate(part) if label is None or label == next(iter(words))}
+        # With multi-token answers a prompt has one branch per label: the first label's branch
+        # answers, after its label tokens are dropped from the cache.
+        first = next(iter(words))
+        active = {seq: [] for seq, (_, label) in enumerate(part) if label in (None, first)}
         pos = {seq: len(prompts[part[seq][0]]) for seq in active}
         logprobs = {seq: last[seq] for seq in active}
-        # (with multi-token answers, the branch of the first label continues after the prompt alone)
         for seq in active:
             self.lib.llama_memory_seq_rm(self.memory, seq, pos[seq], -1)
         for _ in range(max_new):
