@@ -199,7 +199,13 @@ def train(model: Path, data: Path, out: Path, live_dir: Path):
         use_cpu=not torch.cuda.is_available(),
     )
     live_dir.mkdir(parents=True, exist_ok=True)
-    live = Live(dir=str(live_dir), resume=resume is not None, save_dvc_exp=False, dvcyaml=None, report=None)
+    try:
+        live = Live(dir=str(live_dir), resume=resume is not None, save_dvc_exp=False, dvcyaml=None, report=None)
+    except Exception as e:  # scmrepo's SCMError: dvclive reads the current commit
+        if "Empty git repo" not in str(e):
+            raise
+        raise EdgetuneError("this git repository has no commit yet; dvclive needs one. Commit dvc.yaml and "
+                            "params.yaml (`git add -A && git commit`), then run again.") from None
     trainer = make_trainer_class()(
         model=base,
         args=config,
