@@ -118,24 +118,27 @@ def test_new_quant_type_reruns_only_quantize_evaluate_report(project, first_run)
 
 
 def test_killed_training_resumes_from_its_checkpoint(project, first_run):
-    set_params(project, train={"max_steps": 8, "save_steps": 2})  # new params: a fresh run
+    steps = 60  # long enough on the tiny model to be killed mid-way
+    set_params(project, train={"max_steps": steps, "save_steps": 2, "eval_steps": 30})  # new params: a fresh run
+    checkpoints = project / "models" / "adapter" / "checkpoints"
+    start = time.time()
     proc = subprocess.Popen(["dvc", "repro", "train"], cwd=project, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    checkpoints = project / "models" / "adapter" / "checkpoints"
-    state4 = checkpoints / "checkpoint-4" / "trainer_state.json"  # the first run left one too: wait for a new one
-    start = time.time()
-    deadline = start + 600
-    while not (state4.is_file() and state4.stat().st_mtime > start):
+
+    def fresh_checkpoint():  # the first run left checkpoints too: wait for one of this run
+        states = checkpoints.glob("checkpoint-*/trainer_state.json")
+        return any(s.stat().st_mtime > start for s in states if s.exists())
+
+    while not fresh_checkpoint():
         assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.5)
+        assert time.time() < start + 600
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (checkpoints / "checkpoint-8").exists()
+    assert not (checkpoints / f"checkpoint-{steps}").exists()
 
     out = dvc(project, "repro", "train").stdout
     assert "resuming from" in out, out
-    state = json.loads((sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
-                        / "trainer_state.json").read_text())
-    assert state["global_step"] == 8
+    state = json.loads((checkpoints / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    assert state["global_step"] == steps
     assert (project / "models" / "adapter" / "adapter_model.safetensors").is_file()
