@@ -91,7 +91,7 @@ def clean(rows: list[dict], p: DataParams, source: str) -> tuple[list[dict], dic
     labels_of = collections.defaultdict(set)
     kept = {}
     for r in rows:
-        text = (r["text"] or "").strip() if isinstance(r["text"], str) or r["text"] is None else str(r["text"]).strip()
+        text = "" if r["text"] is None else str(r["text"]).strip()
         if not text:
             counts["empty"] += 1
             continue
