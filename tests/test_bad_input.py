@@ -106,3 +106,21 @@ def test_adapter_that_does_not_fit_the_base(workdir, tiny_model, qwen_tokenizer)
     result = run("merge", "--base", tiny_model, "--adapter", workdir / "adapter", "--out", workdir / "merged")
     assert failed(result, "adapter", "does not fit the base model")
     assert not (workdir / "merged").exists()
+
+
+def test_training_checkpoints_that_skip_the_validation_steps(workdir, tiny_model):
+    write_jsonl(workdir / "reviews.jsonl", GOOD)
+    assert prepare(workdir, tiny_model, workdir / "reviews.jsonl").exit_code == 0
+    set_params(workdir, "train", save_steps=3, eval_steps=2)
+    result = run("train", "--model", tiny_model, "--data", workdir / "out", "--out", workdir / "adapter", "--live", workdir / "live")
+    assert failed(result, "train.save_steps (3)", "train.eval_steps (2)", "train.best_checkpoint")
+    assert not (workdir / "adapter").exists()
+
+
+def test_calibration_without_a_validation_split(workdir, tiny_model, tiny_gguf):
+    write_jsonl(workdir / "reviews.jsonl", GOOD)
+    assert prepare(workdir, tiny_model, workdir / "reviews.jsonl").exit_code == 0
+    result = run("evaluate", "--model", tiny_gguf, "--variant", "f16", "--data", workdir / "out" / "test.jsonl",
+                 "--val", workdir / "none.jsonl", "--out", workdir / "f16.json")
+    assert failed(result, "none.jsonl", "evaluate.calibrate")
+    assert not (workdir / "f16.json").exists()

@@ -52,7 +52,7 @@ def project(tmp_path_factory, tiny_model, reviews) -> Path:
         model={"source": str(tiny_model), "name": "tiny", "dtype": "float32"},
         data={"source": str(data.relative_to(root)), "max_train": None, "max_val": 8, "max_test": 12,
               "split": [0.6, 0.2, 0.2], "max_text_tokens": 48, "head_tokens": 16},
-        train={"max_steps": 6, "batch_size": 4, "save_steps": 2, "eval_steps": 3, "logging_steps": 1, "lr": 1e-3},
+        train={"max_steps": 6, "batch_size": 4, "save_steps": 2, "eval_steps": 2, "logging_steps": 1, "lr": 1e-3},
         evaluate={"max_answer_tokens": 4, "threads": 2},
     )
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
@@ -89,6 +89,8 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
             assert key in result, (name, key)
         assert sum(map(sum, result["confusion_matrix"]["matrix"])) == 12
         assert result["seconds_per_sample"] > 0 and result["model_bytes"] > 0
+        assert set(result["label_offsets"]) == {"negative", "positive"} and result["label_offsets"]["negative"] == 0
+        assert 0 <= result["uncalibrated"]["accuracy"] <= 1  # raw label scoring, beside the calibrated one
     for name in ("base", "q4_k_m"):
         free = json.loads((project / "reports" / "eval" / f"{name}.json").read_text())["free_answer"]
         assert 0 <= free["accuracy"] <= 1 and 0 <= free["unparsed"] <= 12
@@ -100,6 +102,9 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
     summary = (project / "reports" / "summary.md").read_text()
     assert "| q4_k_m |" in summary and "| tfidf |" in summary
     assert (project / "reports" / "train" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    trained = json.loads((project / "reports" / "train" / "metrics.json").read_text())
+    assert 0 <= trained["eval_accuracy"] <= 1 and trained["chosen_step"] in (2, 4, 6)  # the best validated checkpoint
+    assert (project / "reports" / "train" / "plots" / "metrics" / "eval" / "accuracy.tsv").is_file()
     merged_gen = json.loads((project / "models" / "merged" / "generation_config.json").read_text())
     assert merged_gen["eos_token_id"] == 151645  # <|im_end|>: answers stop at the end of the turn
 
@@ -119,7 +124,7 @@ def test_new_quant_type_reruns_only_quantize_evaluate_report(project, first_run)
 
 def test_killed_training_resumes_from_its_checkpoint(project, first_run):
     steps = 60  # long enough on the tiny model to be killed mid-way
-    set_params(project, train={"max_steps": steps, "save_steps": 2, "eval_steps": 30})  # new params: a fresh run
+    set_params(project, train={"max_steps": steps, "save_steps": 2, "eval_steps": 2})  # new params: a fresh run
     checkpoints = project / "models" / "adapter" / "checkpoints"
     start = time.time()
     proc = subprocess.Popen(["dvc", "repro", "train"], cwd=project, stdout=subprocess.PIPE,

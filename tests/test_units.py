@@ -8,7 +8,7 @@ import pytest
 from edgetune.errors import EdgetuneError
 from edgetune.prepare import DataParams, cap, clean, split
 from edgetune.prompts import ELLIPSIS, PromptParams, messages, render_prompt, truncate
-from edgetune.scoring import classification_metrics, log_softmax, parse_answer, pick_label
+from edgetune.scoring import apply_offsets, classification_metrics, fit_offsets, log_softmax, parse_answer, pick_label
 
 LABELS = {"negative": "负面", "positive": "正面"}
 
@@ -47,6 +47,8 @@ def test_split_is_stratified_seeded_disjoint_and_capped(reviews):
     assert collections.Counter(r["label"] for r in parts["val"]) == {"positive": 6, "negative": 6}
     other = split(reviews, DataParams(labels=LABELS, split=[0.6, 0.2, 0.2], max_test=6, seed=4))
     assert other["test"] != parts["test"]
+    fewer = split(reviews, DataParams(labels=LABELS, split=[0.6, 0.2, 0.2], max_test=6, seed=3, max_train=10))
+    assert len(fewer["train"]) == 10 and fewer["test"] == parts["test"]  # held-out splits stay put
 
 
 def test_cap_balances_classes():
@@ -85,6 +87,27 @@ def test_log_softmax_and_pick_label():
     lp = log_softmax(np.array([1.0, 2.0, 3.0], dtype=np.float32))
     assert np.isclose(np.exp(lp).sum(), 1.0) and np.argmax(lp) == 2
     assert pick_label({"negative": -3.2, "positive": -0.1}) == "positive"
+
+
+def test_fit_offsets_corrects_a_model_that_leans_to_one_label():
+    rng = np.random.default_rng(0)
+    y = ["positive"] * 50 + ["negative"] * 50
+    margin = np.where(np.array(y) == "positive", 1.0, -1.0) + rng.normal(0, 0.5, 100) - 2.0  # leans negative by 2
+    scores = [{"negative": 0.0, "positive": float(m)} for m in margin]
+    raw = np.mean([pick_label(s) == t for s, t in zip(scores, y)])
+    offsets = fit_offsets(scores, y, ["negative", "positive"])
+    fixed = np.mean([pick_label(s) == t for s, t in zip(apply_offsets(scores, offsets), y)])
+    assert offsets["negative"] == 0 and 1.0 < offsets["positive"] < 3.0
+    assert raw < 0.7 and fixed > 0.9
+    balanced = [{"negative": 0.0, "positive": 2.0 * (t == "positive") - 1.0} for t in y]
+    assert fit_offsets(balanced, y, ["negative", "positive"])["positive"] == 0  # nothing to correct: no change
+
+
+def test_fit_offsets_with_three_labels():
+    labels = ["a", "b", "c"]
+    scores = [{"a": 0.0, "b": -3.0 + (t == "b") * 2, "c": -3.0 + (t == "c") * 2} for t in labels * 10]
+    offsets = fit_offsets(scores, labels * 10, labels)
+    assert [pick_label(s) for s in apply_offsets(scores, offsets)] == labels * 10
 
 
 def test_classification_metrics_match_hand_counts():

@@ -3,6 +3,8 @@
 Label scoring: after each rendered prompt, compare the log-probabilities of the label answers
 (正面 vs 负面); no free generation. Every prompt starts with the same template and instruction:
 that prefix is computed once and shared, and `evaluate.batch_size` prompts decode together.
+With `evaluate.calibrate`, per-label offsets fitted on the validation split correct a model
+whose scores lean towards one label (scoring.fit_offsets); the raw accuracy is kept beside.
 
 Free answer (for the variants in `evaluate.free_answer`): a greedy answer, parsed for the label
 word, the way a user would ask. Label scoring is unfair to an untuned model, which starts its
@@ -23,7 +25,7 @@ from .errors import EdgetuneError
 from .files import atomic_path, read_jsonl, write_json
 from .prepare import DataParams
 from .quantize import tensor_stats
-from .scoring import classification_metrics, log_softmax, parse_answer, pick_label
+from .scoring import apply_offsets, classification_metrics, fit_offsets, log_softmax, parse_answer, pick_label
 
 
 @dataclasses.dataclass
@@ -33,6 +35,7 @@ class EvaluateParams:
     batch_size: int = 8  # prompts decoded together
     threads: int | None = None  # None: all cores
     max_samples: int | None = None  # None: the whole test split
+    calibrate: bool = True  # label-score offsets fitted on the validation split, applied to the test split
 
 
 class Scorer:
@@ -180,13 +183,27 @@ def check_template(scorer: Scorer, row: dict, where: Path) -> bool:
     return rendered == row["prompt"]
 
 
+def score_all(scorer: Scorer, prompts, answer_tokens, answers, p: EvaluateParams, free: bool, desc: str):
+    """Label scores (and free answers) for all prompts, 8 batches per call, with a progress bar."""
+    scores, texts = [], []
+    step = 8 * p.batch_size
+    with tqdm(total=len(prompts), desc=desc, unit="sample") as bar:
+        for i in range(0, len(prompts), step):
+            s, t = scorer.run(prompts[i : i + step], answer_tokens, free, answers, p.max_answer_tokens)
+            scores += s
+            texts += t
+            bar.update(len(s))
+    return scores, texts
+
+
 @click.command("evaluate")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), required=True, help="GGUF file.")
 @click.option("--variant", required=True, help="Name in the reports: base, f16, q4_k_m, ...")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=Path("data/processed/test.jsonl"), show_default=True)
+@click.option("--val", type=click.Path(dir_okay=False, path_type=Path), default=Path("data/processed/val.jsonl"), show_default=True, help="Validation split: fits the label-score offsets (evaluate.calibrate).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Metrics JSON.")
 @click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path), help="CSV of actual/predicted labels (dvc confusion plot).")
-def evaluate(model: Path, variant: str, data: Path, out: Path, predictions: Path | None):
+def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predictions: Path | None):
     """Classify the test split with the GGUF MODEL and write its metrics."""
     p = params.load("evaluate", EvaluateParams)
     answers = params.load("data", DataParams).labels
@@ -195,35 +212,42 @@ def evaluate(model: Path, variant: str, data: Path, out: Path, predictions: Path
     rows = read_jsonl(data)[: p.max_samples]
     if not rows:
         raise EdgetuneError(f"{data}: no examples to evaluate.")
+    val_rows = read_jsonl(val) if p.calibrate and val.is_file() else []
+    if p.calibrate and not val_rows:
+        raise EdgetuneError(f"{val}: no validation examples to calibrate on. Check data.max_val, or set "
+                            "evaluate.calibrate: false in params.yaml.")
     threads = p.threads or os.cpu_count() or 1
 
     from llama_cpp import Llama
 
     vocab = Llama(model_path=str(model), vocab_only=True, verbose=False)
-    prompts = [vocab.tokenize(r["prompt"].encode("utf-8"), add_bos=False, special=True) for r in rows]
+    prompts, val_prompts = ([vocab.tokenize(r["prompt"].encode("utf-8"), add_bos=False, special=True) for r in rs]
+                            for rs in (rows, val_rows))
     answer_tokens = {label: vocab.tokenize(w.encode("utf-8"), add_bos=False, special=False) for label, w in answers.items()}
     free = variant in p.free_answer
-    scorer = Scorer(model, prompts, p.batch_size, p.max_answer_tokens, threads)
+    scorer = Scorer(model, prompts + val_prompts, p.batch_size, p.max_answer_tokens, threads)
     template_ok = check_template(scorer, rows[0], model)
 
-    scores, texts = [], []
     start = time.perf_counter()
-    with tqdm(total=len(rows), desc=f"evaluate {variant}" + (" (+ free answer)" if free else ""), unit="sample") as bar:
-        for i in range(0, len(rows), 8 * p.batch_size):
-            s, t = scorer.run(prompts[i : i + 8 * p.batch_size], answer_tokens, free, answers, p.max_answer_tokens)
-            scores += s
-            texts += t
-            bar.update(len(s))
+    scores, texts = score_all(scorer, prompts, answer_tokens, answers, p, free,
+                              f"evaluate {variant}" + (" (+ free answer)" if free else ""))
     seconds = time.perf_counter() - start - scorer.answer_seconds  # label scoring alone
+    offsets = dict.fromkeys(answers, 0.0)
+    if val_rows:
+        val_scores, _ = score_all(scorer, val_prompts, answer_tokens, answers, p, False, f"calibrate {variant} on {val}")
+        offsets = fit_offsets(val_scores, [r["label"] for r in val_rows], list(answers))
     scorer.close()
 
     y_true = [r["label"] for r in rows]
-    y_pred = [pick_label(s) for s in scores]
+    y_pred = [pick_label(s) for s in apply_offsets(scores, offsets)]
     result = classification_metrics(y_true, y_pred, list(answers))
     result.pop("unparsed")
+    raw = classification_metrics(y_true, [pick_label(s) for s in scores], list(answers))
     prompt_tokens = sum(map(len, prompts))
     result.update(
         variant=variant,
+        label_offsets=offsets,
+        uncalibrated={"accuracy": raw["accuracy"], "f1": raw["f1"]},
         seconds_per_sample=seconds / len(rows),
         samples_per_second=len(rows) / seconds,
         prompt_tokens_per_second=prompt_tokens / seconds,

@@ -129,9 +129,10 @@ def split(rows: list[dict], p: DataParams) -> dict[str, list[dict]]:
         )
     except ValueError as e:
         raise EdgetuneError(f"data: too few examples per class to split {p.split}: {e}") from None
-    rng = np.random.default_rng(p.seed)
     caps = {"train": p.max_train, "val": p.max_val, "test": p.max_test}
-    return {name: cap(part, caps[name], p.balance, rng) for name, part in zip(SPLITS, (train, val, test))}
+    # One generator per split: changing one split's cap never changes what the others hold.
+    return {name: cap(part, caps[name], p.balance, np.random.default_rng([p.seed, i]))
+            for i, (name, part) in enumerate(zip(SPLITS, (train, val, test)))}
 
 
 def cap(rows: list[dict], limit: int | None, balance: bool, rng) -> list[dict]:

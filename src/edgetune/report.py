@@ -32,6 +32,8 @@ def side_by_side(variants: dict[str, dict]) -> dict[str, dict]:
     for name, v in variants.items():
         row = {k: v[k] for k in SCALARS if v.get(k) is not None}
         row["per_class"] = {c: {k: s[k] for k in ("precision", "recall", "f1")} for c, s in v["per_class"].items()}
+        if "uncalibrated" in v:
+            row["uncalibrated_accuracy"] = v["uncalibrated"]["accuracy"]
         if "free_answer" in v:
             row["free_answer"] = {k: v["free_answer"][k] for k in ("accuracy", "f1", "unparsed")}
         table[name] = row
@@ -58,11 +60,11 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
         "# edgetune report",
         "",
         f"Test split: {next(iter(variants.values()))['n_samples']} examples from `{data.get('source', '?')}`. "
-        "Accuracy by label scoring; *free* is the greedy answer parsed for the label word "
-        "(the untuned model's fair score). Deltas in points.",
+        "Accuracy by label scoring, with label offsets fitted on the validation split (*raw*: without); "
+        "*free* is the greedy answer parsed for the label word (the untuned model's fair score). Deltas in points.",
         "",
-        "| variant | MB | bits/weight | accuracy | F1 | free | s/sample | prompt tok/s | Δ f16 | Δ untuned | Δ tfidf |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | MB | bits/weight | accuracy | raw | F1 | free | s/sample | prompt tok/s | Δ f16 | Δ untuned | Δ tfidf |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, v in variants.items():
         mb = f"{v['model_bytes'] / 1e6:.0f}" if v.get("model_bytes") else ""
@@ -70,8 +72,9 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
         free = v.get("free_answer")
         free_cell = f"{100 * free['accuracy']:.1f} ({free['unparsed']} unparsed)" if free else ""
         tps = f"{v['prompt_tokens_per_second']:.0f}" if v.get("prompt_tokens_per_second") else ""
+        raw = f"{100 * v['uncalibrated']['accuracy']:.1f}" if "uncalibrated" in v else ""
         lines.append(
-            f"| {name} | {mb} | {bpw} | {100 * v['accuracy']:.1f} | {100 * v['f1']:.1f} | {free_cell} | "
+            f"| {name} | {mb} | {bpw} | {100 * v['accuracy']:.1f} | {raw} | {100 * v['f1']:.1f} | {free_cell} | "
             f"{v['seconds_per_sample']:.3f} | {tps} | {fmt_delta(v['accuracy'], f16)} | "
             f"{fmt_delta(v['accuracy'], untuned)} | {fmt_delta(v['accuracy'], tfidf)} |"
         )
@@ -79,7 +82,7 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
         lines += ["", "*base* is the untuned model; its label-scoring accuracy is unfair to it (it starts its "
                   "answer with other words), so Δ untuned uses its free-answer accuracy."]
     if train:
-        keep = {k: train[k] for k in ("train_loss", "eval_loss", "steps", "train_runtime", "tokens_seen") if k in train}
+        keep = {k: train[k] for k in ("train_loss", "eval_loss", "eval_accuracy", "steps", "chosen_step", "train_runtime", "tokens_seen") if k in train}
         lines += ["", "## Training", "", "| " + " | ".join(keep) + " |", "|" + "---:|" * len(keep),
                   "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in keep.values()) + " |"]
     if data.get("splits"):

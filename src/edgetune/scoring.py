@@ -14,6 +14,38 @@ def pick_label(scores: dict[str, float]) -> str:
     return max(scores, key=scores.get)
 
 
+def fit_offsets(scores: list[dict[str, float]], y_true: list[str], labels: list[str], rounds: int = 3) -> dict[str, float]:
+    """Per-label offsets for the label scores that maximise accuracy on these (validation) scores.
+
+    A tuned model's label scores can lean towards one label; offsets fitted on the validation
+    split and added on the test split correct that lean ("calibrate before use"). The first
+    label stays at 0; for each other label, in turn, the offset is chosen among the points where
+    an example changes label; among equally good ones, the smallest correction wins.
+    """
+    s = np.array([[row[label] for label in labels] for row in scores])
+    y = np.array([labels.index(t) for t in y_true])
+    offsets = np.zeros(len(labels))
+    for _ in range(rounds if len(labels) > 2 else 1):
+        for j in range(1, len(labels)):
+            rivals = np.delete(s + offsets, j, axis=1).max(axis=1)
+            flips = np.sort(rivals - s[:, j])  # the offset at which label j starts to win each example
+            candidates = np.concatenate([[0.0, flips[0] - 1, flips[-1] + 1], (flips[1:] + flips[:-1]) / 2])
+
+            def accuracy(c):
+                trial = offsets.copy()
+                trial[j] = c
+                return ((s + trial).argmax(axis=1) == y).mean()
+
+            accuracies = np.array([accuracy(c) for c in candidates])
+            best = candidates[accuracies == accuracies.max()]
+            offsets[j] = best[np.abs(best).argmin()]
+    return dict(zip(labels, offsets.tolist()))
+
+
+def apply_offsets(scores: list[dict[str, float]], offsets: dict[str, float]) -> list[dict[str, float]]:
+    return [{label: v + offsets.get(label, 0.0) for label, v in row.items()} for row in scores]
+
+
 def parse_answer(text: str, answers: dict[str, str]) -> str | None:
     """The label whose answer word appears first in a free answer; None when none appears."""
     found = [(text.find(word), label) for label, word in answers.items() if word in text]

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+from types import SimpleNamespace
 from pathlib import Path
 
 import click
@@ -28,6 +29,7 @@ class LoraParams:
     alpha: int = 32
     dropout: float = 0.0  # dropout costs a quarter of the CPU step time
     target_modules: str | list[str] = "all-linear"
+    top_layers: int | None = None  # adapters in the last N decoder layers only: backward stops there
 
 
 @dataclasses.dataclass
@@ -44,18 +46,23 @@ class TrainParams:
     gradient_checkpointing: bool = False  # saves activation memory for a third more compute
     precision: str = "auto"  # auto | bf16 | fp32: bf16 weights where the hardware has bf16
     logging_steps: int = 5
-    eval_steps: int = 100
-    save_steps: int = 25
+    eval_steps: int = 50
+    save_steps: int = 50  # a multiple of eval_steps when best_checkpoint is on
+    best_checkpoint: bool = True  # keep the checkpoint with the best validation accuracy, not the last
     seed: int = 0
 
 
-def answer_only_loss(model, inputs, num_items_in_batch=None):
+def answer_only_loss(model, inputs, num_items_in_batch=None, choices: list[int] | None = None):
     """Causal-LM loss computed from the output layer at the labelled positions only.
 
     The answer is a few tokens at the end of each example, but the output layer is 151,936 wide
     for Qwen: building logits (and TRL's per-token entropy) for every position costs most of a
     CPU step. Here the decoder runs as usual and the output layer sees only the positions that
     predict a labelled token.
+
+    With `choices` (the first token of each label answer) it also returns, per example, the
+    logits of those tokens where the answer begins: label scoring of the validation split for
+    the price of its loss.
     """
     import torch
     import torch.nn.functional as F
@@ -75,7 +82,24 @@ def answer_only_loss(model, inputs, num_items_in_batch=None):
     if softcap:  # Gemma caps its logits
         logits = torch.tanh(logits / softcap) * softcap
     n = num_items_in_batch if num_items_in_batch is not None else keep.sum()
-    return F.cross_entropy(logits, labels[keep], reduction="sum") / torch.as_tensor(n).clamp(min=1).to(logits.device)
+    loss = F.cross_entropy(logits, labels[keep], reduction="sum") / torch.as_tensor(n).clamp(min=1).to(logits.device)
+    if choices is None:
+        return loss
+    start = keep.int().argmax(1)  # each example's first labelled position
+    first = hidden[:, :-1][torch.arange(len(start)), start]
+    return loss, first @ causal_lm.get_output_embeddings().weight[choices].T
+
+
+def label_accuracy(choices: list[int]):
+    """compute_metrics for the Trainer: the label whose first token scores highest vs the truth."""
+    import numpy as np
+
+    def compute(pred) -> dict:
+        scores, labels = pred.predictions, pred.label_ids
+        truth = labels[np.arange(len(labels)), (labels != -100).argmax(1)]
+        return {"accuracy": float(np.mean(np.asarray(choices)[scores.argmax(1)] == truth))}
+
+    return compute
 
 
 def make_trainer_class():
@@ -84,11 +108,37 @@ def make_trainer_class():
     class AnswerOnlySFTTrainer(SFTTrainer):
         """TRL's SFTTrainer (data, collation, PEFT, checkpoints) with the answer-only loss above."""
 
+        choices: list[int] | None = None  # first tokens of the label answers, for validation accuracy
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = answer_only_loss(model, inputs, num_items_in_batch)
-            return (loss, None) if return_outputs else loss
+            if not (return_outputs and self.choices):
+                loss = answer_only_loss(model, inputs, num_items_in_batch)
+                return (loss, SimpleNamespace(logits=None)) if return_outputs else loss
+            loss, scores = answer_only_loss(model, inputs, num_items_in_batch, self.choices)
+            return loss, SimpleNamespace(logits=scores)
 
     return AnswerOnlySFTTrainer
+
+
+def adapter_targets(lp: LoraParams, model) -> str | list[str]:
+    """PEFT's target_modules: as given, or those modules within the last `lora.top_layers` layers."""
+    if lp.top_layers is None:
+        return lp.target_modules
+    import torch
+
+    n_layers = model.config.get_text_config().num_hidden_layers
+    if not 0 < lp.top_layers <= n_layers:
+        raise EdgetuneError(f"params.yaml: lora.top_layers is {lp.top_layers}; the model has {n_layers} decoder "
+                            f"layers. Use 1..{n_layers}, or null for all.")
+    top = {str(i) for i in range(n_layers - lp.top_layers, n_layers)}
+    targets = []
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if "layers" not in parts[:-1] or parts[parts.index("layers") + 1] not in top:
+            continue
+        if isinstance(module, torch.nn.Linear) if lp.target_modules == "all-linear" else parts[-1] in lp.target_modules:
+            targets.append(name)
+    return targets
 
 
 def bf16_supported() -> bool:
@@ -160,15 +210,24 @@ def train(model: Path, data: Path, out: Path, live_dir: Path):
     if not train_rows:
         raise EdgetuneError(f"{data / 'train.jsonl'}: no training examples. Check data.max_train and the data source.")
 
+    if p.best_checkpoint and val_rows and p.save_steps % p.eval_steps:
+        raise EdgetuneError(f"params.yaml: train.save_steps ({p.save_steps}) must be a multiple of train.eval_steps "
+                            f"({p.eval_steps}) to keep the best checkpoint; change one, or set train.best_checkpoint: false.")
+    best = p.best_checkpoint and bool(val_rows)
+
     checkpoints = out / "checkpoints"
     resume = resume_point(checkpoints, fingerprint([p, lp], [data / "train.jsonl", data / "val.jsonl", model / "config.json"]))
 
     tokenizer = AutoTokenizer.from_pretrained(model)
+    # Validation accuracy by first-token label scoring, where the answers' first tokens differ.
+    choices = [tokenizer(a, add_special_tokens=False).input_ids[0] for a in sorted({r["answer"] for r in train_rows})]
+    choices = choices if len(set(choices)) == len(choices) > 1 else None
     # bf16 weights with no autocast: seven times faster than fp32 weights under bf16 autocast on a
     # CPU with AVX-512 BF16 (autocast re-casts every weight on every step). LoRA weights stay fp32.
     base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if bf16 else torch.float32)
     lora = LoraConfig(
-        r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=lp.target_modules, task_type="CAUSAL_LM"
+        r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=adapter_targets(lp, base),
+        task_type="CAUSAL_LM",
     )
     config = SFTConfig(
         output_dir=str(checkpoints),
@@ -188,7 +247,9 @@ def train(model: Path, data: Path, out: Path, live_dir: Path):
         eval_steps=p.eval_steps,
         save_strategy="steps",
         save_steps=p.save_steps,
-        save_total_limit=2,
+        save_total_limit=2,  # with load_best_model_at_end: the best and the last
+        load_best_model_at_end=best,
+        metric_for_best_model="accuracy" if choices else "loss",
         seed=p.seed,
         data_seed=p.seed,
         bf16=False,  # weights are already bf16; autocast would only slow it down
@@ -213,18 +274,24 @@ def train(model: Path, data: Path, out: Path, live_dir: Path):
         eval_dataset=Dataset.from_list(to_prompt_completion(val_rows)) if val_rows else None,
         processing_class=tokenizer,
         peft_config=lora,
+        compute_metrics=label_accuracy(choices) if choices else None,
         callbacks=[DVCLiveCallback(live=live)],
     )
+    trainer.choices = choices
     result = trainer.train(resume_from_checkpoint=resume)
     summary = {"train_loss": result.training_loss, "steps": trainer.state.global_step, "bf16_weights": bf16,
                "tokens_seen": trainer.state.num_input_tokens_seen}
     summary.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
     summary["tokens_per_second"] = summary["tokens_seen"] / max(result.metrics["train_runtime"], 1e-9)
-    evals = [log for log in trainer.state.log_history if "eval_loss" in log]
-    if val_rows and (not evals or evals[-1]["step"] != trainer.state.global_step):
-        evals.append({**trainer.evaluate(), "step": trainer.state.global_step})
-    if evals:  # the validation loss of the final adapter
-        summary["eval_loss"] = evals[-1]["eval_loss"]
+    evals = {log["step"]: log for log in trainer.state.log_history if "eval_loss" in log}
+    chosen = trainer.state.global_step
+    if best and trainer.state.best_model_checkpoint:
+        chosen = int(trainer.state.best_model_checkpoint.rsplit("-", 1)[1])
+    if val_rows and chosen not in evals:
+        evals[chosen] = trainer.evaluate()
+    summary["chosen_step"] = chosen
+    if val_rows:  # the validation metrics of the adapter that is saved
+        summary.update({k: v for k, v in evals[chosen].items() if k in ("eval_loss", "eval_accuracy")})
     for key, value in summary.items():
         if isinstance(value, (int, float)):
             live.summary[key] = value
