@@ -111,7 +111,7 @@ def test_adapter_that_does_not_fit_the_base(workdir, tiny_model, qwen_tokenizer)
 def test_training_checkpoints_that_skip_the_validation_steps(workdir, tiny_model):
     write_jsonl(workdir / "reviews.jsonl", GOOD)
     assert prepare(workdir, tiny_model, workdir / "reviews.jsonl").exit_code == 0
-    set_params(workdir, "train", save_steps=3, eval_steps=2)
+    set_params(workdir, "train", save_steps=3, eval_steps=2, best_checkpoint=True)
     result = run("train", "--model", tiny_model, "--data", workdir / "out", "--out", workdir / "adapter", "--live", workdir / "live")
     assert failed(result, "train.save_steps (3)", "train.eval_steps (2)", "train.best_checkpoint")
     assert not (workdir / "adapter").exists()

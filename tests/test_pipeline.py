@@ -52,7 +52,9 @@ def project(tmp_path_factory, tiny_model, reviews) -> Path:
         model={"source": str(tiny_model), "name": "tiny", "dtype": "float32"},
         data={"source": str(data.relative_to(root)), "max_train": None, "max_val": 8, "max_test": 12,
               "split": [0.6, 0.2, 0.2], "max_text_tokens": 48, "head_tokens": 16},
-        train={"max_steps": 6, "batch_size": 4, "save_steps": 2, "eval_steps": 2, "logging_steps": 1, "lr": 1e-3},
+        train={"max_steps": 6, "batch_size": 4, "save_steps": 2, "eval_steps": 2, "logging_steps": 1, "lr": 1e-3,
+               "best_checkpoint": True},
+        lora={"top_layers": 1},  # the tiny model has two layers; adapters in the last one
         evaluate={"max_answer_tokens": 4, "threads": 2},
     )
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)

@@ -48,7 +48,7 @@ class TrainParams:
     logging_steps: int = 5
     eval_steps: int = 50
     save_steps: int = 50  # a multiple of eval_steps when best_checkpoint is on
-    best_checkpoint: bool = True  # keep the checkpoint with the best validation accuracy, not the last
+    best_checkpoint: bool = False  # keep the checkpoint with the best validation accuracy, not the last
     seed: int = 0
 
 
