@@ -1,0 +1,93 @@
+"""The GPU path's files: the Dockerfile lints clean, the compose file and the workflows validate
+against their published schemas and say what they must, the accelerate config loads, and the
+llama.cpp build script reuses its cache."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO
+
+BIN = Path(sys.executable).parent
+
+
+def run(*cmd, **kwargs):
+    return subprocess.run([str(c) for c in cmd], cwd=REPO, capture_output=True, text=True, **kwargs)
+
+
+def test_dockerfile_passes_hadolint():
+    proc = run(BIN / "hadolint", "--config", REPO / ".hadolint.yaml", "Dockerfile")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_ignored_hadolint_rule_is_justified():
+    text = (REPO / ".hadolint.yaml").read_text()
+    lines = text.splitlines()
+    for rule in yaml.safe_load(text).get("ignored", []):
+        at = next(i for i, line in enumerate(lines) if line.strip() == f"- {rule}")
+        assert lines[at - 1].strip().startswith("#"), f"{rule} is ignored without a reason above it"
+
+
+def test_dockerfile_builds_llama_cpp_with_cuda_by_the_host_script():
+    text = (REPO / "Dockerfile").read_text()
+    assert "ARG CUDA_VERSION" in text and "ARG UBUNTU_VERSION" in text and "ARG CUDA_ARCHITECTURES" in text
+    assert "scripts/build_llama_cpp.sh" in text
+    for flag in ("-DGGML_CUDA=ON", "-DGGML_NATIVE=OFF", "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}"):
+        assert flag in text
+    # llama.cpp before the dependencies before the code: a code change rebuilds neither
+    order = [text.index(s) for s in ("COPY scripts/build_llama_cpp.sh", "COPY pyproject.toml", "COPY --chown=edgetune:edgetune . ")]
+    assert order == sorted(order)
+    assert "USER 1000:1000" in text and 'CMD ["dvc", "repro"]' in text and "VOLUME" in text
+
+
+def test_compose_file_validates_and_reserves_the_gpu():
+    proc = run(BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", "docker-compose.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    gpu = compose["services"]["pipeline"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d["capabilities"] for d in devices)
+    assert {"HF_TOKEN", "HF_ENDPOINT"} <= set(gpu["environment"])
+    assert ".:/workspace" in gpu["volumes"] and set(compose["volumes"]) == {"dvc-cache", "hf-cache"}
+    cpu = compose["services"]["pipeline-cpu"]
+    assert cpu["profiles"] == ["cpu"] and "deploy" not in cpu
+
+
+def test_workflows_validate_and_do_what_the_readme_says():
+    workflows = REPO / ".github" / "workflows"
+    proc = run(BIN / "check-jsonschema", "--builtin-schema", "vendor.github-workflows", *sorted(workflows.glob("*.yml")))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    gpu = yaml.safe_load((workflows / "gpu-pipeline.yml").read_text())
+    assert "pull_request" in gpu[True]  # YAML 1.1 reads the `on:` key as True
+    assert gpu["concurrency"]["group"] and gpu["concurrency"]["cancel-in-progress"] is False
+    job = gpu["jobs"]["reproduce"]
+    assert {"self-hosted", "gpu"} <= set(job["runs-on"]) and job["timeout-minutes"] > 0
+    steps = "\n".join(str(s.get("run", "")) + str(s.get("with", "")) for s in job["steps"])
+    for needle in ("cache-from", "dvc repro", "dvc exp run --pull --allow-missing", "dvc metrics diff origin/main --md",
+                   "dvc params diff origin/main --md", "reports/summary.md", "dvc plots diff", "GITHUB_STEP_SUMMARY"):
+        assert needle in steps, needle
+
+    tests = yaml.safe_load((workflows / "tests.yml").read_text())
+    assert any(s.get("run") == "make test" for s in tests["jobs"]["tests"]["steps"])
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_accelerate_config_loads():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    config = load_config_from_file(str(REPO / "configs" / "accelerate.yaml"))
+    assert config.distributed_type == DistributedType.MULTI_GPU and config.num_machines == 1
+
+
+def test_build_script_reuses_its_cached_cpu_build():
+    home = Path(os.environ.get("LLAMA_CPP_DIR", REPO / "build" / "llama.cpp"))
+    stamp = (home / "tools.stamp").read_text()
+    proc = run("bash", "scripts/build_llama_cpp.sh", env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "building" not in proc.stdout and "ready" in proc.stdout  # nothing rebuilt
+    assert (home / "tools.stamp").read_text() == stamp and (home / "cmake" / "bin" / "llama-quantize").is_file()
