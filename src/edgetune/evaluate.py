@@ -232,6 +232,7 @@ def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predic
     scores, texts = score_all(scorer, prompts, answer_tokens, answers, p, free,
                               f"evaluate {variant}" + (" (+ free answer)" if free else ""))
     seconds = time.perf_counter() - start - scorer.answer_seconds  # label scoring alone
+    evaluated = scorer.prompt_evaluated  # test prompt tokens computed (before calibration adds more)
     offsets = dict.fromkeys(answers, 0.0)
     if val_rows:
         val_scores, _ = score_all(scorer, val_prompts, answer_tokens, answers, p, False, f"calibrate {variant} on {val}")
@@ -251,7 +252,7 @@ def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predic
         seconds_per_sample=seconds / len(rows),
         samples_per_second=len(rows) / seconds,
         prompt_tokens_per_second=prompt_tokens / seconds,
-        evaluated_tokens_per_second=scorer.prompt_evaluated / seconds,
+        evaluated_tokens_per_second=evaluated / seconds,
         prompt_tokens=prompt_tokens,
         model_bytes=model.stat().st_size,
         bits_per_weight=tensor_stats(model)["bits_per_weight"],
