@@ -1,6 +1,7 @@
 """Bad input: a clear message naming the input, a non-zero exit, and no partial output."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -108,19 +109,23 @@ def test_adapter_that_does_not_fit_the_base(workdir, tiny_model, qwen_tokenizer)
     assert not (workdir / "merged").exists()
 
 
-def test_training_checkpoints_that_skip_the_validation_steps(workdir, tiny_model):
-    write_jsonl(workdir / "reviews.jsonl", GOOD)
-    assert prepare(workdir, tiny_model, workdir / "reviews.jsonl").exit_code == 0
+@pytest.fixture
+def prepared(workdir, tiny_model) -> Path:
+    """The good reviews prepared into workdir/out: the input of the later stages."""
+    result = prepare(workdir, tiny_model, write_jsonl(workdir / "good.jsonl", GOOD))
+    assert result.exit_code == 0, result.output
+    return workdir / "out"
+
+
+def test_training_checkpoints_that_skip_the_validation_steps(workdir, tiny_model, prepared):
     set_params(workdir, "train", save_steps=3, eval_steps=2, best_checkpoint=True)
-    result = run("train", "--model", tiny_model, "--data", workdir / "out", "--out", workdir / "adapter", "--live", workdir / "live")
+    result = run("train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "live")
     assert failed(result, "train.save_steps (3)", "train.eval_steps (2)", "train.best_checkpoint")
     assert not (workdir / "adapter").exists()
 
 
-def test_calibration_without_a_validation_split(workdir, tiny_model, tiny_gguf):
-    write_jsonl(workdir / "reviews.jsonl", GOOD)
-    assert prepare(workdir, tiny_model, workdir / "reviews.jsonl").exit_code == 0
-    result = run("evaluate", "--model", tiny_gguf, "--variant", "f16", "--data", workdir / "out" / "test.jsonl",
+def test_calibration_without_a_validation_split(workdir, tiny_gguf, prepared):
+    result = run("evaluate", "--model", tiny_gguf, "--variant", "f16", "--data", prepared / "test.jsonl",
                  "--val", workdir / "none.jsonl", "--out", workdir / "f16.json")
     assert failed(result, "none.jsonl", "evaluate.calibrate")
     assert not (workdir / "f16.json").exists()
