@@ -3,9 +3,12 @@
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LLAMA_CPP_DIR", str(REPO / "build" / "llama.cpp"))
@@ -78,3 +81,42 @@ def reviews() -> list[dict]:
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def set_params(folder: Path, **sections):
+    """Update sections of folder/params.yaml, e.g. set_params(root, train={"max_steps": 4})."""
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+
+
+def run(*args):
+    """The edgetune CLI in this process, as a user would call it."""
+    from edgetune.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty folder with the repository's params.yaml, as the working directory."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+GOOD = [{"text": f"评论{i}", "label": "positive" if i % 2 else "negative"} for i in range(40)]
+
+
+def prepare(workdir: Path, tiny_model: Path, source: Path):
+    set_params(workdir, data={"source": str(source), "max_test": 4, "max_val": 4})
+    return run("prepare", "--model", tiny_model, "--out", workdir / "out", "--stats", workdir / "stats.json")
+
+
+@pytest.fixture
+def prepared(workdir, tiny_model, reviews) -> Path:
+    """Real reviews prepared into workdir/out: the input of the later stages."""
+    result = prepare(workdir, tiny_model, write_jsonl(workdir / "reviews.jsonl", reviews))
+    assert result.exit_code == 0, result.output
+    return workdir / "out"

@@ -1,36 +1,8 @@
 """Bad input: a clear message naming the input, a non-zero exit, and no partial output."""
 
-import shutil
-from pathlib import Path
-
 import pytest
-import yaml
-from click.testing import CliRunner
 
-from conftest import REPO, make_tiny_model, write_jsonl
-from edgetune.cli import main
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def set_params(workdir, section, **values):
-    params = yaml.safe_load((workdir / "params.yaml").read_text())
-    params[section].update(values)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def prepare(workdir, tiny_model, source):
-    set_params(workdir, "data", source=str(source), max_test=4, max_val=4)
-    return run("prepare", "--model", tiny_model, "--out", workdir / "out", "--stats", workdir / "stats.json")
+from conftest import GOOD, make_tiny_model, prepare, run, set_params, write_jsonl
 
 
 def failed(result, *needles):
@@ -38,9 +10,6 @@ def failed(result, *needles):
     for needle in needles:
         assert needle in result.output, result.output
     return True
-
-
-GOOD = [{"text": f"评论{i}", "label": "positive" if i % 2 else "negative"} for i in range(40)]
 
 
 @pytest.mark.parametrize(
@@ -71,7 +40,7 @@ def test_good_data_prepares(workdir, tiny_model):
 
 
 def test_params_with_a_wrong_type(workdir, tiny_model):
-    set_params(workdir, "data", seed="zero")
+    set_params(workdir, data={"seed": "zero"})
     result = run("prepare", "--model", tiny_model, "--out", workdir / "out", "--stats", workdir / "stats.json")
     assert failed(result, "params.yaml", "data.seed", "'zero'", "expected int")
     assert not (workdir / "out").exists()
@@ -84,13 +53,13 @@ def test_unknown_quant_type(workdir, tiny_gguf):
 
 
 def test_model_source_that_does_not_exist(workdir):
-    set_params(workdir, "model", source="./no/such/model")
+    set_params(workdir, model={"source": "./no/such/model"})
     assert failed(run("fetch-model", "--out", workdir / "base"), "./no/such/model", "no such folder")
     assert not (workdir / "base").exists()
 
 
 def test_gguf_checksum_mismatch(workdir, tiny_gguf):
-    set_params(workdir, "model", source=str(tiny_gguf), sha256="0" * 64)
+    set_params(workdir, model={"source": str(tiny_gguf), "sha256": "0" * 64})
     assert failed(run("fetch-model", "--out", workdir / "base"), "sha256", "does not match", "model.sha256")
     assert not (workdir / "base").exists()
 
@@ -109,16 +78,8 @@ def test_adapter_that_does_not_fit_the_base(workdir, tiny_model, qwen_tokenizer)
     assert not (workdir / "merged").exists()
 
 
-@pytest.fixture
-def prepared(workdir, tiny_model) -> Path:
-    """The good reviews prepared into workdir/out: the input of the later stages."""
-    result = prepare(workdir, tiny_model, write_jsonl(workdir / "good.jsonl", GOOD))
-    assert result.exit_code == 0, result.output
-    return workdir / "out"
-
-
 def test_training_checkpoints_that_skip_the_validation_steps(workdir, tiny_model, prepared):
-    set_params(workdir, "train", save_steps=3, eval_steps=2, best_checkpoint=True)
+    set_params(workdir, train={"save_steps": 3, "eval_steps": 2, "best_checkpoint": True})
     result = run("train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "live")
     assert failed(result, "train.save_steps (3)", "train.eval_steps (2)", "train.best_checkpoint")
     assert not (workdir / "adapter").exists()

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO, write_jsonl
+from conftest import REPO, set_params, write_jsonl
 
 STAGES = {"fetch-model", "prepare", "baseline", "train", "merge", "convert", "quantize@q8_0", "quantize@q4_k_m",
           "evaluate-base", "evaluate-f16", "evaluate@q8_0", "evaluate@q4_k_m", "report"}
@@ -32,19 +31,13 @@ def ran_stages(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
-def set_params(project: Path, **sections):
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in sections.items():
-        params[section].update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model, reviews) -> Path:
     """A fresh git + DVC project with the repo's pipeline, pointed at the tiny model and reviews."""
     root = tmp_path_factory.mktemp("project")
     for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "configs", root / "configs")
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     data = write_jsonl(root / "reviews.jsonl", reviews)
     set_params(

@@ -25,3 +25,7 @@ def main():
 
 for command in (fetch_model, prepare, train, merge, convert, quantize, baseline, evaluate, report):
     main.add_command(command)
+
+
+if __name__ == "__main__":  # `accelerate launch -m edgetune.cli` runs the CLI as a module
+    main()

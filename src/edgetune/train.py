@@ -4,6 +4,8 @@ Checkpoints go to <adapter>/checkpoints every `train.save_steps`; the stage's ou
 `persist: true` in dvc.yaml, so an interrupted `dvc repro` resumes from the last one, provided
 the params and data it was made from are unchanged (a fingerprint file says so).
 Train and validation loss go through dvclive into `dvc plots`.
+`lora.quantization: 4bit` trains on a 4-bit base (QLoRA, qlora.py); several visible GPUs make
+the stage relaunch itself under DDP (distributed.py).
 """
 
 import dataclasses
@@ -17,8 +19,10 @@ from pathlib import Path
 import click
 
 from . import params
+from .distributed import relaunch_on_gpus
 from .errors import EdgetuneError
 from .files import read_jsonl, write_json
+from .qlora import check_choice, load_4bit
 
 FINGERPRINT = "fingerprint.json"
 
@@ -30,6 +34,7 @@ class LoraParams:
     dropout: float = 0.0  # dropout costs a quarter of the CPU step time
     target_modules: str | list[str] = "all-linear"
     top_layers: int | None = None  # adapters in the last N decoder layers only: backward stops there
+    quantization: str = "none"  # 4bit: QLoRA, the base in nf4 while training (qlora.py)
 
 
 @dataclasses.dataclass
@@ -57,8 +62,9 @@ def answer_only_loss(model, inputs, num_items_in_batch=None, choices: list[int] 
 
     The answer is a few tokens at the end of each example, but the output layer is 151,936 wide
     for Qwen: building logits (and TRL's per-token entropy) for every position costs most of a
-    CPU step. Here the decoder runs as usual and the output layer sees only the positions that
-    predict a labelled token.
+    CPU step. The model's own `logits_to_keep` mask sends only the positions that predict a
+    labelled token through the output layer. The call goes through `model` itself, so under
+    DDP the wrapper's forward runs and gradients are synchronised.
 
     With `choices` (the first token of each label answer) it also returns, per example, the
     logits of those tokens where the answer begins: label scoring of the validation split for
@@ -66,28 +72,23 @@ def answer_only_loss(model, inputs, num_items_in_batch=None, choices: list[int] 
     """
     import torch
     import torch.nn.functional as F
-    from peft import PeftModel
 
-    causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
-    hidden = causal_lm.get_decoder()(
+    labels = inputs["labels"][:, 1:]
+    keep = labels != -100
+    logits = model(
         input_ids=inputs["input_ids"],
         attention_mask=inputs.get("attention_mask"),
         position_ids=inputs.get("position_ids"),
         use_cache=False,
-    ).last_hidden_state
-    labels = inputs["labels"][:, 1:]
-    keep = labels != -100
-    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    softcap = getattr(causal_lm.config.get_text_config(), "final_logit_softcapping", None)
-    if softcap:  # Gemma caps its logits
-        logits = torch.tanh(logits / softcap) * softcap
+        logits_to_keep=F.pad(keep, (0, 1)),  # position t predicts token t + 1
+    ).logits.float()  # one row per labelled token, example by example
     n = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     loss = F.cross_entropy(logits, labels[keep], reduction="sum") / torch.as_tensor(n).clamp(min=1).to(logits.device)
     if choices is None:
         return loss
-    start = keep.int().argmax(1)  # each example's first labelled position
-    first = hidden[:, :-1][torch.arange(len(start)), start]
-    return loss, first @ causal_lm.get_output_embeddings().weight[choices].T
+    counts = keep.sum(1)
+    first = counts.cumsum(0) - counts  # each example's first labelled row
+    return loss, logits[first][:, choices]
 
 
 def label_accuracy(choices: list[int]):
@@ -113,9 +114,15 @@ def make_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not (return_outputs and self.choices):
                 loss = answer_only_loss(model, inputs, num_items_in_batch)
-                return (loss, SimpleNamespace(logits=None)) if return_outputs else loss
+                if return_outputs:
+                    return loss, SimpleNamespace(logits=None)
+                return loss if num_items_in_batch is None else loss * self.token_share()
             loss, scores = answer_only_loss(model, inputs, num_items_in_batch, self.choices)
             return loss, SimpleNamespace(logits=scores)
+
+        def token_share(self) -> int:
+            """As Trainer.compute_loss: the tokens counted are every process's, while DDP averages gradients."""
+            return self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
 
     return AnswerOnlySFTTrainer
 
@@ -172,20 +179,20 @@ def fingerprint(settings: list, files: list[Path]) -> str:
 
 
 def resume_point(checkpoints: Path, print_: str) -> str | None:
-    """The last checkpoint if it was made from the same params and data, else start afresh."""
+    """The last checkpoint if it was made from the same params and data; None to start afresh."""
     from transformers.trainer_utils import get_last_checkpoint
 
     stamp = checkpoints / FINGERPRINT
     if checkpoints.is_dir() and stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == print_:
-        last = get_last_checkpoint(str(checkpoints))
-        if last:
-            click.echo(f"resuming from {last}")
-            return last
+        return get_last_checkpoint(str(checkpoints))
+    return None
+
+
+def start_afresh(checkpoints: Path, print_: str) -> None:
     if checkpoints.exists():
         shutil.rmtree(checkpoints)  # made from other params or data: not ours to continue
     checkpoints.mkdir(parents=True)
-    write_json(stamp, {"fingerprint": print_})
-    return None
+    write_json(checkpoints / FINGERPRINT, {"fingerprint": print_})
 
 
 @click.command("train")
@@ -193,11 +200,15 @@ def resume_point(checkpoints: Path, print_: str) -> str | None:
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("data/processed"), show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("models/adapter"), show_default=True)
 @click.option("--live", "live_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/train"), show_default=True, help="dvclive folder: loss curves and training metrics.")
-def train(model: Path, data: Path, out: Path, live_dir: Path):
-    """Train a LoRA adapter on DATA/train.jsonl, validating on DATA/val.jsonl."""
+@click.option("--accelerate-config", type=click.Path(dir_okay=False, path_type=Path), default=Path("configs/accelerate.yaml"), show_default=True, help="Launch settings used when several GPUs are visible.")
+def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config: Path):
+    """Train a LoRA adapter on DATA/train.jsonl, validating on DATA/val.jsonl.
+
+    With several GPUs visible it reruns itself under `accelerate launch`, one process per GPU.
+    """
     import torch
+    from accelerate import PartialState
     from datasets import Dataset
-    from dvclive import Live
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations import DVCLiveCallback
@@ -205,26 +216,39 @@ def train(model: Path, data: Path, out: Path, live_dir: Path):
 
     p = params.load("train", TrainParams)
     lp = params.load("lora", LoraParams)
+    qlora = check_choice(lp.quantization)
     bf16 = use_bf16(p)
     train_rows, val_rows = read_jsonl(data / "train.jsonl"), read_jsonl(data / "val.jsonl")
     if not train_rows:
         raise EdgetuneError(f"{data / 'train.jsonl'}: no training examples. Check data.max_train and the data source.")
-
     if p.best_checkpoint and val_rows and p.save_steps % p.eval_steps:
         raise EdgetuneError(f"params.yaml: train.save_steps ({p.save_steps}) must be a multiple of train.eval_steps "
                             f"({p.eval_steps}) to keep the best checkpoint; change one, or set train.best_checkpoint: false.")
     best = p.best_checkpoint and bool(val_rows)
+    relaunch_on_gpus(accelerate_config)
 
+    state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several under DDP
+    main = state.is_main_process
     checkpoints = out / "checkpoints"
-    resume = resume_point(checkpoints, fingerprint([p, lp], [data / "train.jsonl", data / "val.jsonl", model / "config.json"]))
+    stamp = fingerprint([p, lp], [data / "train.jsonl", data / "val.jsonl", model / "config.json"])
+    resume = resume_point(checkpoints, stamp)
+    state.wait_for_everyone()  # every process has decided before the main one clears old checkpoints
+    if main:
+        click.echo(f"resuming from {resume}" if resume else f"training from {model}")
+        if resume is None:
+            start_afresh(checkpoints, stamp)
+    state.wait_for_everyone()
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     # Validation accuracy by first-token label scoring, where the answers' first tokens differ.
     choices = [tokenizer(a, add_special_tokens=False).input_ids[0] for a in sorted({r["answer"] for r in train_rows})]
     choices = choices if len(set(choices)) == len(choices) > 1 else None
-    # bf16 weights with no autocast: seven times faster than fp32 weights under bf16 autocast on a
-    # CPU with AVX-512 BF16 (autocast re-casts every weight on every step). LoRA weights stay fp32.
-    base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if bf16 else torch.float32)
+    if qlora:
+        base = load_4bit(model, bf16, str(state.device), p.gradient_checkpointing)
+    else:
+        # bf16 weights with no autocast: seven times faster than fp32 weights under bf16 autocast on a
+        # CPU with AVX-512 BF16 (autocast re-casts every weight on every step). LoRA weights stay fp32.
+        base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if bf16 else torch.float32)
     lora = LoraConfig(
         r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=adapter_targets(lp, base),
         task_type="CAUSAL_LM",
@@ -254,19 +278,17 @@ def train(model: Path, data: Path, out: Path, live_dir: Path):
         data_seed=p.seed,
         bf16=False,  # weights are already bf16; autocast would only slow it down
         gradient_checkpointing=p.gradient_checkpointing,
+        ddp_find_unused_parameters=False,  # every adapter weight gets a gradient on every step
         include_num_input_tokens_seen="non_padding",
         report_to="none",
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
-    live_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        live = Live(dir=str(live_dir), resume=resume is not None, save_dvc_exp=False, dvcyaml=None, report=None)
-    except Exception as e:  # scmrepo's SCMError: dvclive reads the current commit
-        if "Empty git repo" not in str(e):
-            raise
-        raise EdgetuneError("this git repository has no commit yet; dvclive needs one. Commit dvc.yaml and "
-                            "params.yaml (`git add -A && git commit`), then run again.") from None
+    callbacks = []
+    if main:
+        live_dir.mkdir(parents=True, exist_ok=True)
+        live = open_live(live_dir, resume=resume is not None)
+        callbacks.append(DVCLiveCallback(live=live))
     trainer = make_trainer_class()(
         model=base,
         args=config,
@@ -275,12 +297,12 @@ def train(model: Path, data: Path, out: Path, live_dir: Path):
         processing_class=tokenizer,
         peft_config=lora,
         compute_metrics=label_accuracy(choices) if choices else None,
-        callbacks=[DVCLiveCallback(live=live)],
+        callbacks=callbacks,
     )
     trainer.choices = choices
     result = trainer.train(resume_from_checkpoint=resume)
     summary = {"train_loss": result.training_loss, "steps": trainer.state.global_step, "bf16_weights": bf16,
-               "tokens_seen": trainer.state.num_input_tokens_seen}
+               "qlora": qlora, "processes": state.num_processes, "tokens_seen": trainer.state.num_input_tokens_seen}
     summary.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
     summary["tokens_per_second"] = summary["tokens_seen"] / max(result.metrics["train_runtime"], 1e-9)
     evals = {log["step"]: log for log in trainer.state.log_history if "eval_loss" in log}
@@ -288,10 +310,12 @@ def train(model: Path, data: Path, out: Path, live_dir: Path):
     if best and trainer.state.best_model_checkpoint:
         chosen = int(trainer.state.best_model_checkpoint.rsplit("-", 1)[1])
     if val_rows and chosen not in evals:
-        evals[chosen] = trainer.evaluate()
+        evals[chosen] = trainer.evaluate()  # every process takes part
     summary["chosen_step"] = chosen
     if val_rows:  # the validation metrics of the adapter that is saved
         summary.update({k: v for k, v in evals[chosen].items() if k in ("eval_loss", "eval_accuracy")})
+    if not main:
+        return
     for key, value in summary.items():
         if isinstance(value, (int, float)):
             live.summary[key] = value
@@ -305,3 +329,15 @@ def train(model: Path, data: Path, out: Path, live_dir: Path):
         os.replace(f, out / f.name)
     tmp.rmdir()
     click.echo(f"adapter saved to {out}: {summary}")
+
+
+def open_live(live_dir: Path, resume: bool):
+    from dvclive import Live
+
+    try:
+        return Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
+    except Exception as e:  # scmrepo's SCMError: dvclive reads the current commit
+        if "Empty git repo" not in str(e):
+            raise
+        raise EdgetuneError("this git repository has no commit yet; dvclive needs one. Commit dvc.yaml and "
+                            "params.yaml (`git add -A && git commit`), then run again.") from None

@@ -1,0 +1,103 @@
+"""Training beyond plain LoRA on one process: QLoRA on a 4-bit base, and DDP across processes.
+
+Both run for real on the tiny model: bitsandbytes' CPU backend does nf4, and torch's gloo
+backend runs DistributedDataParallel between two CPU processes as NCCL does between GPUs.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, run, set_params
+from edgetune import distributed
+from edgetune.qlora import load_4bit
+
+
+def train(workdir, model, data, out="adapter"):
+    return run("train", "--model", model, "--data", data, "--out", workdir / out, "--live", workdir / f"{out}-live")
+
+
+def live_summary(workdir, out="adapter") -> dict:
+    return json.loads((workdir / f"{out}-live" / "metrics.json").read_text())
+
+
+def test_4bit_base_is_nf4_under_fp32_norms(tiny_model):
+    import bitsandbytes as bnb
+
+    model = load_4bit(tiny_model, bf16=False, device="cpu", gradient_checkpointing=False)
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "layers" in name}
+    assert linears and all(isinstance(m, bnb.nn.Linear4bit) for m in linears.values())
+    weight = next(iter(linears.values())).weight
+    assert weight.quant_state.quant_type == "nf4" and weight.quant_state.nested  # double quantization
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "norm" in n)
+
+
+def test_qlora_trains_and_merges_into_the_16_bit_base(workdir, tiny_model, prepared):
+    from safetensors.torch import load_file
+
+    set_params(workdir, lora={"quantization": "4bit", "top_layers": None}, train={"max_steps": 3, "batch_size": 4, "eval_steps": 3, "save_steps": 3})
+    result = train(workdir, tiny_model, prepared)
+    assert result.exit_code == 0, result.output
+    summary = live_summary(workdir)
+    assert summary["qlora"] is True and summary["steps"] == 3 and math.isfinite(summary["train_loss"])
+
+    result = run("merge", "--base", tiny_model, "--adapter", workdir / "adapter", "--out", workdir / "merged")
+    assert result.exit_code == 0, result.output
+    base, merged = load_file(tiny_model / "model.safetensors"), load_file(workdir / "merged" / "model.safetensors")
+    assert base.keys() == merged.keys()
+    adapter = load_file(workdir / "adapter" / "adapter_model.safetensors")
+    config = json.loads((workdir / "adapter" / "adapter_config.json").read_text())
+    # Merged = the 16-bit base + the adapter's update, exactly where the adapter is: no 4-bit rounding.
+    name = "model.layers.1.mlp.down_proj"
+    a, b = (adapter[f"base_model.model.{name}.lora_{x}.weight"].float() for x in "AB")
+    expected = base[f"{name}.weight"].float() + (config["lora_alpha"] / config["r"]) * b @ a
+    assert torch.allclose(merged[f"{name}.weight"].float(), expected, atol=1e-2)
+    assert not torch.equal(merged[f"{name}.weight"].float(), base[f"{name}.weight"].float())
+    embed = "model.embed_tokens.weight"  # untouched, only cast to the merge's bf16
+    assert torch.equal(merged[embed], base[embed].to(merged[embed].dtype))
+
+
+def test_unknown_quantization_is_refused(workdir, tiny_model, prepared):
+    set_params(workdir, lora={"quantization": "8bit"})
+    result = train(workdir, tiny_model, prepared)
+    assert result.exit_code != 0 and "lora.quantization" in result.output and "'8bit'" in result.output
+    assert not (workdir / "adapter").exists()
+
+
+def test_ddp_in_two_processes_trains_once_and_writes_once(workdir, tiny_model, prepared):
+    """torchrun starts two ranks, as `accelerate launch` does on a two-GPU machine."""
+    set_params(workdir, lora={"top_layers": None}, train={"max_steps": 3, "batch_size": 2, "eval_steps": 3, "save_steps": 3, "logging_steps": 1})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "edgetune.cli",
+           "train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "adapter-live"]
+    proc = subprocess.run([str(c) for c in cmd], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = live_summary(workdir)
+    assert summary["processes"] == 2 and summary["steps"] == 3
+    assert summary["epoch"] == pytest.approx(3 * 2 * 2 / len((prepared / "train.jsonl").read_text().splitlines()))
+    # Each rank divides by all ranks' tokens and DDP averages: the loss of a random model stays ln(vocab).
+    assert abs(summary["train_loss"] - math.log(151_665)) < 1.0
+    assert proc.stdout.count("adapter saved") == 1
+    assert (workdir / "adapter" / "adapter_model.safetensors").is_file()
+    assert [c.name for c in (workdir / "adapter" / "checkpoints").glob("checkpoint-*")] == ["checkpoint-3"]
+
+
+def test_the_relaunch_command_is_one_accelerate_accepts(monkeypatch):
+    from accelerate.commands.launch import launch_command_parser
+
+    config = REPO / "configs" / "accelerate.yaml"
+    command = distributed.accelerate_command(4, config, ["train", "--model", "models/base"])
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    args = launch_command_parser().parse_args(command[3:])
+    assert args.num_processes == 4 and args.config_file == str(config) and args.module
+    assert [args.training_script, *args.training_script_args] == ["edgetune.cli", "train", "--model", "models/base"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.launched()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not distributed.launched()
+    distributed.relaunch_on_gpus(REPO / "no-such.yaml")  # no GPU visible here: nothing to relaunch
