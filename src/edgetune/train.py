@@ -166,6 +166,18 @@ def use_bf16(p: TrainParams) -> bool:
     return p.precision == "bf16" or (p.precision == "auto" and bf16_supported())
 
 
+def peak_memory() -> dict:
+    """This process's peak resident memory and, on a GPU, the peak memory torch allocated there."""
+    import resource
+
+    import torch
+
+    peak = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # Linux reports KiB
+    if torch.cuda.is_available():
+        peak["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return peak
+
+
 def to_prompt_completion(rows: list[dict]) -> list[dict]:
     """TRL's conversational prompt-completion format: the loss falls on the completion only."""
     return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
@@ -305,6 +317,7 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
                "qlora": qlora, "processes": state.num_processes, "tokens_seen": trainer.state.num_input_tokens_seen}
     summary.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
     summary["tokens_per_second"] = summary["tokens_seen"] / max(result.metrics["train_runtime"], 1e-9)
+    summary.update(peak_memory())
     evals = {log["step"]: log for log in trainer.state.log_history if "eval_loss" in log}
     chosen = trainer.state.global_step
     if best and trainer.state.best_model_checkpoint:
