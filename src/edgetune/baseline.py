@@ -34,6 +34,10 @@ def baseline(data: Path, out: Path):
     p = params.load("baseline", BaselineParams)
     labels = list(params.load("data", DataParams).labels)
     train, test = read_jsonl(data / "train.jsonl"), read_jsonl(data / "test.jsonl")
+    if train and "label" not in train[0]:  # conversations (data.task: sft)
+        write_json(out, {"variant": "tfidf", "skipped": "data.task is sft: no labels to classify"})
+        click.echo("tfidf: skipped, the data are conversations")
+        return
     model = make_pipeline(
         TfidfVectorizer(analyzer="char", ngram_range=(p.ngram_min, p.ngram_max), sublinear_tf=True),
         LogisticRegression(C=p.C, max_iter=1000),

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from . import params
 from .errors import EdgetuneError
 from .files import atomic_path, read_jsonl, write_json
+from .perplexity import gguf_perplexity
 from .prepare import DataParams
 from .quantize import tensor_stats
 from .scoring import apply_offsets, classification_metrics, fit_offsets, log_softmax, parse_answer, pick_label
@@ -196,6 +197,16 @@ def score_all(scorer: Scorer, prompts, answer_tokens, answers, p: EvaluateParams
     return scores, texts
 
 
+def evaluate_dialogues(model: Path, variant: str, rows: list[dict], threads: int, out: Path, predictions: Path | None):
+    result = gguf_perplexity(model, rows, threads, f"perplexity {variant}")
+    result.update(variant=variant, model_bytes=model.stat().st_size, bits_per_weight=tensor_stats(model)["bits_per_weight"])
+    if predictions:  # the confusion plot has nothing to show for conversations
+        with atomic_path(predictions, ".csv") as tmp:
+            tmp.write_text("actual,predicted\n")
+    write_json(out, result)
+    click.echo(f"{variant}: perplexity {result['perplexity']:.3f} on {result['assistant_tokens']} reply tokens")
+
+
 @click.command("evaluate")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), required=True, help="GGUF file.")
 @click.option("--variant", required=True, help="Name in the reports: base, f16, q4_k_m, ...")
@@ -204,7 +215,7 @@ def score_all(scorer: Scorer, prompts, answer_tokens, answers, p: EvaluateParams
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Metrics JSON.")
 @click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path), help="CSV of actual/predicted labels (dvc confusion plot).")
 def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predictions: Path | None):
-    """Classify the test split with the GGUF MODEL and write its metrics."""
+    """Classify the test split with the GGUF MODEL (or, for conversations, measure its perplexity) and write its metrics."""
     p = params.load("evaluate", EvaluateParams)
     answers = params.load("data", DataParams).labels
     if not model.is_file():
@@ -212,11 +223,14 @@ def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predic
     rows = read_jsonl(data)[: p.max_samples]
     if not rows:
         raise EdgetuneError(f"{data}: no examples to evaluate.")
-    val_rows = read_jsonl(val) if p.calibrate and val.is_file() else []
-    if p.calibrate and not val_rows:
+    val_rows = read_jsonl(val) if p.calibrate and val.is_file() and "input_ids" not in rows[0] else []
+    if p.calibrate and not val_rows and "input_ids" not in rows[0]:
         raise EdgetuneError(f"{val}: no validation examples to calibrate on. Check data.max_val, or set "
                             "evaluate.calibrate: false in params.yaml.")
     threads = p.threads or os.cpu_count() or 1
+    if "input_ids" in rows[0]:  # conversations (data.task: sft): perplexity on the replies
+        evaluate_dialogues(model, variant, rows, threads, out, predictions)
+        return
 
     from llama_cpp import Llama
 

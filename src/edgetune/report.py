@@ -14,12 +14,13 @@ from .errors import EdgetuneError
 from .files import write_json, write_text
 
 ORDER = ["tfidf", "base", "f16"]  # then the quant types, largest first
-SCALARS = ("accuracy", "precision", "recall", "f1", "n_samples", "seconds_per_sample", "samples_per_second",
-           "prompt_tokens_per_second", "model_bytes", "bits_per_weight")
+SCALARS = ("accuracy", "precision", "recall", "f1", "perplexity", "loss", "n_samples", "seconds_per_sample",
+           "samples_per_second", "prompt_tokens_per_second", "model_bytes", "bits_per_weight")
 
 
 def load_variants(eval_dir: Path) -> dict[str, dict]:
     variants = {f.stem: json.loads(f.read_text()) for f in sorted(eval_dir.glob("*.json"))}
+    variants = {name: v for name, v in variants.items() if "skipped" not in v}
     if not variants:
         raise EdgetuneError(f"{eval_dir}: no evaluation results. Run the evaluate stages first (`dvc repro`).")
     rank = {name: i for i, name in enumerate(ORDER)}
@@ -31,7 +32,8 @@ def side_by_side(variants: dict[str, dict]) -> dict[str, dict]:
     table = {}
     for name, v in variants.items():
         row = {k: v[k] for k in SCALARS if v.get(k) is not None}
-        row["per_class"] = {c: {k: s[k] for k in ("precision", "recall", "f1")} for c, s in v["per_class"].items()}
+        if "per_class" in v:
+            row["per_class"] = {c: {k: s[k] for k in ("precision", "recall", "f1")} for c, s in v["per_class"].items()}
         if "uncalibrated" in v:
             row["uncalibrated_accuracy"] = v["uncalibrated"]["accuracy"]
         if "free_answer" in v:
@@ -52,7 +54,36 @@ def fmt_delta(value, ref) -> str:
     return "" if value is None or ref is None else f"{100 * (value - ref):+.1f}"
 
 
+def training_table(train: dict, keys: tuple[str, ...]) -> list[str]:
+    keep = {k: train[k] for k in keys if k in train}
+    if not keep:
+        return []
+    return ["", "## Training", "", "| " + " | ".join(keep) + " |", "|" + "---:|" * len(keep),
+            "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in keep.values()) + " |"]
+
+
+def dialogue_table(variants: dict, data: dict) -> list[str]:
+    """Conversations (data.task: sft): perplexity on the replies of the test split, per variant."""
+    f16 = variants.get("f16", {}).get("perplexity")
+    lines = [
+        f"Test split: {next(iter(variants.values()))['n_samples']} conversations from `{data.get('source', '?')}`. "
+        "Perplexity and loss on the assistant replies only; Δ f16 in percent of the f16 perplexity.",
+        "",
+        "| variant | MB | bits/weight | perplexity | loss | s/sample | tok/s | Δ f16 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, v in variants.items():
+        delta = f"{100 * (v['perplexity'] / f16 - 1):+.2f}%" if f16 else ""
+        lines.append(f"| {name} | {v['model_bytes'] / 1e6:.0f} | {v['bits_per_weight']:.2f} | {v['perplexity']:.3f} | "
+                     f"{v['loss']:.4f} | {v['seconds_per_sample']:.3f} | {v['prompt_tokens_per_second']:.0f} | {delta} |")
+    return lines
+
+
 def summary_markdown(variants: dict, data: dict, train: dict) -> str:
+    if data.get("task") == "sft":
+        lines = ["# edgetune report", "", *dialogue_table(variants, data)]
+        lines += training_table(train, ("train_loss", "eval_loss", "eval_perplexity", "steps", "train_runtime"))
+        return "\n".join(lines) + "\n"
     f16 = variants.get("f16", {}).get("accuracy")
     untuned = untuned_accuracy(variants)
     tfidf = variants.get("tfidf", {}).get("accuracy")
@@ -81,10 +112,7 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
     if "base" in variants:
         lines += ["", "*base* is the untuned model; its label-scoring accuracy is unfair to it (it starts its "
                   "answer with other words), so Δ untuned uses its free-answer accuracy."]
-    if train:
-        keep = {k: train[k] for k in ("train_loss", "eval_loss", "eval_accuracy", "steps", "chosen_step", "train_runtime", "tokens_seen") if k in train}
-        lines += ["", "## Training", "", "| " + " | ".join(keep) + " |", "|" + "---:|" * len(keep),
-                  "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in keep.values()) + " |"]
+    lines += training_table(train, ("train_loss", "eval_loss", "eval_accuracy", "steps", "chosen_step", "train_runtime", "tokens_seen"))
     if data.get("splits"):
         lines += ["", "## Data", "", "| split | examples | classes | median prompt tokens | truncated |", "|---|---:|---|---:|---:|"]
         for name, s in data["splits"].items():
@@ -106,7 +134,7 @@ def report(eval_dir: Path, data_stats: Path, train_metrics: Path, out: Path):
     write_json(
         out / "plots" / "accuracy_vs_size.json",
         [{"variant": n, "model_mb": v["model_bytes"] / 1e6, "accuracy": v["accuracy"]}
-         for n, v in variants.items() if v.get("model_bytes")],
+         for n, v in variants.items() if v.get("model_bytes") and "accuracy" in v],
     )
     text = summary_markdown(variants, data, train)
     write_text(out / "summary.md", text)

@@ -11,6 +11,7 @@ the stage relaunch itself under DDP (distributed.py).
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 from types import SimpleNamespace
@@ -178,9 +179,17 @@ def peak_memory() -> dict:
     return peak
 
 
-def to_prompt_completion(rows: list[dict]) -> list[dict]:
-    """TRL's conversational prompt-completion format: the loss falls on the completion only."""
-    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
+def to_dataset(rows: list[dict]):
+    """What TRL trains on, with the loss on the answer or the assistant turns only.
+
+    Labelled examples go in TRL's conversational prompt-completion format; conversations come
+    tokenized from prepare, with their assistant mask as TRL's completion mask.
+    """
+    from datasets import Dataset
+
+    if rows and "input_ids" in rows[0]:
+        return Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["assistant_mask"]} for r in rows])
+    return Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
 
 
 def fingerprint(settings: list, files: list[Path]) -> str:
@@ -220,7 +229,6 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     """
     import torch
     from accelerate import PartialState
-    from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations import DVCLiveCallback
@@ -253,7 +261,8 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     # Validation accuracy by first-token label scoring, where the answers' first tokens differ.
-    choices = [tokenizer(a, add_special_tokens=False).input_ids[0] for a in sorted({r["answer"] for r in train_rows})]
+    answers = sorted({r["answer"] for r in train_rows if "answer" in r})  # none in conversations (data.task: sft)
+    choices = [tokenizer(a, add_special_tokens=False).input_ids[0] for a in answers]
     choices = choices if len(set(choices)) == len(choices) > 1 else None
     if qlora:
         base = load_4bit(model, bf16, str(state.device), p.gradient_checkpointing)
@@ -304,8 +313,8 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     trainer = make_trainer_class()(
         model=base,
         args=config,
-        train_dataset=Dataset.from_list(to_prompt_completion(train_rows)),
-        eval_dataset=Dataset.from_list(to_prompt_completion(val_rows)) if val_rows else None,
+        train_dataset=to_dataset(train_rows),
+        eval_dataset=to_dataset(val_rows) if val_rows else None,
         processing_class=tokenizer,
         peft_config=lora,
         compute_metrics=label_accuracy(choices) if choices else None,
@@ -327,6 +336,7 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     summary["chosen_step"] = chosen
     if val_rows:  # the validation metrics of the adapter that is saved
         summary.update({k: v for k, v in evals[chosen].items() if k in ("eval_loss", "eval_accuracy")})
+        summary["eval_perplexity"] = math.exp(min(summary["eval_loss"], 50))
     if not main:
         return
     for key, value in summary.items():

