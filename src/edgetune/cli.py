@@ -4,6 +4,7 @@ import click
 
 from . import __version__
 from .baseline import baseline
+from .chat import chat
 from .convert import convert
 from .evaluate import evaluate
 from .fetch_model import fetch_model
@@ -23,7 +24,7 @@ def main():
     """
 
 
-for command in (fetch_model, prepare, train, merge, convert, quantize, baseline, evaluate, report):
+for command in (fetch_model, prepare, train, merge, convert, quantize, baseline, evaluate, report, chat):
     main.add_command(command)
 
 

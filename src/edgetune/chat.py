@@ -1,0 +1,116 @@
+"""`edgetune chat MODEL`: talk to a merged HF checkpoint or a GGUF file in the model's own template.
+
+Replies stream token by token. Each input line is a user turn; `/reset` starts a new
+conversation, `/exit` (or end of input) leaves. Piped stdin works the same as a terminal.
+"""
+
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from .errors import EdgetuneError
+
+
+class GGUFChat:
+    """llama-cpp-python, with the chat template and end-of-turn token stored in the GGUF."""
+
+    def __init__(self, path: Path, n_ctx: int, threads: int | None):
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
+
+    def stream(self, turns: list[dict], s: dict):
+        chunks = self.llm.create_chat_completion(
+            turns, stream=True, temperature=s["temperature"], top_p=s["top_p"],
+            repeat_penalty=s["repetition_penalty"], max_tokens=s["max_tokens"], seed=s["seed"],
+        )
+        for chunk in chunks:
+            text = chunk["choices"][0]["delta"].get("content")
+            if text:
+                yield text
+
+
+class HFChat:
+    """transformers' generate in a thread, its tokens streamed as they come."""
+
+    def __init__(self, path: Path, threads: int | None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+
+    def stream(self, turns: list[dict], s: dict):
+        import torch
+        from transformers import TextIteratorStreamer
+
+        inputs = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        torch.manual_seed(s["seed"])
+        sample = s["temperature"] > 0
+        options = dict(max_new_tokens=s["max_tokens"], repetition_penalty=s["repetition_penalty"], do_sample=sample,
+                       streamer=streamer, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        if sample:
+            options.update(temperature=s["temperature"], top_p=s["top_p"])
+        worker = threading.Thread(target=self.model.generate, kwargs={**inputs, **options})
+        worker.start()
+        yield from streamer
+        worker.join()
+
+
+def open_model(model: Path, n_ctx: int, threads: int | None):
+    if model.is_file() and model.suffix == ".gguf":
+        return GGUFChat(model, n_ctx, threads)
+    if model.is_dir() and (model / "config.json").is_file():
+        return HFChat(model, threads)
+    raise EdgetuneError(f"{model}: neither a .gguf file nor an HF checkpoint folder (with config.json). "
+                        "Point it at models/merged or a file in models/gguf/.")
+
+
+@click.command("chat")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--system", default=None, help="A system prompt for every conversation.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.7, show_default=True, help="0: greedy.")
+@click.option("--top-p", type=click.FloatRange(0, 1), default=0.9, show_default=True)
+@click.option("--repetition-penalty", type=click.FloatRange(min=0), default=1.1, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Per reply.")
+@click.option("--n-ctx", type=click.IntRange(min=64), default=4096, show_default=True, help="Context length (GGUF).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Default: all cores.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def chat(model: Path, system: str | None, n_ctx: int, threads: int | None, **sampling):
+    """Chat with MODEL (models/merged, or a GGUF file). /reset starts over, /exit leaves."""
+    bot = open_model(model, n_ctx, threads)
+    interactive = sys.stdin.isatty()
+    start = [{"role": "system", "content": system}] if system else []
+    turns = list(start)
+    if interactive:
+        click.echo(f"chatting with {model} (/reset to start over, /exit to leave)")
+    while True:
+        if interactive:
+            click.echo("you> ", nl=False)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            break
+        if text == "/reset":
+            turns = list(start)
+            click.echo("(new conversation)")
+            continue
+        if not interactive:
+            click.echo(f"you> {text}")
+        turns.append({"role": "user", "content": text})
+        click.echo("model> ", nl=False)
+        reply = []
+        for piece in bot.stream(turns, sampling):
+            reply.append(piece)
+            click.echo(piece, nl=False)
+        click.echo()
+        turns.append({"role": "assistant", "content": "".join(reply)})
