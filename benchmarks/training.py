@@ -23,10 +23,6 @@ import yaml
 MODES = {"lora": "none", "qlora": "4bit"}
 
 
-def parse_value(text: str):
-    return yaml.safe_load(text)
-
-
 def run_mode(mode: str, steps: int, overrides: list[str], scratch: Path) -> dict:
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["lora"]["quantization"] = MODES[mode]
@@ -34,7 +30,7 @@ def run_mode(mode: str, steps: int, overrides: list[str], scratch: Path) -> dict
     for item in overrides:
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
-        params[section][name] = parse_value(value)
+        params[section][name] = yaml.safe_load(value)
     work = scratch / mode
     (work / "data").mkdir(parents=True)
     (work / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
