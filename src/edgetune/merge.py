@@ -10,6 +10,7 @@ import click
 
 from .errors import EdgetuneError
 from .files import atomic_dir
+from .train import remote_code
 
 
 def merge_adapter(base: Path, adapter: Path, out: Path) -> None:
@@ -20,8 +21,9 @@ def merge_adapter(base: Path, adapter: Path, out: Path) -> None:
     if not (adapter / "adapter_config.json").is_file():
         raise EdgetuneError(f"{adapter}: no adapter_config.json. Run the train stage first (`dvc repro train`).")
     wanted = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    trust = remote_code(base)  # allowed at fetch-model (model.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, trust_remote_code=trust)
     try:
         model = PeftModel.from_pretrained(model, adapter)
     except (RuntimeError, ValueError, KeyError) as e:

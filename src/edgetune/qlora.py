@@ -42,7 +42,7 @@ def require_bitsandbytes(device: str) -> None:
                             f"run nf4 on {device}: {first}. {hint}") from None
 
 
-def load_4bit(model: Path, bf16: bool, device: str, gradient_checkpointing: bool):
+def load_4bit(model: Path, bf16: bool, device: str, gradient_checkpointing: bool, trust_remote_code: bool = False):
     """The base in nf4 with double quantization, prepared for k-bit training (norms in fp32)."""
     import torch
     from peft import prepare_model_for_kbit_training
@@ -53,5 +53,6 @@ def load_4bit(model: Path, bf16: bool, device: str, gradient_checkpointing: bool
     quant = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute,
     )
-    base = AutoModelForCausalLM.from_pretrained(model, quantization_config=quant, dtype=compute, device_map={"": device})
+    base = AutoModelForCausalLM.from_pretrained(model, quantization_config=quant, dtype=compute, device_map={"": device},
+                                                trust_remote_code=trust_remote_code)
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)

@@ -149,6 +149,13 @@ def adapter_targets(lp: LoraParams, model) -> str | list[str]:
     return targets
 
 
+def remote_code(checkpoint: Path) -> bool:
+    """A checkpoint with its own modelling code (config.json auto_map), allowed at fetch-model by
+    model.trust_remote_code: loading it again needs that code."""
+    config = checkpoint / "config.json"
+    return config.is_file() and "auto_map" in json.loads(config.read_text())
+
+
 def bf16_supported() -> bool:
     import torch
 
@@ -259,17 +266,19 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
             start_afresh(checkpoints, stamp)
     state.wait_for_everyone()
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    trust = remote_code(model)
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust)
     # Validation accuracy by first-token label scoring, where the answers' first tokens differ.
     answers = sorted({r["answer"] for r in train_rows if "answer" in r})  # none in conversations (data.task: sft)
     choices = [tokenizer(a, add_special_tokens=False).input_ids[0] for a in answers]
     choices = choices if len(set(choices)) == len(choices) > 1 else None
     if qlora:
-        base = load_4bit(model, bf16, str(state.device), p.gradient_checkpointing)
+        base = load_4bit(model, bf16, str(state.device), p.gradient_checkpointing, trust)
     else:
         # bf16 weights with no autocast: seven times faster than fp32 weights under bf16 autocast on a
         # CPU with AVX-512 BF16 (autocast re-casts every weight on every step). LoRA weights stay fp32.
-        base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if bf16 else torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if bf16 else torch.float32,
+                                                    trust_remote_code=trust)
     lora = LoraConfig(
         r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=adapter_targets(lp, base),
         task_type="CAUSAL_LM",
