@@ -2,7 +2,7 @@
 
 Checkpoints go to <adapter>/checkpoints every `train.save_steps`; the stage's output is
 `persist: true` in dvc.yaml, so an interrupted `dvc repro` resumes from the last one, provided
-the params and data it was made from are unchanged (a fingerprint file says so).
+the params, data and training code it was made from are unchanged (a fingerprint file says so).
 Train and validation loss go through dvclive into `dvc plots`.
 `lora.quantization: 4bit` trains on a 4-bit base (QLoRA, qlora.py); several visible GPUs make
 the stage relaunch itself under DDP (distributed.py).
@@ -257,7 +257,8 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several under DDP
     main = state.is_main_process
     checkpoints = out / "checkpoints"
-    stamp = fingerprint([p, lp], [data / "train.jsonl", data / "val.jsonl", model / "config.json"])
+    code = [Path(__file__), Path(__file__).with_name("qlora.py")]  # a checkpoint made by other code is not resumed
+    stamp = fingerprint([p, lp], [data / "train.jsonl", data / "val.jsonl", model / "config.json", *code])
     resume = resume_point(checkpoints, stamp)
     state.wait_for_everyone()  # every process has decided before the main one clears old checkpoints
     if main:
