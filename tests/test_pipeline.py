@@ -5,6 +5,7 @@ llama-cpp-python evaluation, DVC's dependency tracking.
 """
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import pytest
 from conftest import REPO, set_params, write_jsonl
 
 STAGES = {"fetch-model", "prepare", "baseline", "train", "merge", "convert", "quantize@q8_0", "quantize@q4_k_m",
-          "evaluate-base", "evaluate-f16", "evaluate@q8_0", "evaluate@q4_k_m", "report"}
+          "evaluate-base", "evaluate-f16", "evaluate@q8_0", "evaluate@q4_k_m", "quality", "bench", "report", "export"}
 
 
 def dvc(project: Path, *args, check=True) -> subprocess.CompletedProcess:
@@ -49,6 +50,8 @@ def project(tmp_path_factory, tiny_model, reviews) -> Path:
                "best_checkpoint": True},
         lora={"top_layers": 1},  # the tiny model has two layers; adapters in the last one
         evaluate={"max_answer_tokens": 4, "threads": 2},
+        quality={"ctx": 64, "chunks": 4, "threads": 2},
+        bench={"threads": [1], "prompt_tokens": 16, "gen_tokens": 4, "contexts": [128, 512], "repetitions": 1},
     )
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     dvc(root, "init", "-q")
@@ -94,14 +97,52 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
 
     quant = json.loads((project / "reports" / "quantize" / "q4_k_m.json").read_text())
     assert sum(t["tensors"] for t in quant["tensor_types"].values()) > 0 and quant["bits_per_weight"] < 16
+    # 64 columns: no 256-block k-quant fits, every such tensor falls back to a 32-block type
+    assert quant["fallbacks"] and all(f["wanted"].startswith(("q4_K", "q6_K")) for f in quant["fallbacks"])
     summary = (project / "reports" / "summary.md").read_text()
     assert "| q4_k_m |" in summary and "| tfidf |" in summary
+    quality = json.loads((project / "reports" / "quality.json").read_text())["variants"]
+    for name in ("q8_0", "q4_k_m"):  # llama-perplexity's KL divergence from f16, on the test split
+        assert all(math.isfinite(quality[name][k]) for k in ("kld_mean", "kld_p99", "ppl", "ppl_ratio"))
+        assert 0 <= quality[name]["same_top_token"] <= 1
+    assert quality["q8_0"]["kld_mean"] < quality["q4_k_m"]["kld_mean"]
+    assert metrics["recommended"]["variant"] in ("f16", "q8_0", "q4_k_m") and "## Recommended" in summary
+    bench = json.loads((project / "reports" / "bench.json").read_text())["variants"]
+    assert set(bench) == {"f16", "q8_0", "q4_k_m"}
+    for name, v in bench.items():  # llama-bench speeds; llama-cli holds at least the weights in memory
+        assert all(s["pp_tokens_per_second"] > 0 and s["tg_tokens_per_second"] > 0 for s in v["speed"])
+        assert set(v["peak_rss_bytes"]) == {"128", "512"}
+        assert min(v["peak_rss_bytes"].values()) > metrics["variants"][name]["model_bytes"]
+    assert "## On a device" in summary
     assert (project / "reports" / "train" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
     trained = json.loads((project / "reports" / "train" / "metrics.json").read_text())
     assert 0 <= trained["eval_accuracy"] <= 1 and trained["chosen_step"] in (2, 4, 6)  # the best validated checkpoint
     assert (project / "reports" / "train" / "plots" / "metrics" / "eval" / "accuracy.tsv").is_file()
     merged_gen = json.loads((project / "models" / "merged" / "generation_config.json").read_text())
     assert merged_gen["eos_token_id"] == 151645  # <|im_end|>: answers stop at the end of the turn
+
+
+def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
+    from edgetune import llamacpp
+    from edgetune.export import sha256
+
+    deploy = project / "deploy"
+    chosen = json.loads((project / "reports" / "metrics.json").read_text())["recommended"]["variant"]
+    gguf = deploy / f"tiny-{chosen}.gguf"
+    digest, name = (deploy / "SHA256SUMS").read_text().split()
+    assert name == gguf.name and digest == sha256(gguf)
+    assert {p.name for p in deploy.iterdir()} == {gguf.name, "SHA256SUMS", "chat_template.jinja", "generation.json",
+                                                  "Modelfile", "llama-server.sh", "README.md"}
+    assert f"FROM ./{gguf.name}" in (deploy / "Modelfile").read_text()
+    assert json.loads((deploy / "generation.json").read_text())["stop"] == ["<|im_end|>"]
+    card = (deploy / "README.md").read_text()
+    assert chosen in card and "| q4_k_m |" in card and "\"lora\"" in card
+    # llama.cpp's own CLI, one turn through the bundled template
+    proc = subprocess.run([str(llamacpp.tool("llama-cli")), "-m", gguf, "--chat-template-file", deploy / "chat_template.jinja",
+                           "-p", "你好", "-n", "8", "--temp", "0", "-st", "-t", "2", "-c", "256"],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "> 你好" in proc.stdout and "Generation:" in proc.stdout  # it answered, and timed its answer
 
 
 def test_second_repro_runs_nothing(project, first_run):
@@ -113,7 +154,7 @@ def test_second_repro_runs_nothing(project, first_run):
 def test_new_quant_type_reruns_only_quantize_evaluate_report(project, first_run):
     set_params(project, quantize={"types": ["q8_0", "q4_k_m", "q5_k_m"]})
     out = dvc(project, "repro").stdout
-    assert ran_stages(out) == {"quantize@q5_k_m", "evaluate@q5_k_m", "report"}
+    assert ran_stages(out) - {"export"} == {"quantize@q5_k_m", "evaluate@q5_k_m", "quality", "bench", "report"}
     assert "q5_k_m" in json.loads((project / "reports" / "metrics.json").read_text())["variants"]
 
 

@@ -150,3 +150,23 @@ def test_batched_scoring_matches_a_plain_full_evaluation(tiny_gguf, qwen_tokeniz
         full.reset()  # greedy answer, one token at a time, no batching
         greedy = full.create_completion(prompt, max_tokens=4, temperature=0.0)["choices"][0]["text"]
         assert greedy.startswith(text)
+
+
+def test_the_recommended_variant_is_the_smallest_close_enough_to_f16():
+    from edgetune.recommend import RecommendParams, recommend
+
+    def variant(mb, accuracy, kld=None):
+        v = {"model_bytes": mb * 10**6, "accuracy": accuracy}
+        return v if kld is None else v | {"kld_mean": kld}
+
+    variants = {"tfidf": {"accuracy": 0.80}, "base": variant(491, 0.70), "f16": variant(1266, 0.826),
+                "q8_0": variant(676, 0.826, 0.002), "q5_k_m": variant(560, 0.820, 0.01),
+                "q4_k_m": variant(491, 0.800, 0.03), "q4_0": variant(470, 0.824, 0.09)}
+    choice = recommend(variants, RecommendParams(accuracy_tolerance=0.01, max_kld=0.05))
+    assert choice["variant"] == "q5_k_m"  # q4_k_m loses 2.6 points; q4_0 keeps accuracy but drifts (KLD 0.09)
+    assert "q4_k_m loses 2.6 points" in choice["reason"] and "q4_0 mean KLD 0.0900" in choice["reason"]
+    assert recommend(variants, RecommendParams(accuracy_tolerance=0.03, max_kld=0.1))["variant"] == "q4_0"
+    assert recommend(variants, RecommendParams(accuracy_tolerance=0.0, max_kld=0.001))["variant"] == "f16"
+    dialogue = {"f16": {"model_bytes": 10, "perplexity": 5.0}, "q8_0": {"model_bytes": 6, "perplexity": 5.1},
+                "q4_k_m": {"model_bytes": 4, "perplexity": 5.6}}
+    assert recommend(dialogue, RecommendParams(perplexity_tolerance=0.05))["variant"] == "q8_0"

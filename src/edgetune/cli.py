@@ -4,12 +4,15 @@ import click
 
 from . import __version__
 from .baseline import baseline
+from .bench import bench
 from .chat import chat
 from .convert import convert
 from .evaluate import evaluate
+from .export import export
 from .fetch_model import fetch_model
 from .merge import merge
 from .prepare import prepare
+from .quality import quality
 from .quantize import quantize
 from .report import report
 from .train import train
@@ -24,7 +27,7 @@ def main():
     """
 
 
-for command in (fetch_model, prepare, train, merge, convert, quantize, baseline, evaluate, report, chat):
+for command in (fetch_model, prepare, train, merge, convert, quantize, baseline, evaluate, quality, bench, report, export, chat):
     main.add_command(command)
 
 

@@ -7,6 +7,7 @@ to q5_0/q8_0 on many tensors, so "Q4_K_M" is not four and a half bits there.
 
 import collections
 import os
+import re
 from pathlib import Path
 
 import click
@@ -48,6 +49,14 @@ def tensor_stats(path: Path) -> dict:
     }
 
 
+def fallbacks(log: str) -> list[dict]:
+    """Tensors whose width the wanted type's blocks do not divide, as llama-quantize reports them
+    (896-wide Qwen 0.5B: every k-quant falls back to a 32-block type on many tensors)."""
+    found = re.finditer(r"warning: (\S+)\s+- ncols\s+\d+ not divisible by\s+\d+ \(required for type\s+(\S+)\).*?"
+                        r"falling back to\s+(\S+)", log)
+    return [{"tensor": m[1], "wanted": m[2], "got": m[3]} for m in found]
+
+
 @click.command("quantize")
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="f16 GGUF.")
 @click.option("--type", "qtype", required=True, help="llama.cpp quant type, e.g. q4_k_m.")
@@ -57,8 +66,8 @@ def quantize(model: Path, qtype: str, out: Path, stats: Path):
     """Quantize the f16 GGUF MODEL to TYPE with llama-quantize."""
     name = file_type(qtype)
     with atomic_path(out, ".gguf") as tmp:
-        llamacpp.run([llamacpp.tool("llama-quantize"), model, tmp, name, os.cpu_count() or 1], f"llama-quantize {name}")
-        result = {"type": qtype.lower(), **tensor_stats(tmp)}
+        log = llamacpp.run([llamacpp.tool("llama-quantize"), model, tmp, name, os.cpu_count() or 1], f"llama-quantize {name}")
+        result = {"type": qtype.lower(), **tensor_stats(tmp), "fallbacks": fallbacks(log)}
     write_json(stats, result)
     types = ", ".join(f"{k}: {v['tensors']}" for k, v in result["tensor_types"].items())
     click.echo(f"{out}: {result['model_bytes'] / 1e6:.0f} MB, {result['bits_per_weight']:.2f} bits/weight ({types})")

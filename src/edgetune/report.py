@@ -10,12 +10,15 @@ from pathlib import Path
 
 import click
 
+from . import params
 from .errors import EdgetuneError
 from .files import write_json, write_text
+from .recommend import RecommendParams, recommend
 
 ORDER = ["tfidf", "base", "f16"]  # then the quant types, largest first
-SCALARS = ("accuracy", "precision", "recall", "f1", "perplexity", "loss", "n_samples", "seconds_per_sample",
-           "samples_per_second", "prompt_tokens_per_second", "model_bytes", "bits_per_weight")
+SCALARS = ("accuracy", "precision", "recall", "f1", "perplexity", "loss", "kld_mean", "kld_p99", "ppl_ratio",
+           "same_top_token", "n_samples", "seconds_per_sample", "samples_per_second", "prompt_tokens_per_second",
+           "model_bytes", "bits_per_weight")
 
 
 def load_variants(eval_dir: Path) -> dict[str, dict]:
@@ -50,6 +53,30 @@ def untuned_accuracy(variants: dict) -> float | None:
     return base.get("free_answer", {}).get("accuracy", base["accuracy"])
 
 
+def device_table(bench: dict) -> str:
+    """llama-bench speed per thread count and llama-cli's peak memory per context, per variant."""
+    threads = "/".join(map(str, bench["threads"]))
+    contexts = list(next(iter(bench["variants"].values()))["peak_rss_bytes"])
+    lines = ["", "## On a device", "",
+             f"llama.cpp's own tools; tokens/s at {threads} threads (pp{bench['prompt_tokens']}, tg{bench['gen_tokens']}), "
+             "and the peak resident memory of llama-cli answering one prompt: the RAM it needs at that context.", "",
+             "| variant | pp tok/s | tg tok/s | " + " | ".join(f"RAM at context {c}" for c in contexts) + " |",
+             "|---|---:|---:|" + "---:|" * len(contexts)]
+    for name, v in bench["variants"].items():
+        pp = "/".join(f"{s['pp_tokens_per_second']:.0f}" for s in v["speed"])
+        tg = "/".join(f"{s['tg_tokens_per_second']:.1f}" for s in v["speed"])
+        ram = " | ".join(f"{v['peak_rss_bytes'][c] / 2**30:.2f} GB" for c in contexts)
+        lines.append(f"| {name} | {pp} | {tg} | {ram} |")
+    return "\n".join(lines) + "\n"
+
+
+def quality_cells(v: dict) -> str:
+    """Mean KL divergence from f16 and the perplexity ratio (quality stage), blank where not measured."""
+    if "kld_mean" not in v:
+        return " | "
+    return f"{v['kld_mean']:.4f} | {v['ppl_ratio']:.4f}"
+
+
 def fmt_delta(value, ref) -> str:
     return "" if value is None or ref is None else f"{100 * (value - ref):+.1f}"
 
@@ -69,13 +96,13 @@ def dialogue_table(variants: dict, data: dict) -> list[str]:
         f"Test split: {next(iter(variants.values()))['n_samples']} conversations from `{data.get('source', '?')}`. "
         "Perplexity and loss on the assistant replies only; Δ f16 in percent of the f16 perplexity.",
         "",
-        "| variant | MB | bits/weight | perplexity | loss | s/sample | tok/s | Δ f16 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | MB | bits/weight | perplexity | loss | KLD | PPL ratio | s/sample | tok/s | Δ f16 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, v in variants.items():
         delta = f"{100 * (v['perplexity'] / f16 - 1):+.2f}%" if f16 else ""
         lines.append(f"| {name} | {v['model_bytes'] / 1e6:.0f} | {v['bits_per_weight']:.2f} | {v['perplexity']:.3f} | "
-                     f"{v['loss']:.4f} | {v['seconds_per_sample']:.3f} | {v['prompt_tokens_per_second']:.0f} | {delta} |")
+                     f"{v['loss']:.4f} | {quality_cells(v)} | {v['seconds_per_sample']:.3f} | {v['prompt_tokens_per_second']:.0f} | {delta} |")
     return lines
 
 
@@ -94,8 +121,8 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
         "Accuracy by label scoring, with label offsets fitted on the validation split (*raw*: without); "
         "*free* is the greedy answer parsed for the label word (the untuned model's fair score). Deltas in points.",
         "",
-        "| variant | MB | bits/weight | accuracy | raw | F1 | free | s/sample | prompt tok/s | Δ f16 | Δ untuned | Δ tfidf |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | MB | bits/weight | accuracy | raw | F1 | free | KLD | PPL ratio | s/sample | prompt tok/s | Δ f16 | Δ untuned | Δ tfidf |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, v in variants.items():
         mb = f"{v['model_bytes'] / 1e6:.0f}" if v.get("model_bytes") else ""
@@ -105,7 +132,7 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
         tps = f"{v['prompt_tokens_per_second']:.0f}" if v.get("prompt_tokens_per_second") else ""
         raw = f"{100 * v['uncalibrated']['accuracy']:.1f}" if "uncalibrated" in v else ""
         lines.append(
-            f"| {name} | {mb} | {bpw} | {100 * v['accuracy']:.1f} | {raw} | {100 * v['f1']:.1f} | {free_cell} | "
+            f"| {name} | {mb} | {bpw} | {100 * v['accuracy']:.1f} | {raw} | {100 * v['f1']:.1f} | {free_cell} | {quality_cells(v)} | "
             f"{v['seconds_per_sample']:.3f} | {tps} | {fmt_delta(v['accuracy'], f16)} | "
             f"{fmt_delta(v['accuracy'], untuned)} | {fmt_delta(v['accuracy'], tfidf)} |"
         )
@@ -122,20 +149,31 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
 
 @click.command("report")
 @click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/eval"), show_default=True)
+@click.option("--quality", "quality_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/quality.json"), show_default=True, help="KL divergence per variant (quality stage), where measured.")
+@click.option("--bench", "bench_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/bench.json"), show_default=True, help="Speed and memory per variant (bench stage), where measured.")
 @click.option("--data-stats", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/data.json"), show_default=True)
 @click.option("--train-metrics", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/train/metrics.json"), show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
-def report(eval_dir: Path, data_stats: Path, train_metrics: Path, out: Path):
+def report(eval_dir: Path, quality_file: Path, bench_file: Path, data_stats: Path, train_metrics: Path, out: Path):
     """Gather every variant's results into OUT/metrics.json, OUT/summary.md and plot data."""
     variants = load_variants(eval_dir)
+    if quality_file.is_file():
+        for name, q in json.loads(quality_file.read_text())["variants"].items():
+            variants.get(name, {}).update(q)
     data = json.loads(data_stats.read_text()) if data_stats.is_file() else {}
     train = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
-    write_json(out / "metrics.json", {"variants": side_by_side(variants), "train": train})
+    choice = recommend(variants, params.load("recommend", RecommendParams))
+    write_json(out / "metrics.json", {"variants": side_by_side(variants), "recommended": choice, "train": train})
     write_json(
         out / "plots" / "accuracy_vs_size.json",
-        [{"variant": n, "model_mb": v["model_bytes"] / 1e6, "accuracy": v["accuracy"]}
+        [{"variant": n, "model_mb": v["model_bytes"] / 1e6, "accuracy": v["accuracy"],
+          "recommended": bool(choice) and n == choice["variant"]}
          for n, v in variants.items() if v.get("model_bytes") and "accuracy" in v],
     )
     text = summary_markdown(variants, data, train)
+    if bench_file.is_file():
+        text += device_table(json.loads(bench_file.read_text()))
+    if choice:
+        text += f"\n## Recommended\n\n**{choice['variant']}**: {choice['reason']}\n"
     write_text(out / "summary.md", text)
     click.echo(text)

@@ -1,0 +1,121 @@
+"""Stage export: the recommended GGUF as a folder ready for a phone or a server.
+
+  <model>-<variant>.gguf   the file the report recommends (recommend.py), and SHA256SUMS
+  chat_template.jinja      the template it was trained with (also inside the GGUF)
+  generation.json          sampling settings and the token a turn ends with
+  Modelfile                for `ollama create` (Ollama reads the template from the GGUF)
+  llama-server.sh          llama.cpp's server with the same settings, OpenAI-compatible API
+  README.md                the model card: metrics of every variant, and how the model was made
+"""
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import click
+
+from . import params
+from .errors import EdgetuneError
+from .files import atomic_dir
+
+
+@dataclasses.dataclass
+class ExportParams:
+    variant: str | None = None  # null: the one the report recommends
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    context: int = 2048
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
+def model_card(name: str, variant: str, metrics: dict, summary: str, settings: dict, gguf: str) -> str:
+    made = {section: settings.get(section, {}) for section in ("model", "data", "lora", "train", "quantize")}
+    recommended = metrics.get("recommended") or {}
+    return f"""# {name} ({variant})
+
+Fine-tuned with LoRA from `{made['model'].get('source')}` on `{made['data'].get('source')}` by edgetune
+(commit {commit()}), merged into the 16-bit base, converted to GGUF and quantized with llama.cpp.
+
+**{variant}**: {recommended.get('reason', 'chosen by export.variant.')}
+
+## Run it
+
+```bash
+sha256sum -c SHA256SUMS
+ollama create {name} -f Modelfile && ollama run {name}
+sh llama-server.sh            # http://localhost:8080, OpenAI-compatible
+llama-cli -m {gguf} --chat-template-file chat_template.jinja -p "你好"
+```
+
+## Every variant, measured in the same run
+
+{summary.split(chr(10), 1)[1].strip()}
+
+## How it was made
+
+```json
+{json.dumps(made, ensure_ascii=False, indent=2)}
+```
+"""
+
+
+@click.command("export")
+@click.option("--metrics", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("reports/metrics.json"), show_default=True)
+@click.option("--summary", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("reports/summary.md"), show_default=True)
+@click.option("--merged", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/merged"), show_default=True, help="Tokenizer, chat template and generation config.")
+@click.option("--prefix", type=click.Path(path_type=Path), required=True, help="GGUF files are PREFIX-<variant>.gguf.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("deploy"), show_default=True)
+def export(metrics: Path, summary: Path, merged: Path, prefix: Path, out: Path):
+    """Bundle the recommended GGUF with its template, settings, Modelfile, server command and model card."""
+    from transformers import AutoTokenizer
+
+    p = params.load("export", ExportParams)
+    report = json.loads(metrics.read_text())
+    variant = p.variant or (report.get("recommended") or {}).get("variant")
+    if not variant or variant not in report["variants"]:
+        raise EdgetuneError(f"params.yaml: export.variant is {variant!r}; use one of "
+                            f"{', '.join(v for v in report['variants'] if v not in ('base', 'tfidf'))}, or null for the recommended one.")
+    gguf = prefix.parent / f"{prefix.name}-{variant}.gguf"
+    if not gguf.is_file():
+        raise EdgetuneError(f"{gguf}: not found. Run the pipeline first (`dvc repro`).")
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    end_of_turn = tokenizer.eos_token
+    settings = {"temperature": p.temperature, "top_p": p.top_p, "repetition_penalty": p.repetition_penalty,
+                "context": p.context, "stop": [end_of_turn]}
+    with atomic_dir(out) as tmp:
+        shutil.copyfile(gguf, tmp / gguf.name)
+        (tmp / "SHA256SUMS").write_text(f"{sha256(tmp / gguf.name)}  {gguf.name}\n")
+        (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
+        (tmp / "generation.json").write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n")
+        (tmp / "Modelfile").write_text(
+            f"FROM ./{gguf.name}\n"
+            f"PARAMETER temperature {p.temperature}\nPARAMETER top_p {p.top_p}\n"
+            f"PARAMETER repeat_penalty {p.repetition_penalty}\nPARAMETER num_ctx {p.context}\n"
+            f'PARAMETER stop "{end_of_turn}"\n'
+        )
+        (tmp / "llama-server.sh").write_text(
+            "#!/bin/sh\n# llama.cpp's server with the template the model was trained with\n"
+            f'exec llama-server -m "$(dirname "$0")/{gguf.name}" --jinja --chat-template-file "$(dirname "$0")/chat_template.jinja" '
+            f"-c {p.context} --temp {p.temperature} --top-p {p.top_p} --repeat-penalty {p.repetition_penalty} "
+            '--host 127.0.0.1 --port 8080 "$@"\n'
+        )
+        (tmp / "llama-server.sh").chmod(0o755)
+        (tmp / "README.md").write_text(model_card(prefix.name, variant, report, summary.read_text(), params.read_params(),
+                                                  gguf.name))
+    click.echo(f"exported {variant} to {out}/ ({gguf.stat().st_size / 1e6:.0f} MB)")

@@ -1,0 +1,95 @@
+"""Stage quality: what quantization costs beyond the task metric, with llama.cpp's own tool.
+
+For each quant variant, against the f16 GGUF on the same held-out text (the run's test split
+in the model's template): KL divergence of the next-token distributions (mean, 99th
+percentile), the perplexity ratio, and how often both pick the same top token. The f16
+logits go to a temporary file (`--kl-divergence-base`), kept small by a short text: every
+saved token costs a full vocabulary row (152k wide for Qwen).
+"""
+
+import dataclasses
+import re
+import tempfile
+from pathlib import Path
+
+import click
+
+from . import llamacpp, params
+from .errors import EdgetuneError
+from .files import read_jsonl, write_json
+
+
+@dataclasses.dataclass
+class QualityParams:
+    ctx: int = 128  # tokens per chunk; the second half of each is scored
+    chunks: int = 8
+    threads: int | None = None
+
+
+@dataclasses.dataclass
+class QuantizeSweep:
+    types: list[str] = dataclasses.field(default_factory=list)
+
+
+# llama-perplexity's summary lines -> metric names
+PATTERNS = {
+    "ppl": r"Mean PPL\(Q\)\s*:\s*([\d.]+)",
+    "ppl_f16": r"Mean PPL\(base\)\s*:\s*([\d.]+)",
+    "ppl_ratio": r"Mean PPL\(Q\)/PPL\(base\)\s*:\s*([\d.]+)",
+    "kld_mean": r"Mean\s+KLD:\s*([-\d.]+)",
+    "kld_p99": r"99\.0%\s+KLD:\s*([-\d.]+)",
+    "kld_max": r"Maximum KLD:\s*([-\d.]+)",
+    "same_top_token": r"Same top p:\s*([\d.]+)",
+}
+
+
+def held_out_text(rows: list[dict]) -> str:
+    """The test split as the model sees it: prompt and answer, or the whole conversation."""
+    return "".join(r["prompt"] + r["answer"] + "\n" if "prompt" in r else "".join(m["content"] + "\n" for m in r["messages"])
+                   for r in rows)
+
+
+def parse(output: str, where: str) -> dict:
+    found = {name: re.search(pattern, output) for name, pattern in PATTERNS.items()}
+    missing = [name for name, m in found.items() if m is None]
+    if missing:
+        raise EdgetuneError(f"{where}: llama-perplexity printed no {', '.join(missing)}; its output ends with:\n{output[-800:]}")
+    values = {name: float(m.group(1)) for name, m in found.items()}
+    values["same_top_token"] /= 100
+    return values
+
+
+def kl_divergence(f16: Path, variants: dict[str, Path], text: Path, p: QualityParams) -> dict[str, dict]:
+    tool = llamacpp.tool("llama-perplexity")
+    common = ["-f", text, "-c", str(p.ctx), "--chunks", str(p.chunks)] + (["-t", str(p.threads)] if p.threads else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        logits = Path(tmp) / "f16.kld"
+        llamacpp.run([tool, "-m", f16, *common, "--kl-divergence-base", logits], f"llama-perplexity on {f16}")
+        results = {}
+        for name, path in variants.items():
+            out = llamacpp.run([tool, "-m", path, *common, "--kl-divergence-base", logits, "--kl-divergence"],
+                               f"llama-perplexity --kl-divergence on {path}")
+            results[name] = parse(out, str(path))
+            click.echo(f"{name}: KLD {results[name]['kld_mean']:.4f} (p99 {results[name]['kld_p99']:.4f}), "
+                       f"PPL ratio {results[name]['ppl_ratio']:.4f}, same top token {results[name]['same_top_token']:.3f}")
+    return results
+
+
+@click.command("quality")
+@click.option("--f16", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="The f16 GGUF: the reference.")
+@click.option("--prefix", type=click.Path(path_type=Path), required=True, help="Quant variants are PREFIX-<type>.gguf, one per quantize.types.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("data/processed/test.jsonl"), show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/quality.json"), show_default=True)
+def quality(f16: Path, prefix: Path, data: Path, out: Path):
+    """KL divergence, perplexity ratio and top-token agreement of each quant variant against F16."""
+    p = params.load("quality", QualityParams)
+    types = params.load("quantize", QuantizeSweep).types
+    paths = {t: prefix.parent / f"{prefix.name}-{t}.gguf" for t in types}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise EdgetuneError(f"no GGUF {', '.join(missing)}: quantize it first (`dvc repro quantize`).")
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(tmp) / "held_out.txt"
+        text.write_text(held_out_text(read_jsonl(data)), encoding="utf-8")
+        results = kl_divergence(f16, paths, text, p)
+    write_json(out, {"reference": "f16", "ctx": p.ctx, "chunks": p.chunks, "variants": results})
