@@ -12,7 +12,12 @@ from .errors import EdgetuneError
 
 
 def home() -> Path:
-    return Path(os.environ.get("LLAMA_CPP_DIR", "build/llama.cpp")).resolve()
+    """$LLAMA_CPP_DIR, else build/llama.cpp here, else the one beside this source checkout: DVC runs
+    queued and --temp experiments in a copy of the repository without the (git-ignored) build."""
+    if "LLAMA_CPP_DIR" in os.environ:
+        return Path(os.environ["LLAMA_CPP_DIR"]).resolve()
+    here, checkout = Path("build/llama.cpp").resolve(), Path(__file__).resolve().parents[2] / "build" / "llama.cpp"
+    return here if here.is_dir() or not checkout.is_dir() else checkout
 
 
 def source() -> Path:
