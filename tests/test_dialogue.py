@@ -63,7 +63,8 @@ def conversations(workdir, reviews):
 
 def test_dialogue_stages_measure_perplexity(workdir, tiny_model, tiny_gguf, conversations):
     set_params(workdir, data={"task": "sft", "source": [str(conversations)], "max_tokens": 256, "max_test": 6, "max_val": 4},
-               train={"max_steps": 3, "batch_size": 4, "eval_steps": 3, "save_steps": 3}, lora={"top_layers": None})
+               train={"max_steps": 3, "batch_size": 4, "eval_steps": 3, "save_steps": 3}, lora={"top_layers": None},
+               quantize={"types": []})  # the untuned base and the tuned f16 only
     steps = [
         ("prepare", "--model", tiny_model, "--out", workdir / "data", "--stats", workdir / "reports" / "data.json"),
         ("baseline", "--data", workdir / "data", "--out", workdir / "reports" / "eval" / "tfidf.json"),

@@ -13,6 +13,7 @@ import click
 from . import params
 from .errors import EdgetuneError
 from .files import write_json, write_text
+from .quality import QuantizeSweep
 from .recommend import RecommendParams, recommend
 
 ORDER = ["tfidf", "base", "f16"]  # then the quant types, largest first
@@ -21,11 +22,13 @@ SCALARS = ("accuracy", "precision", "recall", "f1", "perplexity", "loss", "kld_m
            "model_bytes", "bits_per_weight")
 
 
-def load_variants(eval_dir: Path) -> dict[str, dict]:
-    variants = {f.stem: json.loads(f.read_text()) for f in sorted(eval_dir.glob("*.json"))}
+def load_variants(eval_dir: Path, names: list[str]) -> dict[str, dict]:
+    """The named variants' results; files of variants no longer in params.yaml are left out."""
+    missing = [n for n in names if not (eval_dir / f"{n}.json").is_file()]
+    if missing:
+        raise EdgetuneError(f"{eval_dir}: no results for {', '.join(missing)}. Run the evaluate stages first (`dvc repro`).")
+    variants = {n: json.loads((eval_dir / f"{n}.json").read_text()) for n in names}
     variants = {name: v for name, v in variants.items() if "skipped" not in v}
-    if not variants:
-        raise EdgetuneError(f"{eval_dir}: no evaluation results. Run the evaluate stages first (`dvc repro`).")
     rank = {name: i for i, name in enumerate(ORDER)}
     return dict(sorted(variants.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), -(kv[1].get("model_bytes") or 0))))
 
@@ -156,7 +159,7 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
 def report(eval_dir: Path, quality_file: Path, bench_file: Path, data_stats: Path, train_metrics: Path, out: Path):
     """Gather every variant's results into OUT/metrics.json, OUT/summary.md and plot data."""
-    variants = load_variants(eval_dir)
+    variants = load_variants(eval_dir, [*ORDER, *params.load("quantize", QuantizeSweep).types])
     if quality_file.is_file():
         for name, q in json.loads(quality_file.read_text())["variants"].items():
             variants.get(name, {}).update(q)
