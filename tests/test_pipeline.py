@@ -124,13 +124,13 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
 
 def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     from edgetune import llamacpp
-    from edgetune.export import sha256
+    from edgetune.fetch_model import sha256_file
 
     deploy = project / "deploy"
     chosen = json.loads((project / "reports" / "metrics.json").read_text())["recommended"]["variant"]
     gguf = deploy / f"tiny-{chosen}.gguf"
     digest, name = (deploy / "SHA256SUMS").read_text().split()
-    assert name == gguf.name and digest == sha256(gguf)
+    assert name == gguf.name and digest == sha256_file(gguf)
     assert {p.name for p in deploy.iterdir()} == {gguf.name, "SHA256SUMS", "chat_template.jinja", "generation.json",
                                                   "Modelfile", "llama-server.sh", "README.md"}
     assert f"FROM ./{gguf.name}" in (deploy / "Modelfile").read_text()

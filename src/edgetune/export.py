@@ -9,7 +9,6 @@
 """
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import click
 
 from . import params
 from .errors import EdgetuneError
+from .fetch_model import sha256_file
 from .files import atomic_dir
 
 
@@ -29,14 +29,6 @@ class ExportParams:
     top_p: float = 0.9
     repetition_penalty: float = 1.1
     context: int = 2048
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def commit() -> str:
@@ -100,7 +92,7 @@ def export(metrics: Path, summary: Path, merged: Path, prefix: Path, out: Path):
                 "context": p.context, "stop": [end_of_turn]}
     with atomic_dir(out) as tmp:
         shutil.copyfile(gguf, tmp / gguf.name)
-        (tmp / "SHA256SUMS").write_text(f"{sha256(tmp / gguf.name)}  {gguf.name}\n")
+        (tmp / "SHA256SUMS").write_text(f"{sha256_file(tmp / gguf.name)}  {gguf.name}\n")
         (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
         (tmp / "generation.json").write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n")
         (tmp / "Modelfile").write_text(
