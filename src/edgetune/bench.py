@@ -16,7 +16,7 @@ import click
 from . import llamacpp, params
 from .errors import EdgetuneError
 from .files import write_json
-from .quality import QuantizeSweep
+from .quantize import QuantizeParams, variant_gguf
 
 
 @dataclasses.dataclass
@@ -54,11 +54,11 @@ def peak_rss(gguf: Path, context: int, p: BenchParams) -> int:
 def bench(prefix: Path, out: Path):
     """Speed (pp, tg tokens/s per thread count) and peak memory per context length of every GGUF."""
     p = params.load("bench", BenchParams)
-    types = ["f16", *params.load("quantize", QuantizeSweep).types]
+    types = ["f16", *params.load("quantize", QuantizeParams).types]
     threads = sorted({*p.threads, os.cpu_count() or 1})
     results = {}
     for variant in types:
-        gguf = prefix.parent / f"{prefix.name}-{variant}.gguf"
+        gguf = variant_gguf(prefix, variant)
         if not gguf.is_file():
             raise EdgetuneError(f"{gguf}: not found. Run the pipeline first (`dvc repro`).")
         results[variant] = {"speed": [speed(gguf, t, p) for t in threads],

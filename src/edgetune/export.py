@@ -19,6 +19,7 @@ import click
 from . import params
 from .errors import EdgetuneError
 from .fetch_model import sha256_file
+from .quantize import variant_gguf
 from .files import atomic_dir
 
 
@@ -83,7 +84,7 @@ def export(metrics: Path, summary: Path, merged: Path, prefix: Path, out: Path):
     if not variant or variant not in report["variants"]:
         raise EdgetuneError(f"params.yaml: export.variant is {variant!r}; use one of "
                             f"{', '.join(v for v in report['variants'] if v not in ('base', 'tfidf'))}, or null for the recommended one.")
-    gguf = prefix.parent / f"{prefix.name}-{variant}.gguf"
+    gguf = variant_gguf(prefix, variant)
     if not gguf.is_file():
         raise EdgetuneError(f"{gguf}: not found. Run the pipeline first (`dvc repro`).")
     tokenizer = AutoTokenizer.from_pretrained(merged)

@@ -17,6 +17,7 @@ import click
 from . import llamacpp, params
 from .errors import EdgetuneError
 from .files import read_jsonl, write_json
+from .quantize import QuantizeParams, variant_gguf
 
 
 @dataclasses.dataclass
@@ -24,11 +25,6 @@ class QualityParams:
     ctx: int = 128  # tokens per chunk; the second half of each is scored
     chunks: int = 8
     threads: int | None = None
-
-
-@dataclasses.dataclass
-class QuantizeSweep:
-    types: list[str] = dataclasses.field(default_factory=list)
 
 
 # llama-perplexity's summary lines -> metric names
@@ -83,8 +79,8 @@ def kl_divergence(f16: Path, variants: dict[str, Path], text: Path, p: QualityPa
 def quality(f16: Path, prefix: Path, data: Path, out: Path):
     """KL divergence, perplexity ratio and top-token agreement of each quant variant against F16."""
     p = params.load("quality", QualityParams)
-    types = params.load("quantize", QuantizeSweep).types
-    paths = {t: prefix.parent / f"{prefix.name}-{t}.gguf" for t in types}
+    types = params.load("quantize", QuantizeParams).types
+    paths = {t: variant_gguf(prefix, t) for t in types}
     missing = [str(path) for path in paths.values() if not path.is_file()]
     if missing:
         raise EdgetuneError(f"no GGUF {', '.join(missing)}: quantize it first (`dvc repro quantize`).")

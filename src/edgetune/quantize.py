@@ -6,6 +6,7 @@ to q5_0/q8_0 on many tensors, so "Q4_K_M" is not four and a half bits there.
 """
 
 import collections
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -15,6 +16,16 @@ import click
 from . import llamacpp
 from .errors import EdgetuneError
 from .files import atomic_path, write_json
+
+
+@dataclasses.dataclass
+class QuantizeParams:
+    types: list[str] = dataclasses.field(default_factory=list)
+
+
+def variant_gguf(prefix: Path, variant: str) -> Path:
+    """The GGUF of one variant (f16 or a quant type): PREFIX-<variant>.gguf, as dvc.yaml names them."""
+    return prefix.parent / f"{prefix.name}-{variant}.gguf"
 
 
 def file_type(name: str) -> str:
