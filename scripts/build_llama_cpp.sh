@@ -16,7 +16,7 @@ PYTHON=${PYTHON:-python3}
 DIR=${LLAMA_CPP_DIR:-build/llama.cpp}
 CMAKE_FLAGS="-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF ${LLAMA_CMAKE_ARGS:-}"
 JOBS=${JOBS:-$(nproc)}
-TOOLS="llama-quantize llama-bench llama-cli llama-perplexity"
+TOOLS="llama-quantize llama-imatrix llama-perplexity llama-bench llama-cli"
 STAMP="$VERSION $CMAKE_FLAGS"
 
 mkdir -p "$DIR"
@@ -44,7 +44,13 @@ if [[ "$(cat "$DIR/wheel.stamp" 2>/dev/null)" != "$STAMP" ]] || ! ls "$DIR"/whee
   echo "$STAMP" > "$DIR/wheel.stamp"
 fi
 
-if [[ "$(cat "$DIR/tools.stamp" 2>/dev/null)" != "$STAMP" ]] || [[ ! -x "$DIR/cmake/bin/llama-quantize" ]]; then
+missing_tool() {
+  local tool
+  for tool in $TOOLS; do [[ -x "$DIR/cmake/bin/$tool" ]] || return 0; done
+  return 1
+}
+
+if [[ "$(cat "$DIR/tools.stamp" 2>/dev/null)" != "$STAMP" ]] || missing_tool; then
   echo "== building the llama.cpp tools: $TOOLS (about 4 minutes on 2 cores)"
   # shellcheck disable=SC2086
   cmake -S "$DIR/src" -B "$DIR/cmake" -DCMAKE_BUILD_TYPE=Release $CMAKE_FLAGS >/dev/null

@@ -52,6 +52,21 @@ def test_unknown_quant_type(workdir, tiny_gguf):
     assert not list(workdir.glob("*.gguf")) and not (workdir / "x.json").exists()
 
 
+def test_imatrix_variant_without_an_importance_matrix(workdir, tiny_gguf):
+    result = run("quantize", "--model", tiny_gguf, "--type", "q4_k_m-imatrix", "--imatrix", workdir / "none.gguf",
+                 "--out", workdir / "x.gguf", "--stats", workdir / "x.json")
+    assert failed(result, "q4_k_m-imatrix", "none.gguf", "dvc repro imatrix")
+    assert not list(workdir.glob("*.gguf")) and not (workdir / "x.json").exists()
+
+
+def test_imatrix_on_too_little_training_text(workdir, tiny_gguf):
+    set_params(workdir, imatrix={"ctx": 512, "chunks": 4})
+    data = write_jsonl(workdir / "train.jsonl", [{"messages": [{"role": "user", "content": "房间很干净"}]}])
+    result = run("imatrix", "--model", tiny_gguf, "--data", data, "--out", workdir / "m.gguf")
+    assert failed(result, "llama-imatrix", "failed", "tokens")  # llama.cpp's own words: how many tokens it needs
+    assert not list(workdir.glob("*m.gguf*"))
+
+
 def test_model_source_that_does_not_exist(workdir):
     set_params(workdir, model={"source": "./no/such/model"})
     assert failed(run("fetch-model", "--out", workdir / "base"), "./no/such/model", "no such folder")

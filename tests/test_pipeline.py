@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO, set_params, write_jsonl
 
-STAGES = {"fetch-model", "prepare", "baseline", "train", "merge", "convert", "quantize@q8_0", "quantize@q4_k_m",
+STAGES = {"fetch-model", "prepare", "baseline", "train", "merge", "convert", "imatrix", "quantize@q8_0", "quantize@q4_k_m",
           "evaluate-base", "evaluate-f16", "evaluate@q8_0", "evaluate@q4_k_m", "quality", "bench", "report", "export"}
 
 
@@ -51,6 +51,7 @@ def project(tmp_path_factory, tiny_model, reviews) -> Path:
         lora={"top_layers": 1},  # the tiny model has two layers; adapters in the last one
         evaluate={"max_answer_tokens": 4, "threads": 2},
         quality={"ctx": 64, "chunks": 4, "threads": 2},
+        imatrix={"ctx": 64, "chunks": 4, "threads": 2},
         bench={"threads": [1], "prompt_tokens": 16, "gen_tokens": 4, "contexts": [128, 512], "repetitions": 1},
     )
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
@@ -151,11 +152,22 @@ def test_second_repro_runs_nothing(project, first_run):
     assert "is up to date" in out or "Data and pipelines are up to date" in out
 
 
-def test_new_quant_type_reruns_only_quantize_evaluate_report(project, first_run):
-    set_params(project, quantize={"types": ["q8_0", "q4_k_m", "q5_k_m"]})
+def test_new_quant_variant_reruns_only_quantize_evaluate_report(project, first_run):
+    # an importance-matrix variant: llama-quantize must accept the imatrix stage's file
+    set_params(project, quantize={"types": ["q8_0", "q4_k_m", "q4_k_m-imatrix"]})
     out = dvc(project, "repro").stdout
-    assert ran_stages(out) - {"export"} == {"quantize@q5_k_m", "evaluate@q5_k_m", "quality", "bench", "report"}
-    assert "q5_k_m" in json.loads((project / "reports" / "metrics.json").read_text())["variants"]
+    assert ran_stages(out) - {"export"} == {"quantize@q4_k_m-imatrix", "evaluate@q4_k_m-imatrix", "quality", "bench", "report"}
+    stats = json.loads((project / "reports" / "quantize" / "q4_k_m-imatrix.json").read_text())
+    assert stats["imatrix"]["entries"] > 0 and stats["imatrix"]["chunks"] == 4
+    from gguf import GGUFReader
+
+    plain, matrixed = (GGUFReader(project / "models" / "gguf" / f"tiny-{v}.gguf") for v in ("q4_k_m", "q4_k_m-imatrix"))
+    assert "quantize.imatrix.entries_count" in matrixed.fields and "quantize.imatrix.entries_count" not in plain.fields
+    assert any((a.data != b.data).any() for a, b in zip(plain.tensors, matrixed.tensors))  # other roundings
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())["variants"]
+    assert 0 <= metrics["q4_k_m-imatrix"]["accuracy"] <= 1 and math.isfinite(metrics["q4_k_m-imatrix"]["kld_mean"])
+    summary = (project / "reports" / "summary.md").read_text()
+    assert "## Importance matrix" in summary and "| q4_k_m | " in summary.split("## Importance matrix")[1]
 
 
 def test_killed_training_resumes_from_its_checkpoint(project, first_run):

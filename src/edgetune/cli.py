@@ -10,6 +10,7 @@ from .convert import convert
 from .evaluate import evaluate
 from .export import export
 from .fetch_model import fetch_model
+from .imatrix import imatrix
 from .merge import merge
 from .prepare import prepare
 from .quality import quality
@@ -27,7 +28,7 @@ def main():
     """
 
 
-for command in (fetch_model, prepare, train, merge, convert, quantize, baseline, evaluate, quality, bench, report, export, chat):
+for command in (fetch_model, prepare, train, merge, convert, imatrix, quantize, baseline, evaluate, quality, bench, report, export, chat):
     main.add_command(command)
 
 

@@ -39,10 +39,10 @@ PATTERNS = {
 }
 
 
-def held_out_text(rows: list[dict]) -> str:
-    """The test split as the model sees it: prompt and answer, or the whole conversation."""
-    return "".join(r["prompt"] + r["answer"] + "\n" if "prompt" in r else "".join(m["content"] + "\n" for m in r["messages"])
-                   for r in rows)
+def plain_text(rows: list[dict]) -> str:
+    """The words of each conversation, one turn per line. Template markers such as <|im_start|>
+    are left out: llama.cpp's perplexity tool would read them as plain text, not special tokens."""
+    return "".join(m["content"] + "\n" for r in rows for m in r["messages"] if m["content"])
 
 
 def parse(output: str, where: str) -> dict:
@@ -86,6 +86,6 @@ def quality(f16: Path, prefix: Path, data: Path, out: Path):
         raise EdgetuneError(f"no GGUF {', '.join(missing)}: quantize it first (`dvc repro quantize`).")
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "held_out.txt"
-        text.write_text(held_out_text(read_jsonl(data)), encoding="utf-8")
+        text.write_text(plain_text(read_jsonl(data)), encoding="utf-8")
         results = kl_divergence(f16, paths, text, p)
     write_json(out, {"reference": "f16", "ctx": p.ctx, "chunks": p.chunks, "variants": results})

@@ -1,6 +1,7 @@
-"""Stage quantize: f16 GGUF -> one quant type with llama.cpp's llama-quantize.
+"""Stage quantize: f16 GGUF -> one quant variant with llama.cpp's llama-quantize.
 
-It also records what the file really holds: tensor types by count and by weights, and bits per
+A variant is a quant type (q4_k_m), or a type with the suffix `-imatrix` (q4_k_m-imatrix):
+quantized with the importance matrix of the imatrix stage. It also records what the file really holds: tensor types by count and by weights, and bits per
 weight. Models whose width is not a multiple of 256 (Qwen2.5 0.5B: 896) fall back from k-quants
 to q5_0/q8_0 on many tensors, so "Q4_K_M" is not four and a half bits there.
 """
@@ -18,9 +19,12 @@ from .errors import EdgetuneError
 from .files import atomic_path, write_json
 
 
+IMATRIX = "-imatrix"
+
+
 @dataclasses.dataclass
 class QuantizeParams:
-    types: list[str] = dataclasses.field(default_factory=list)
+    types: list[str] = dataclasses.field(default_factory=list)  # variants: quant types, <type>-imatrix
 
 
 def variant_gguf(prefix: Path, variant: str) -> Path:
@@ -28,16 +32,18 @@ def variant_gguf(prefix: Path, variant: str) -> Path:
     return prefix.parent / f"{prefix.name}-{variant}.gguf"
 
 
-def file_type(name: str) -> str:
-    """Check a quant type name against the ones llama.cpp knows; return it upper-case."""
+def file_type(variant: str) -> tuple[str, bool]:
+    """Check a variant name against the quant types llama.cpp knows: (TYPE upper-case, with imatrix?)."""
     from gguf import LlamaFileType
 
+    name = variant.removesuffix(IMATRIX)
     known = sorted(t.name.removeprefix("MOSTLY_") for t in LlamaFileType if t.name.startswith("MOSTLY_"))
     if name.upper() not in known:
         raise EdgetuneError(
-            f"params.yaml: quantize.types: unknown quant type {name!r}. llama.cpp knows: {', '.join(k.lower() for k in known)}."
+            f"params.yaml: quantize.types: unknown quant type {name!r}. llama.cpp knows: {', '.join(k.lower() for k in known)} "
+            f"(add {IMATRIX} to a type to quantize it with the importance matrix)."
         )
-    return name.upper()
+    return name.upper(), variant.endswith(IMATRIX)
 
 
 def tensor_stats(path: Path) -> dict:
@@ -70,15 +76,24 @@ def fallbacks(log: str) -> list[dict]:
 
 @click.command("quantize")
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="f16 GGUF.")
-@click.option("--type", "qtype", required=True, help="llama.cpp quant type, e.g. q4_k_m.")
+@click.option("--type", "variant", required=True, help="llama.cpp quant type, e.g. q4_k_m; q4_k_m-imatrix: with --imatrix.")
+@click.option("--imatrix", "matrix", type=click.Path(dir_okay=False, path_type=Path), help="Importance matrix, for -imatrix variants.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--stats", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON: tensor types and bits per weight.")
-def quantize(model: Path, qtype: str, out: Path, stats: Path):
+def quantize(model: Path, variant: str, matrix: Path | None, out: Path, stats: Path):
     """Quantize the f16 GGUF MODEL to TYPE with llama-quantize."""
-    name = file_type(qtype)
+    name, with_imatrix = file_type(variant)
+    if with_imatrix and not (matrix and matrix.is_file()):
+        raise EdgetuneError(f"{variant}: needs an importance matrix; --imatrix {matrix} is not a file (`dvc repro imatrix`).")
     with atomic_path(out, ".gguf") as tmp:
-        log = llamacpp.run([llamacpp.tool("llama-quantize"), model, tmp, name, os.cpu_count() or 1], f"llama-quantize {name}")
-        result = {"type": qtype.lower(), **tensor_stats(tmp), "fallbacks": fallbacks(log)}
+        log = llamacpp.run([llamacpp.tool("llama-quantize"), *(["--imatrix", matrix] if with_imatrix else []),
+                            model, tmp, name, os.cpu_count() or 1], f"llama-quantize {variant}")
+        result = {"type": variant.lower(), **tensor_stats(tmp), "fallbacks": fallbacks(log)}
+        if with_imatrix:  # llama-quantize: "loaded 168 importance matrix entries from ... computed on 16 chunks"
+            found = re.search(r"loaded (\d+) importance matrix entries .* computed on (\d+) chunks", log)
+            if not found:
+                raise EdgetuneError(f"llama-quantize did not report loading {matrix}; its output ends with:\n{log[-800:]}")
+            result["imatrix"] = {"entries": int(found[1]), "chunks": int(found[2])}
     write_json(stats, result)
     types = ", ".join(f"{k}: {v['tensors']}" for k, v in result["tensor_types"].items())
     click.echo(f"{out}: {result['model_bytes'] / 1e6:.0f} MB, {result['bits_per_weight']:.2f} bits/weight ({types})")

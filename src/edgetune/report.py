@@ -5,6 +5,7 @@ difference to the f16 GGUF, to the untuned model (its fair free-answer accuracy)
 classical TF-IDF baseline.
 """
 
+import collections
 import json
 from pathlib import Path
 
@@ -13,13 +14,13 @@ import click
 from . import params
 from .errors import EdgetuneError
 from .files import write_json, write_text
-from .quantize import QuantizeParams
+from .quantize import IMATRIX, QuantizeParams
 from .recommend import RecommendParams, recommend
 
 ORDER = ["tfidf", "base", "f16"]  # then the quant types, largest first
 SCALARS = ("accuracy", "precision", "recall", "f1", "perplexity", "loss", "kld_mean", "kld_p99", "ppl_ratio",
            "same_top_token", "n_samples", "seconds_per_sample", "samples_per_second", "prompt_tokens_per_second",
-           "model_bytes", "bits_per_weight")
+           "model_bytes", "bits_per_weight", "fallback_tensors")
 
 
 def load_variants(eval_dir: Path, names: list[str]) -> dict[str, dict]:
@@ -71,6 +72,52 @@ def device_table(bench: dict) -> str:
         ram = " | ".join(f"{v['peak_rss_bytes'][c] / 2**30:.2f} GB" for c in contexts)
         lines.append(f"| {name} | {pp} | {tg} | {ram} |")
     return "\n".join(lines) + "\n"
+
+
+def add_quantize_stats(variants: dict, quantize_dir: Path) -> dict[str, dict]:
+    """What llama-quantize made of each variant (quantize stage): tensor types and fallbacks."""
+    stats = {}
+    for name in variants:
+        path = quantize_dir / f"{name}.json"
+        if path.is_file():
+            stats[name] = json.loads(path.read_text())
+            variants[name]["fallback_tensors"] = len(stats[name]["fallbacks"])
+    return stats
+
+
+def tensors_table(stats: dict[str, dict]) -> list[str]:
+    """Per quant variant: the tensor types the file holds and the tensors that fell back."""
+    if not stats:
+        return []
+    lines = ["", "## What each file holds", "",
+             "Tensors by type, and those whose width the wanted type's blocks do not divide: llama-quantize "
+             "gives them another type (`reports/quantize/<variant>.json` names them).", "",
+             "| variant | bits/weight | tensors by type | fell back |", "|---|---:|---|---|"]
+    for name, st in stats.items():
+        types = ", ".join(f"{t} {e['tensors']}" for t, e in st["tensor_types"].items())
+        moves = collections.Counter(f"{f['wanted']}→{f['got']}" for f in st["fallbacks"])
+        fell = f"{len(st['fallbacks'])} ({', '.join(f'{k} {n}' for k, n in moves.items())})" if moves else "0"
+        lines.append(f"| {name} | {st['bits_per_weight']:.2f} | {types} | {fell} |")
+    return lines
+
+
+def imatrix_table(variants: dict) -> list[str]:
+    """Each <type>-imatrix variant beside its plain twin: what the importance matrix bought."""
+    pairs = [(n.removesuffix(IMATRIX), n) for n in variants if n.endswith(IMATRIX) and n.removesuffix(IMATRIX) in variants]
+    if not pairs:
+        return []
+    metric = "accuracy" if "accuracy" in variants[pairs[0][0]] else "perplexity"
+    show = (lambda x: f"{100 * x:.1f}") if metric == "accuracy" else (lambda x: f"{x:.3f}")
+    lines = ["", "## Importance matrix", "",
+             f"Each type quantized plainly and with the importance matrix (llama-imatrix on the training text): "
+             f"{metric} on the test split ({'points' if metric == 'accuracy' else 'lower is better'}) and mean KLD from f16.", "",
+             f"| type | {metric} | with imatrix | Δ | KLD | with imatrix |", "|---|---:|---:|---:|---:|---:|"]
+    for plain, matrixed in pairs:
+        a, b = variants[plain], variants[matrixed]
+        kld = [f"{v['kld_mean']:.4f}" if "kld_mean" in v else "" for v in (a, b)]
+        delta = show(b[metric] - a[metric]) if metric == "perplexity" else fmt_delta(b[metric], a[metric])
+        lines.append(f"| {plain} | {show(a[metric])} | {show(b[metric])} | {delta} | {kld[0]} | {kld[1]} |")
+    return lines
 
 
 def quality_cells(v: dict) -> str:
@@ -153,16 +200,18 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
 @click.command("report")
 @click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/eval"), show_default=True)
 @click.option("--quality", "quality_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/quality.json"), show_default=True, help="KL divergence per variant (quality stage), where measured.")
+@click.option("--quantize-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/quantize"), show_default=True, help="What llama-quantize made of each variant (quantize stage).")
 @click.option("--bench", "bench_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/bench.json"), show_default=True, help="Speed and memory per variant (bench stage), where measured.")
 @click.option("--data-stats", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/data.json"), show_default=True)
 @click.option("--train-metrics", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/train/metrics.json"), show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
-def report(eval_dir: Path, quality_file: Path, bench_file: Path, data_stats: Path, train_metrics: Path, out: Path):
+def report(eval_dir: Path, quality_file: Path, quantize_dir: Path, bench_file: Path, data_stats: Path, train_metrics: Path, out: Path):
     """Gather every variant's results into OUT/metrics.json, OUT/summary.md and plot data."""
     variants = load_variants(eval_dir, [*ORDER, *params.load("quantize", QuantizeParams).types])
     if quality_file.is_file():
         for name, q in json.loads(quality_file.read_text())["variants"].items():
             variants.get(name, {}).update(q)
+    stats = add_quantize_stats(variants, quantize_dir)
     data = json.loads(data_stats.read_text()) if data_stats.is_file() else {}
     train = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
     choice = recommend(variants, params.load("recommend", RecommendParams))
@@ -173,7 +222,7 @@ def report(eval_dir: Path, quality_file: Path, bench_file: Path, data_stats: Pat
           "recommended": bool(choice) and n == choice["variant"]}
          for n, v in variants.items() if v.get("model_bytes") and "accuracy" in v],
     )
-    text = summary_markdown(variants, data, train)
+    text = summary_markdown(variants, data, train) + "\n".join([*tensors_table(stats), *imatrix_table(variants), ""])
     if bench_file.is_file():
         text += device_table(json.loads(bench_file.read_text()))
     if choice:

@@ -1,0 +1,47 @@
+"""Stage imatrix: an importance matrix for the quantizer, from the training text, with llama-imatrix.
+
+A low-bit type rounds each block of weights to a few levels. The importance matrix (the mean
+squared activation of every input column while the f16 model reads representative text) tells
+llama-quantize whose rounding errors cost most, so it spends its few levels there. Variants named
+`<type>-imatrix` in quantize.types are quantized with it; the report sets each beside its plain
+twin. The text is the run's own training split: the activations of the task the model will do.
+"""
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import click
+
+from . import llamacpp, params
+from .errors import EdgetuneError
+from .files import atomic_path, read_jsonl
+from .quality import plain_text
+
+
+@dataclasses.dataclass
+class ImatrixParams:
+    ctx: int = 256  # tokens per chunk
+    chunks: int = 16  # chunks of training text read (ctx x chunks tokens)
+    threads: int | None = None  # None: all cores
+
+
+@click.command("imatrix")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="The f16 GGUF.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("data/processed/train.jsonl"), show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The importance matrix (GGUF).")
+def imatrix(model: Path, data: Path, out: Path):
+    """Compute an importance matrix for MODEL on the training text with llama-imatrix."""
+    p = params.load("imatrix", ImatrixParams)
+    if out.suffix != ".gguf":
+        raise EdgetuneError(f"--out {out}: name it *.gguf; llama-imatrix writes its GGUF format only to such a name.")
+    text = plain_text(read_jsonl(data))
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(out, ".gguf") as matrix:
+        corpus = Path(tmp) / "train.txt"
+        corpus.write_text(text, encoding="utf-8")
+        log = llamacpp.run([llamacpp.tool("llama-imatrix"), "-m", model, "-f", corpus, "-o", matrix, "-c", p.ctx,
+                            "--chunks", p.chunks, "--no-ppl", *(["-t", p.threads] if p.threads else [])],
+                           f"llama-imatrix on {model}")
+        if not matrix.stat().st_size:
+            raise EdgetuneError(f"llama-imatrix wrote nothing for {model}; its output ends with:\n{log[-800:]}")
+    click.echo(f"{out}: importance matrix from {min(p.chunks, len(text))} chunks of {p.ctx} tokens of {data}")
