@@ -1,9 +1,10 @@
 """Stage quantize: f16 GGUF -> one quant variant with llama.cpp's llama-quantize.
 
 A variant is a quant type (q4_k_m), or a type with the suffix `-imatrix` (q4_k_m-imatrix):
-quantized with the importance matrix of the imatrix stage. It also records what the file really holds: tensor types by count and by weights, and bits per
-weight. Models whose width is not a multiple of 256 (Qwen2.5 0.5B: 896) fall back from k-quants
-to q5_0/q8_0 on many tensors, so "Q4_K_M" is not four and a half bits there.
+quantized with the importance matrix of the imatrix stage. It also records what the file really
+holds: tensor types by count and by weights, and bits per weight. Models whose width is not a
+multiple of 256 (Qwen2.5 0.5B: 896) fall back from k-quants to q5_0/q8_0 on many tensors, so
+"Q4_K_M" is not four and a half bits there.
 """
 
 import collections
