@@ -59,6 +59,17 @@ def test_imatrix_variant_without_an_importance_matrix(workdir, tiny_gguf):
     assert not list(workdir.glob("*.gguf")) and not (workdir / "x.json").exists()
 
 
+def test_type_that_needs_an_importance_matrix(workdir, qwen_tokenizer):
+    from edgetune.convert import convert_to_gguf
+
+    # 256 wide, so IQ2_XXS's 256-blocks fit and llama-quantize insists on a matrix (64 wide falls back)
+    convert_to_gguf(make_tiny_model(qwen_tokenizer, workdir / "wide", hidden=256), workdir / "wide.gguf")
+    result = run("quantize", "--model", workdir / "wide.gguf", "--type", "iq2_xxs", "--out", workdir / "x.gguf",
+                 "--stats", workdir / "x.json")
+    assert failed(result, "iq2_xxs needs an importance matrix", "iq2_xxs-imatrix", "requires an importance matrix")
+    assert not (workdir / "x.gguf").exists() and not (workdir / "x.json").exists()
+
+
 def test_imatrix_on_too_little_training_text(workdir, tiny_gguf):
     set_params(workdir, imatrix={"ctx": 512, "chunks": 4})
     data = write_jsonl(workdir / "train.jsonl", [{"messages": [{"role": "user", "content": "房间很干净"}]}])

@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import click
@@ -33,15 +34,19 @@ def variant_gguf(prefix: Path, variant: str) -> Path:
     return prefix.parent / f"{prefix.name}-{variant}.gguf"
 
 
-def file_type(variant: str) -> tuple[str, bool]:
-    """Check a variant name against the quant types llama.cpp knows: (TYPE upper-case, with imatrix?)."""
-    from gguf import LlamaFileType
+def known_types() -> list[str]:
+    """The quant types the pinned llama-quantize lists in its help ("  15  or  Q4_K_M  : ...")."""
+    proc = subprocess.run([str(llamacpp.tool("llama-quantize")), "--help"], capture_output=True, text=True)
+    return re.findall(r"^\s*\d+\s+or\s+(\w+)\s*:", proc.stdout + proc.stderr, re.M)
 
+
+def file_type(variant: str) -> tuple[str, bool]:
+    """Check a variant name against the quant types llama-quantize knows: (TYPE upper-case, with imatrix?)."""
     name = variant.removesuffix(IMATRIX)
-    known = sorted(t.name.removeprefix("MOSTLY_") for t in LlamaFileType if t.name.startswith("MOSTLY_"))
+    known = known_types()
     if name.upper() not in known:
         raise EdgetuneError(
-            f"params.yaml: quantize.types: unknown quant type {name!r}. llama.cpp knows: {', '.join(k.lower() for k in known)} "
+            f"params.yaml: quantize.types: unknown quant type {name!r}. llama-quantize knows: {', '.join(k.lower() for k in known)} "
             f"(add {IMATRIX} to a type to quantize it with the importance matrix)."
         )
     return name.upper(), variant.endswith(IMATRIX)
@@ -87,8 +92,14 @@ def quantize(model: Path, variant: str, matrix: Path | None, out: Path, stats: P
     if with_imatrix and not (matrix and matrix.is_file()):
         raise EdgetuneError(f"{variant}: needs an importance matrix; --imatrix {matrix} is not a file (`dvc repro imatrix`).")
     with atomic_path(out, ".gguf") as tmp:
-        log = llamacpp.run([llamacpp.tool("llama-quantize"), *(["--imatrix", matrix] if with_imatrix else []),
-                            model, tmp, name, os.cpu_count() or 1], f"llama-quantize {variant}")
+        try:
+            log = llamacpp.run([llamacpp.tool("llama-quantize"), *(["--imatrix", matrix] if with_imatrix else []),
+                                model, tmp, name, os.cpu_count() or 1], f"llama-quantize {variant}")
+        except EdgetuneError as e:
+            if "requires an imatrix" in str(e):  # the 1- to 3-bit IQ types, for instance
+                raise EdgetuneError(f"params.yaml: quantize.types: {variant} needs an importance matrix; "
+                                    f"ask for {variant}{IMATRIX} instead.\n{e}") from None
+            raise
         result = {"type": variant.lower(), **tensor_stats(tmp), "fallbacks": fallbacks(log)}
         if with_imatrix:  # llama-quantize: "loaded 168 importance matrix entries from ... computed on 16 chunks"
             found = re.search(r"loaded (\d+) importance matrix entries .* computed on (\d+) chunks", log)
