@@ -23,8 +23,9 @@ from edgetune import llamacpp  # noqa: E402
 
 
 def stages_in_order() -> list[str]:
-    """Stage names as dvc.lock lists them: dvc.yaml's order, which is a valid run order."""
-    return list(yaml.safe_load(Path("dvc.lock").read_text())["stages"])
+    """Stage names in dvc.yaml's order (a valid run order), each foreach item on its own."""
+    out = subprocess.run(["dvc", "stage", "list", "--name-only"], capture_output=True, text=True, check=True).stdout
+    return out.split()
 
 
 def time_stages() -> dict[str, float]:

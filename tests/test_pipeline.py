@@ -164,6 +164,8 @@ def test_new_quant_variant_reruns_only_quantize_evaluate_report(project, first_r
     plain, matrixed = (GGUFReader(project / "models" / "gguf" / f"tiny-{v}.gguf") for v in ("q4_k_m", "q4_k_m-imatrix"))
     assert "quantize.imatrix.entries_count" in matrixed.fields and "quantize.imatrix.entries_count" not in plain.fields
     assert any((a.data != b.data).any() for a, b in zip(plain.tensors, matrixed.tensors))  # other roundings
+    matrix = GGUFReader(project / "models" / "imatrix" / "tiny.gguf")
+    assert matrix.fields["imatrix.datasets"].contents() == ["train.txt"]  # no temporary path: same input, same bytes
     metrics = json.loads((project / "reports" / "metrics.json").read_text())["variants"]
     assert 0 <= metrics["q4_k_m-imatrix"]["accuracy"] <= 1 and math.isfinite(metrics["q4_k_m-imatrix"]["kld_mean"])
     summary = (project / "reports" / "summary.md").read_text()

@@ -170,3 +170,16 @@ def test_the_recommended_variant_is_the_smallest_close_enough_to_f16():
     dialogue = {"f16": {"model_bytes": 10, "perplexity": 5.0}, "q8_0": {"model_bytes": 6, "perplexity": 5.1},
                 "q4_k_m": {"model_bytes": 4, "perplexity": 5.6}}
     assert recommend(dialogue, RecommendParams(perplexity_tolerance=0.05))["variant"] == "q8_0"
+
+
+def test_the_report_sets_each_imatrix_variant_beside_its_plain_twin():
+    from edgetune.report import imatrix_table
+
+    variants = {"f16": {"accuracy": 0.826}, "q4_0": {"accuracy": 0.802, "kld_mean": 0.47},
+                "q4_0-imatrix": {"accuracy": 0.824, "kld_mean": 0.1486}, "iq2_xxs-imatrix": {"accuracy": 0.7}}
+    lines = imatrix_table(variants)
+    assert "| q4_0 | 80.2 | 82.4 | +2.2 | 0.4700 | 0.1486 |" in lines
+    assert not any(line.startswith("| iq2_xxs") for line in lines)  # no plain twin to compare with
+    assert imatrix_table({"f16": {"accuracy": 0.8}, "q4_0": {"accuracy": 0.8}}) == []
+    dialogue = imatrix_table({"q4_0": {"perplexity": 6.0}, "q4_0-imatrix": {"perplexity": 5.5}})
+    assert "| q4_0 | 6.000 | 5.500 | -0.500 |  |  |" in dialogue

@@ -8,6 +8,7 @@ twin. The text is the run's own training split: the activations of the task the 
 """
 
 import dataclasses
+import re
 import tempfile
 from pathlib import Path
 
@@ -33,15 +34,16 @@ class ImatrixParams:
 def imatrix(model: Path, data: Path, out: Path):
     """Compute an importance matrix for MODEL on the training text with llama-imatrix."""
     p = params.load("imatrix", ImatrixParams)
-    if out.suffix != ".gguf":
-        raise EdgetuneError(f"--out {out}: name it *.gguf; llama-imatrix writes its GGUF format only to such a name.")
     text = plain_text(read_jsonl(data))
     with tempfile.TemporaryDirectory() as tmp, atomic_path(out, ".gguf") as matrix:
-        corpus = Path(tmp) / "train.txt"
+        # Run beside the text so the matrix records its name, not a random temporary path: the
+        # same inputs give the same bytes, and DVC reruns nothing downstream.
+        corpus = Path(tmp) / f"{data.stem}.txt"
         corpus.write_text(text, encoding="utf-8")
-        log = llamacpp.run([llamacpp.tool("llama-imatrix"), "-m", model, "-f", corpus, "-o", matrix, "-c", p.ctx,
-                            "--chunks", p.chunks, "--no-ppl", *(["-t", p.threads] if p.threads else [])],
-                           f"llama-imatrix on {model}")
+        log = llamacpp.run([llamacpp.tool("llama-imatrix"), "-m", model.resolve(), "-f", corpus.name, "-o", matrix.resolve(),
+                            "--output-format", "gguf", "-c", p.ctx, "--chunks", p.chunks, "--no-ppl",
+                            *(["-t", p.threads] if p.threads else [])], f"llama-imatrix on {model}", cwd=tmp)
         if not matrix.stat().st_size:
             raise EdgetuneError(f"llama-imatrix wrote nothing for {model}; its output ends with:\n{log[-800:]}")
-    click.echo(f"{out}: importance matrix from {min(p.chunks, len(text))} chunks of {p.ctx} tokens of {data}")
+    chunks = re.search(r"computing over (\d+) chunks", log)  # fewer than asked when the text runs out
+    click.echo(f"{out}: importance matrix from {chunks[1] if chunks else '?'} chunks of {p.ctx} tokens of {data}")

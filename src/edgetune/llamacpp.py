@@ -34,9 +34,9 @@ def tool(name: str) -> Path:
     raise EdgetuneError(f"{name}: not found under {home()}. Build it with scripts/build_llama_cpp.sh (make setup).")
 
 
-def run(cmd: list, what: str) -> str:
+def run(cmd: list, what: str, cwd: Path | None = None) -> str:
     """Run a llama.cpp tool or script; on failure show its own last words."""
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise EdgetuneError(f"{what} failed (exit {proc.returncode}):\n{tail}")

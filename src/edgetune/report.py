@@ -115,7 +115,7 @@ def imatrix_table(variants: dict) -> list[str]:
     for plain, matrixed in pairs:
         a, b = variants[plain], variants[matrixed]
         kld = [f"{v['kld_mean']:.4f}" if "kld_mean" in v else "" for v in (a, b)]
-        delta = show(b[metric] - a[metric]) if metric == "perplexity" else fmt_delta(b[metric], a[metric])
+        delta = fmt_delta(b[metric], a[metric]) if metric == "accuracy" else f"{b[metric] - a[metric]:+.3f}"
         lines.append(f"| {plain} | {show(a[metric])} | {show(b[metric])} | {delta} | {kld[0]} | {kld[1]} |")
     return lines
 
