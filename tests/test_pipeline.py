@@ -108,6 +108,9 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
         assert 0 <= quality[name]["same_top_token"] <= 1
     assert quality["q8_0"]["kld_mean"] < quality["q4_k_m"]["kld_mean"]
     assert metrics["recommended"]["variant"] in ("f16", "q8_0", "q4_k_m") and "## Recommended" in summary
+    line = json.loads((project / "reports" / "plots" / "frontier.json").read_text())  # the accuracy-size frontier
+    assert line and [p["model_mb"] for p in line] == sorted(p["model_mb"] for p in line)
+    assert [p["variant"] for p in line] == metrics["recommended"]["frontier"] and "The frontier" in summary
     bench = json.loads((project / "reports" / "bench.json").read_text())["variants"]
     assert set(bench) == {"f16", "q8_0", "q4_k_m"}
     for name, v in bench.items():  # llama-bench speeds; llama-cli holds at least the weights in memory

@@ -167,6 +167,7 @@ def test_the_recommended_variant_is_the_smallest_close_enough_to_f16():
     assert "q4_k_m loses 2.6 points" in choice["reason"] and "q4_0 mean KLD 0.0900" in choice["reason"]
     assert recommend(variants, RecommendParams(accuracy_tolerance=0.03, max_kld=0.1))["variant"] == "q4_0"
     assert recommend(variants, RecommendParams(accuracy_tolerance=0.0, max_kld=0.001))["variant"] == "f16"
+    assert choice["frontier"] == ["q4_0", "q8_0"]  # q4_k_m, q5_k_m, f16: a smaller variant scores as well
     dialogue = {"f16": {"model_bytes": 10, "perplexity": 5.0}, "q8_0": {"model_bytes": 6, "perplexity": 5.1},
                 "q4_k_m": {"model_bytes": 4, "perplexity": 5.6}}
     assert recommend(dialogue, RecommendParams(perplexity_tolerance=0.05))["variant"] == "q8_0"

@@ -30,6 +30,20 @@ def shortfall(v: dict, f16: dict, p: RecommendParams) -> str | None:
     return None
 
 
+def frontier(candidates: dict[str, dict]) -> list[str]:
+    """The accuracy-vs-bytes frontier, smallest first: each variant on it scores better than every
+    smaller one (accuracy higher, or for conversations perplexity lower)."""
+    def score(v):
+        return v["accuracy"] if "accuracy" in v else -v["perplexity"]
+
+    names, best = [], None
+    for name in sorted(candidates, key=lambda n: candidates[n]["model_bytes"]):
+        if best is None or score(candidates[name]) > best:
+            names.append(name)
+            best = score(candidates[name])
+    return names
+
+
 def recommend(variants: dict[str, dict], p: RecommendParams) -> dict | None:
     """The recommended variant among f16 and the quant types, with the reason in words."""
     f16 = variants.get("f16")
@@ -47,4 +61,5 @@ def recommend(variants: dict[str, dict], p: RecommendParams) -> dict | None:
     smaller = [f"{n} {why}" for n, why in verdicts.items() if why and candidates[n]["model_bytes"] < v["model_bytes"]]
     if smaller:
         reason += " Smaller ones fall short: " + "; ".join(smaller) + "."
-    return {"variant": name, "reason": reason, "rejected": {n: why for n, why in verdicts.items() if why}}
+    return {"variant": name, "reason": reason, "rejected": {n: why for n, why in verdicts.items() if why},
+            "frontier": frontier(candidates)}

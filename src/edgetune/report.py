@@ -120,6 +120,16 @@ def imatrix_table(variants: dict) -> list[str]:
     return lines
 
 
+def frontier_line(variants: dict, names: list[str]) -> str:
+    """The accuracy-vs-bytes frontier in words, smallest first."""
+    def point(v):
+        score = f"{100 * v['accuracy']:.1f}%" if "accuracy" in v else f"perplexity {v['perplexity']:.3f}"
+        return f"{v['model_bytes'] / 1e6:.0f} MB, {score}"
+
+    steps = " → ".join(f"{n} ({point(variants[n])})" for n in names)
+    return f"\nThe frontier, smallest first (each scores better than every smaller variant): {steps}.\n"
+
+
 def quality_cells(v: dict) -> str:
     """Mean KL divergence from f16 and the perplexity ratio (quality stage), blank where not measured."""
     if "kld_mean" not in v:
@@ -216,16 +226,17 @@ def report(eval_dir: Path, quality_file: Path, quantize_dir: Path, bench_file: P
     train = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
     choice = recommend(variants, params.load("recommend", RecommendParams))
     write_json(out / "metrics.json", {"variants": side_by_side(variants), "recommended": choice, "train": train})
-    write_json(
-        out / "plots" / "accuracy_vs_size.json",
-        [{"variant": n, "model_mb": v["model_bytes"] / 1e6, "accuracy": v["accuracy"],
-          "recommended": bool(choice) and n == choice["variant"]}
-         for n, v in variants.items() if v.get("model_bytes") and "accuracy" in v],
-    )
+    on_frontier = choice["frontier"] if choice else []
+    points = [{"variant": n, "model_mb": v["model_bytes"] / 1e6, "accuracy": v["accuracy"],
+               "recommended": bool(choice) and n == choice["variant"], "frontier": n in on_frontier}
+              for n, v in variants.items() if v.get("model_bytes") and "accuracy" in v]
+    write_json(out / "plots" / "accuracy_vs_size.json", points)
+    write_json(out / "plots" / "frontier.json", sorted((p for p in points if p["frontier"]), key=lambda p: p["model_mb"]))
     text = summary_markdown(variants, data, train) + "\n".join([*tensors_table(stats), *imatrix_table(variants), ""])
     if bench_file.is_file():
         text += device_table(json.loads(bench_file.read_text()))
     if choice:
         text += f"\n## Recommended\n\n**{choice['variant']}**: {choice['reason']}\n"
+        text += frontier_line(variants, on_frontier)
     write_text(out / "summary.md", text)
     click.echo(text)
