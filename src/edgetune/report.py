@@ -107,7 +107,10 @@ def imatrix_table(variants: dict) -> list[str]:
     if not pairs:
         return []
     metric = "accuracy" if "accuracy" in variants[pairs[0][0]] else "perplexity"
-    show = (lambda x: f"{100 * x:.1f}") if metric == "accuracy" else (lambda x: f"{x:.3f}")
+
+    def show(x, sign=""):  # accuracy in points, perplexity as it is
+        return f"{100 * x:{sign}.1f}" if metric == "accuracy" else f"{x:{sign}.3f}"
+
     lines = ["", "## Importance matrix", "",
              f"Each type quantized plainly and with the importance matrix (llama-imatrix on the training text): "
              f"{metric} on the test split ({'points' if metric == 'accuracy' else 'lower is better'}) and mean KLD from f16.", "",
@@ -115,8 +118,7 @@ def imatrix_table(variants: dict) -> list[str]:
     for plain, matrixed in pairs:
         a, b = variants[plain], variants[matrixed]
         kld = [f"{v['kld_mean']:.4f}" if "kld_mean" in v else "" for v in (a, b)]
-        delta = fmt_delta(b[metric], a[metric]) if metric == "accuracy" else f"{b[metric] - a[metric]:+.3f}"
-        lines.append(f"| {plain} | {show(a[metric])} | {show(b[metric])} | {delta} | {kld[0]} | {kld[1]} |")
+        lines.append(f"| {plain} | {show(a[metric])} | {show(b[metric])} | {show(b[metric] - a[metric], '+')} | {kld[0]} | {kld[1]} |")
     return lines
 
 
