@@ -102,6 +102,12 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
     assert quant["fallbacks"] and all(f["wanted"].startswith(("q4_K", "q6_K")) for f in quant["fallbacks"])
     summary = (project / "reports" / "summary.md").read_text()
     assert "| q4_k_m |" in summary and "| tfidf |" in summary
+    f16 = metrics["variants"]["f16"]
+    for name in ("q8_0", "q4_k_m"):  # against f16 review by review: the net change is the accuracy difference
+        v = metrics["variants"][name]
+        assert (v["vs_f16"]["gained"] - v["vs_f16"]["lost"]) / 12 == pytest.approx(v["accuracy"] - f16["accuracy"])
+        assert 0 < v["vs_f16"]["p_value"] <= 1 and v["accuracy_ci95"][0] <= v["accuracy"] <= v["accuracy_ci95"][1]
+    assert "## Is the difference real?" in summary
     quality = json.loads((project / "reports" / "quality.json").read_text())["variants"]
     for name in ("q8_0", "q4_k_m"):  # llama-perplexity's KL divergence from f16, on the test split
         assert all(math.isfinite(quality[name][k]) for k in ("kld_mean", "kld_p99", "ppl", "ppl_ratio"))

@@ -161,10 +161,11 @@ def test_the_recommended_variant_is_the_smallest_close_enough_to_f16():
 
     variants = {"tfidf": {"accuracy": 0.80}, "base": variant(491, 0.70), "f16": variant(1266, 0.826),
                 "q8_0": variant(676, 0.826, 0.002), "q5_k_m": variant(560, 0.820, 0.01),
-                "q4_k_m": variant(491, 0.800, 0.03), "q4_0": variant(470, 0.824, 0.09)}
+                "q4_k_m": variant(491, 0.800, 0.03) | {"vs_f16": {"lost": 20, "gained": 7, "p_value": 0.019}},
+                "q4_0": variant(470, 0.824, 0.09)}
     choice = recommend(variants, RecommendParams(accuracy_tolerance=0.01, max_kld=0.05))
     assert choice["variant"] == "q5_k_m"  # q4_k_m loses 2.6 points; q4_0 keeps accuracy but drifts (KLD 0.09)
-    assert "q4_k_m loses 2.6 points" in choice["reason"] and "q4_0 mean KLD 0.0900" in choice["reason"]
+    assert "q4_k_m loses 2.6 points of accuracy (allowed 1.0; 20 examples lost and 7 gained, p = 0.019)" in choice["reason"] and "q4_0 mean KLD 0.0900" in choice["reason"]
     assert recommend(variants, RecommendParams(accuracy_tolerance=0.03, max_kld=0.1))["variant"] == "q4_0"
     assert recommend(variants, RecommendParams(accuracy_tolerance=0.0, max_kld=0.001))["variant"] == "f16"
     assert choice["frontier"] == ["q4_0", "q8_0"]  # q4_k_m, q5_k_m, f16: a smaller variant scores as well
@@ -177,10 +178,47 @@ def test_the_report_sets_each_imatrix_variant_beside_its_plain_twin():
     from edgetune.report import imatrix_table
 
     variants = {"f16": {"accuracy": 0.826}, "q4_0": {"accuracy": 0.802, "kld_mean": 0.47},
-                "q4_0-imatrix": {"accuracy": 0.824, "kld_mean": 0.1486}, "iq2_xxs-imatrix": {"accuracy": 0.7}}
+                "q4_0-imatrix": {"accuracy": 0.824, "kld_mean": 0.1486, "vs_plain": {"lost": 3, "gained": 14, "p_value": 0.0127}},
+                "iq2_xxs-imatrix": {"accuracy": 0.7}}
     lines = imatrix_table(variants)
-    assert "| q4_0 | 80.2 | 82.4 | +2.2 | 0.4700 | 0.1486 |" in lines
+    assert "| q4_0 | 80.2 | 82.4 | +2.2 | 0.013 | 0.4700 | 0.1486 |" in lines
     assert not any(line.startswith("| iq2_xxs") for line in lines)  # no plain twin to compare with
     assert imatrix_table({"f16": {"accuracy": 0.8}, "q4_0": {"accuracy": 0.8}}) == []
     dialogue = imatrix_table({"q4_0": {"perplexity": 6.0}, "q4_0-imatrix": {"perplexity": 5.5}})
-    assert "| q4_0 | 6.000 | 5.500 | -0.500 |  |  |" in dialogue
+    assert "| q4_0 | 6.000 | 5.500 | -0.500 |  |  |  |" in dialogue
+
+
+def write_predictions(path, actual, predicted):
+    path.write_text("actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in zip(actual, predicted)))
+    return path
+
+
+def test_two_variants_are_compared_on_the_reviews_where_they_disagree(tmp_path):
+    from math import comb
+
+    from edgetune.significance import paired
+
+    actual = ["positive"] * 6 + ["negative"] * 6
+    flip = {"positive": "negative", "negative": "positive"}
+    reference = [flip[a] if i == 0 else a for i, a in enumerate(actual)]  # misses review 0
+    variant = [flip[a] if i in (1, 2, 3, 6) else a for i, a in enumerate(actual)]  # misses 1, 2, 3, 6; gets 0
+    result = paired(write_predictions(tmp_path / "f16.csv", actual, reference),
+                    write_predictions(tmp_path / "q4.csv", actual, variant))
+    assert (result["lost"], result["gained"]) == (4, 1)
+    # McNemar's exact test: two-sided binomial on the 5 discordant reviews, P(X <= 1) + P(X >= 4) at one half
+    assert result["p_value"] == pytest.approx(sum(comb(5, k) for k in (0, 1, 4, 5)) / 2**5)
+    assert paired(tmp_path / "f16.csv", tmp_path / "f16.csv") == {"lost": 0, "gained": 0, "p_value": 1.0}
+    other = write_predictions(tmp_path / "other.csv", actual[::-1], actual[::-1])
+    with pytest.raises(EdgetuneError, match="other.csv: its examples are not those of"):
+        paired(tmp_path / "f16.csv", other)
+
+
+def test_accuracy_interval_is_wilsons():
+    from edgetune.significance import accuracy_interval
+
+    z, n, acc = 1.959964, 500, 0.826
+    centre = (acc + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(acc * (1 - acc) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    assert accuracy_interval(acc, n) == pytest.approx([centre - half, centre + half], abs=1e-5)
+    low, high = accuracy_interval(1.0, 12)
+    assert high == pytest.approx(1.0) and 0.7 < low < 0.8  # all right on 12 examples proves little

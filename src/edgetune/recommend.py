@@ -22,7 +22,9 @@ def shortfall(v: dict, f16: dict, p: RecommendParams) -> str | None:
     if "accuracy" in f16:
         lost = f16["accuracy"] - v["accuracy"]
         if lost > p.accuracy_tolerance + 1e-9:
-            return f"loses {100 * lost:.1f} points of accuracy (allowed {100 * p.accuracy_tolerance:.1f})"
+            vs = v.get("vs_f16")  # the report's review-by-review comparison, where it made one
+            paired = f"; {vs['lost']} examples lost and {vs['gained']} gained, p = {vs['p_value']:.3f}" if vs else ""
+            return f"loses {100 * lost:.1f} points of accuracy (allowed {100 * p.accuracy_tolerance:.1f}{paired})"
     elif v["perplexity"] > f16["perplexity"] * (1 + p.perplexity_tolerance):
         return f"perplexity {v['perplexity']:.3f} vs {f16['perplexity']:.3f} (allowed +{100 * p.perplexity_tolerance:.0f}%)"
     if v.get("kld_mean", 0.0) > p.max_kld:

@@ -16,6 +16,7 @@ from .errors import EdgetuneError
 from .files import write_json, write_text
 from .quantize import IMATRIX, QuantizeParams
 from .recommend import RecommendParams, recommend
+from .significance import accuracy_interval, paired
 
 ORDER = ["tfidf", "base", "f16"]  # then the quant types, largest first
 SCALARS = ("accuracy", "precision", "recall", "f1", "perplexity", "loss", "kld_mean", "kld_p99", "ppl_ratio",
@@ -45,6 +46,7 @@ def side_by_side(variants: dict[str, dict]) -> dict[str, dict]:
             row["uncalibrated_accuracy"] = v["uncalibrated"]["accuracy"]
         if "free_answer" in v:
             row["free_answer"] = {k: v["free_answer"][k] for k in ("accuracy", "f1", "unparsed")}
+        row |= {k: v[k] for k in ("accuracy_ci95", "vs_f16", "vs_plain") if k in v}
         table[name] = row
     return table
 
@@ -85,6 +87,41 @@ def add_quantize_stats(variants: dict, quantize_dir: Path) -> dict[str, dict]:
     return stats
 
 
+def add_significance(variants: dict, eval_dir: Path) -> None:
+    """Each accuracy's 95% interval; each quantized variant against f16, and each -imatrix variant
+    against its plain twin, review by review (evaluate's predictions CSVs)."""
+    for name, v in variants.items():
+        if "accuracy" not in v:
+            continue
+        v["accuracy_ci95"] = accuracy_interval(v["accuracy"], v["n_samples"])
+        mine = eval_dir / f"{name}.csv"
+        if name in ORDER or not mine.is_file():
+            continue
+        for key, reference in (("vs_f16", "f16"), ("vs_plain", name.removesuffix(IMATRIX))):
+            if reference != name and (eval_dir / f"{reference}.csv").is_file():
+                v[key] = paired(eval_dir / f"{reference}.csv", mine)
+
+
+def significance_table(variants: dict) -> list[str]:
+    """Accuracy intervals, and what each quantized file loses and gains against f16."""
+    if not any("vs_f16" in v for v in variants.values()):
+        return []
+    lines = ["", "## Is the difference real?", "",
+             f"Accuracy with its 95% (Wilson) interval on the {next(iter(variants.values()))['n_samples']} test examples; "
+             "each quantized file against f16 on the same examples: those it gets wrong that f16 gets right (*lost*) "
+             "and the reverse (*gained*). *p* is McNemar's exact test: the chance of a split at least this lopsided "
+             "if the two files were equally good.", "",
+             "| variant | accuracy | 95% interval | Δ f16 | lost | gained | p |", "|---|---:|---:|---:|---:|---:|---:|"]
+    f16 = variants.get("f16", {}).get("accuracy")
+    for name, v in variants.items():
+        low, high = v["accuracy_ci95"]
+        vs = v.get("vs_f16")
+        paired_cells = f"{vs['lost']} | {vs['gained']} | {vs['p_value']:.3f}" if vs else " |  | "
+        lines.append(f"| {name} | {100 * v['accuracy']:.1f} | {100 * low:.1f}–{100 * high:.1f} | "
+                     f"{fmt_delta(v['accuracy'], f16)} | {paired_cells} |")
+    return lines
+
+
 def tensors_table(stats: dict[str, dict]) -> list[str]:
     """Per quant variant: the tensor types the file holds and the tensors that fell back."""
     if not stats:
@@ -113,12 +150,13 @@ def imatrix_table(variants: dict) -> list[str]:
 
     lines = ["", "## Importance matrix", "",
              f"Each type quantized plainly and with the importance matrix (llama-imatrix on the training text): "
-             f"{metric} on the test split ({'points' if metric == 'accuracy' else 'lower is better'}) and mean KLD from f16.", "",
-             f"| type | {metric} | with imatrix | Δ | KLD | with imatrix |", "|---|---:|---:|---:|---:|---:|"]
+             f"{metric} on the test split ({'points' if metric == 'accuracy' else 'lower is better'}) *p* (McNemar's exact test, as above) and mean KLD from f16.", "",
+             f"| type | {metric} | with imatrix | Δ | p | KLD | with imatrix |", "|---|---:|---:|---:|---:|---:|---:|"]
     for plain, matrixed in pairs:
         a, b = variants[plain], variants[matrixed]
         kld = [f"{v['kld_mean']:.4f}" if "kld_mean" in v else "" for v in (a, b)]
-        lines.append(f"| {plain} | {show(a[metric])} | {show(b[metric])} | {show(b[metric] - a[metric], '+')} | {kld[0]} | {kld[1]} |")
+        p = f"{b['vs_plain']['p_value']:.3f}" if "vs_plain" in b else ""
+        lines.append(f"| {plain} | {show(a[metric])} | {show(b[metric])} | {show(b[metric] - a[metric], '+')} | {p} | {kld[0]} | {kld[1]} |")
     return lines
 
 
@@ -201,6 +239,7 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
     if "base" in variants:
         lines += ["", "*base* is the untuned model; its label-scoring accuracy is unfair to it (it starts its "
                   "answer with other words), so Δ untuned uses its free-answer accuracy."]
+    lines += significance_table(variants)
     lines += training_table(train, ("train_loss", "eval_loss", "eval_accuracy", "steps", "chosen_step", "train_runtime", "tokens_seen"))
     if data.get("splits"):
         lines += ["", "## Data", "", "| split | examples | classes | median prompt tokens | truncated |", "|---|---:|---|---:|---:|"]
@@ -224,6 +263,7 @@ def report(eval_dir: Path, quality_file: Path, quantize_dir: Path, bench_file: P
         for name, q in json.loads(quality_file.read_text())["variants"].items():
             variants.get(name, {}).update(q)
     stats = add_quantize_stats(variants, quantize_dir)
+    add_significance(variants, eval_dir)
     data = json.loads(data_stats.read_text()) if data_stats.is_file() else {}
     train = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
     choice = recommend(variants, params.load("recommend", RecommendParams))
