@@ -308,7 +308,7 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
         seed=p.seed,
         data_seed=p.seed,
         bf16=False,  # weights are already bf16; autocast would only slow it down
-        gradient_checkpointing=p.gradient_checkpointing,
+        activation_checkpointing=p.gradient_checkpointing,
         ddp_find_unused_parameters=False,  # every adapter weight gets a gradient on every step
         include_num_input_tokens_seen="non_padding",
         report_to="none",
