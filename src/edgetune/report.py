@@ -150,7 +150,7 @@ def imatrix_table(variants: dict) -> list[str]:
 
     lines = ["", "## Importance matrix", "",
              f"Each type quantized plainly and with the importance matrix (llama-imatrix on the training text): "
-             f"{metric} on the test split ({'points' if metric == 'accuracy' else 'lower is better'}) *p* (McNemar's exact test, as above) and mean KLD from f16.", "",
+             f"{metric} on the test split ({'points' if metric == 'accuracy' else 'lower is better'}), *p* (McNemar's exact test, as above), and mean KLD from f16.", "",
              f"| type | {metric} | with imatrix | Δ | p | KLD | with imatrix |", "|---|---:|---:|---:|---:|---:|---:|"]
     for plain, matrixed in pairs:
         a, b = variants[plain], variants[matrixed]
