@@ -188,29 +188,26 @@ def test_the_report_sets_each_imatrix_variant_beside_its_plain_twin():
     assert "| q4_0 | 6.000 | 5.500 | -0.500 |  |  |  |" in dialogue
 
 
-def write_predictions(path, actual, predicted):
-    path.write_text("actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in zip(actual, predicted)))
-    return path
-
-
 def test_two_variants_are_compared_on_the_reviews_where_they_disagree(tmp_path):
     from math import comb
 
+    from edgetune.files import write_predictions
     from edgetune.significance import paired
 
     actual = ["positive"] * 6 + ["negative"] * 6
     flip = {"positive": "negative", "negative": "positive"}
     reference = [flip[a] if i == 0 else a for i, a in enumerate(actual)]  # misses review 0
     variant = [flip[a] if i in (1, 2, 3, 6) else a for i, a in enumerate(actual)]  # misses 1, 2, 3, 6; gets 0
-    result = paired(write_predictions(tmp_path / "f16.csv", actual, reference),
-                    write_predictions(tmp_path / "q4.csv", actual, variant))
+    write_predictions(tmp_path / "f16.csv", actual, reference)
+    write_predictions(tmp_path / "q4.csv", actual, variant)
+    result = paired(tmp_path / "f16.csv", tmp_path / "q4.csv")
     assert (result["lost"], result["gained"]) == (4, 1)
     # McNemar's exact test: two-sided binomial on the 5 discordant reviews, P(X <= 1) + P(X >= 4) at one half
     assert result["p_value"] == pytest.approx(sum(comb(5, k) for k in (0, 1, 4, 5)) / 2**5)
     assert paired(tmp_path / "f16.csv", tmp_path / "f16.csv") == {"lost": 0, "gained": 0, "p_value": 1.0}
-    other = write_predictions(tmp_path / "other.csv", actual[::-1], actual[::-1])
+    write_predictions(tmp_path / "other.csv", actual[::-1], actual[::-1])
     with pytest.raises(EdgetuneError, match="other.csv: its examples are not those of"):
-        paired(tmp_path / "f16.csv", other)
+        paired(tmp_path / "f16.csv", tmp_path / "other.csv")
 
 
 def test_accuracy_interval_is_wilsons():

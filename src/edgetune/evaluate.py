@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import params
 from .errors import EdgetuneError
-from .files import atomic_path, read_jsonl, write_json
+from .files import read_jsonl, write_json, write_predictions
 from .perplexity import gguf_perplexity
 from .prepare import DataParams
 from .quantize import tensor_stats
@@ -201,8 +201,7 @@ def evaluate_dialogues(model: Path, variant: str, rows: list[dict], threads: int
     result = gguf_perplexity(model, rows, threads, f"perplexity {variant}")
     result.update(variant=variant, model_bytes=model.stat().st_size, bits_per_weight=tensor_stats(model)["bits_per_weight"])
     if predictions:  # the confusion plot has nothing to show for conversations
-        with atomic_path(predictions, ".csv") as tmp:
-            tmp.write_text("actual,predicted\n")
+        write_predictions(predictions, [], [])
     write_json(out, result)
     click.echo(f"{variant}: perplexity {result['perplexity']:.3f} on {result['assistant_tokens']} reply tokens")
 
@@ -285,8 +284,7 @@ def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predic
         }
 
     if predictions:
-        with atomic_path(predictions, ".csv") as tmp:
-            tmp.write_text("actual,predicted\n" + "".join(f"{a},{b}\n" for a, b in zip(y_true, y_pred)))
+        write_predictions(predictions, y_true, y_pred)
     write_json(out, result)
     free_note = f", free answer {result['free_answer']['accuracy']:.3f}" if "free_answer" in result else ""
     click.echo(f"{variant}: accuracy {result['accuracy']:.3f}, f1 {result['f1']:.3f}{free_note}, "

@@ -1,6 +1,8 @@
-"""Atomic outputs and JSONL: an interrupted stage never leaves a half file a later stage trusts."""
+"""Atomic outputs, JSONL and the predictions CSV: an interrupted stage never leaves a half file a
+later stage trusts."""
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -33,6 +35,16 @@ def write_json(path, obj) -> None:
 
 def write_jsonl(path, rows) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_predictions(path, actual, predicted) -> None:
+    """evaluate's per-example labels: the dvc confusion plot, and the report's paired comparisons."""
+    write_text(path, "actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in zip(actual, predicted)))
+
+
+def read_predictions(path) -> list[tuple[str, str]]:
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        return [(row["actual"], row["predicted"]) for row in csv.DictReader(f)]
 
 
 def read_jsonl(path) -> list[dict]:

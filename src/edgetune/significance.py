@@ -6,23 +6,18 @@ right, and the chance of a split at least that lopsided if the two were equally 
 accuracy on its own gets a 95% Wilson interval.
 """
 
-import csv
 from pathlib import Path
 
 from scipy.stats import binomtest
 
 from .errors import EdgetuneError
+from .files import read_predictions
 
 
 def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> list[float]:
     """The Wilson interval of an accuracy measured on n examples."""
     ci = binomtest(round(accuracy * n), n).proportion_ci(confidence_level=level, method="wilson")
     return [ci.low, ci.high]
-
-
-def read_predictions(path: Path) -> list[tuple[str, str]]:
-    with path.open(newline="") as f:
-        return [(row["actual"], row["predicted"]) for row in csv.DictReader(f)]
 
 
 def paired(reference: Path, variant: Path) -> dict:
