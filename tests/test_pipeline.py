@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, set_params, write_jsonl
 
@@ -179,6 +180,17 @@ def test_new_quant_variant_reruns_only_quantize_evaluate_report(project, first_r
     assert 0 <= metrics["q4_k_m-imatrix"]["accuracy"] <= 1 and math.isfinite(metrics["q4_k_m-imatrix"]["kld_mean"])
     summary = (project / "reports" / "summary.md").read_text()
     assert "## Importance matrix" in summary and "| q4_k_m | " in summary.split("## Importance matrix")[1]
+
+
+def test_new_test_split_reruns_the_evaluations_never_training(project, first_run):
+    before = (project / "data" / "processed" / "train.jsonl").read_bytes()
+    set_params(project, data={"max_test": 8})
+    out = dvc(project, "repro").stdout
+    types = yaml.safe_load((project / "params.yaml").read_text())["quantize"]["types"]
+    evaluations = {"evaluate-base", "evaluate-f16", *(f"evaluate@{t}" for t in types)}
+    assert ran_stages(out) - {"export"} == {"prepare", "baseline", *evaluations, "quality", "report"}
+    assert (project / "data" / "processed" / "train.jsonl").read_bytes() == before
+    assert json.loads((project / "reports" / "eval" / "f16.json").read_text())["n_samples"] == 8
 
 
 def test_killed_training_resumes_from_its_checkpoint(project, first_run):
