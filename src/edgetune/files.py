@@ -3,6 +3,7 @@ later stage trusts."""
 
 import contextlib
 import csv
+import io
 import json
 import os
 import shutil
@@ -39,7 +40,9 @@ def write_jsonl(path, rows) -> None:
 
 def write_predictions(path, actual, predicted) -> None:
     """evaluate's per-example labels: the dvc confusion plot, and the report's paired comparisons."""
-    write_text(path, "actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in zip(actual, predicted)))
+    buffer = io.StringIO()  # written by csv, as read_predictions reads it: labels may hold commas or quotes
+    csv.writer(buffer, lineterminator="\n").writerows([("actual", "predicted"), *zip(actual, predicted)])
+    write_text(path, buffer.getvalue())
 
 
 def read_predictions(path) -> list[tuple[str, str]]:
