@@ -135,7 +135,7 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
 
 def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     from edgetune import llamacpp
-    from edgetune.fetch_model import sha256_file
+    from edgetune.files import sha256_file
 
     deploy = project / "deploy"
     chosen = json.loads((project / "reports" / "metrics.json").read_text())["recommended"]["variant"]

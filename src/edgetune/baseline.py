@@ -11,7 +11,6 @@ import click
 
 from . import params
 from .files import read_jsonl, write_json
-from .prepare import DataParams
 from .scoring import classification_metrics
 
 
@@ -32,7 +31,7 @@ def baseline(data: Path, out: Path):
     from sklearn.pipeline import make_pipeline
 
     p = params.load("baseline", BaselineParams)
-    labels = list(params.load("data", DataParams).labels)
+    labels = list(params.value("data.labels", dict[str, str]))
     train, test = read_jsonl(data / "train.jsonl"), read_jsonl(data / "test.jsonl")
     if train and "label" not in train[0]:  # conversations (data.task: sft)
         write_json(out, {"variant": "tfidf", "skipped": "data.task is sft: no labels to classify"})

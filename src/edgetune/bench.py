@@ -16,7 +16,7 @@ import click
 from . import llamacpp, params
 from .errors import EdgetuneError
 from .files import write_json
-from .quantize import QuantizeParams, variant_gguf
+from .variants import QuantizeParams, variant_gguf
 
 
 @dataclasses.dataclass

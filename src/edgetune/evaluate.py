@@ -24,9 +24,8 @@ from . import params
 from .errors import EdgetuneError
 from .files import read_jsonl, write_json, write_predictions
 from .perplexity import gguf_perplexity
-from .prepare import DataParams
-from .quantize import tensor_stats
 from .scoring import apply_offsets, classification_metrics, fit_offsets, log_softmax, parse_answer, pick_label
+from .variants import tensor_stats
 
 
 @dataclasses.dataclass
@@ -216,7 +215,7 @@ def evaluate_dialogues(model: Path, variant: str, rows: list[dict], threads: int
 def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predictions: Path | None):
     """Classify the test split with the GGUF MODEL (or, for conversations, measure its perplexity) and write its metrics."""
     p = params.load("evaluate", EvaluateParams)
-    answers = params.load("data", DataParams).labels
+    answers = params.value("data.labels", dict[str, str])
     if not model.is_file():
         raise EdgetuneError(f"{model}: GGUF file not found. Run the stage that makes it (`dvc repro`).")
     rows = read_jsonl(data)[: p.max_samples]

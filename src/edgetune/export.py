@@ -18,9 +18,8 @@ import click
 
 from . import params
 from .errors import EdgetuneError
-from .fetch_model import sha256_file
-from .quantize import variant_gguf
-from .files import atomic_dir
+from .files import atomic_dir, sha256_file
+from .variants import variant_gguf
 
 
 @dataclasses.dataclass

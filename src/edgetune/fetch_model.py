@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import params
 from .errors import EdgetuneError
-from .files import atomic_dir
+from .files import atomic_dir, sha256_file
 
 BASE_GGUF = "model.gguf"
 
@@ -96,14 +96,6 @@ def check_sha256(path: Path, actual: str, expected: str | None) -> None:
             f"{path}: sha256 {actual} does not match model.sha256 {expected} in params.yaml. The download or "
             "package is corrupt or not the one expected: reinstall it, or correct model.sha256."
         )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def dequantize_gguf(gguf: Path, out: Path, p: ModelParams) -> None:

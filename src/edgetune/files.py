@@ -1,8 +1,9 @@
-"""Atomic outputs, JSONL and the predictions CSV: an interrupted stage never leaves a half file a
-later stage trusts."""
+"""Atomic outputs, JSONL, the predictions CSV and checksums: an interrupted stage never leaves a
+half file a later stage trusts."""
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -92,3 +93,11 @@ def atomic_dir(final):
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()

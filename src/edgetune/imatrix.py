@@ -17,7 +17,7 @@ import click
 from . import llamacpp, params
 from .errors import EdgetuneError
 from .files import atomic_path, read_jsonl
-from .quality import plain_text
+from .prompts import plain_text
 
 
 @dataclasses.dataclass

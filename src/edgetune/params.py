@@ -86,3 +86,13 @@ def load(section: str, cls, path=PARAMS_FILE):
         return cls(**values)
     except TypeError as e:
         raise EdgetuneError(f"{path}: section `{section}`: {e}") from None
+
+
+def value(key: str, t, path=PARAMS_FILE):
+    """One value of params.yaml by its dotted key (data.labels), checked against type `t`."""
+    node = read_params(path)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise EdgetuneError(f"{path}: `{key}` is missing. Add it to params.yaml.")
+        node = node[part]
+    return _check(node, t, key)

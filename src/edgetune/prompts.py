@@ -1,4 +1,5 @@
-"""How a labelled text becomes a chat: truncation to a token budget and the model's own template."""
+"""How a labelled text becomes a chat: truncation to a token budget and the model's own template;
+and how chats become the plain text llama.cpp's tools read."""
 
 import dataclasses
 
@@ -40,3 +41,9 @@ def messages(text: str, answer: str | None, p: PromptParams) -> list[dict]:
 def render_prompt(turns: list[dict], tokenizer) -> str:
     """The exact prompt string the model sees before it answers (template + generation prompt)."""
     return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+
+def plain_text(rows: list[dict]) -> str:
+    """The words of each conversation, one turn per line. Template markers such as <|im_start|>
+    are left out: llama.cpp's perplexity tool would read them as plain text, not special tokens."""
+    return "".join(m["content"] + "\n" for r in rows for m in r["messages"] if m["content"])

@@ -17,7 +17,8 @@ import click
 from . import llamacpp, params
 from .errors import EdgetuneError
 from .files import read_jsonl, write_json
-from .quantize import QuantizeParams, variant_gguf
+from .prompts import plain_text
+from .variants import QuantizeParams, variant_gguf
 
 
 @dataclasses.dataclass
@@ -37,12 +38,6 @@ PATTERNS = {
     "kld_max": r"Maximum KLD:\s*([-\d.]+)",
     "same_top_token": r"Same top p:\s*([\d.]+)",
 }
-
-
-def plain_text(rows: list[dict]) -> str:
-    """The words of each conversation, one turn per line. Template markers such as <|im_start|>
-    are left out: llama.cpp's perplexity tool would read them as plain text, not special tokens."""
-    return "".join(m["content"] + "\n" for r in rows for m in r["messages"] if m["content"])
 
 
 def parse(output: str, where: str) -> dict:

@@ -7,8 +7,6 @@ multiple of 256 (Qwen2.5 0.5B: 896) fall back from k-quants to q5_0/q8_0 on many
 "Q4_K_M" is not four and a half bits there.
 """
 
-import collections
-import dataclasses
 import os
 import re
 import subprocess
@@ -19,19 +17,7 @@ import click
 from . import llamacpp
 from .errors import EdgetuneError
 from .files import atomic_path, write_json
-
-
-IMATRIX = "-imatrix"
-
-
-@dataclasses.dataclass
-class QuantizeParams:
-    types: list[str] = dataclasses.field(default_factory=list)  # variants: quant types, <type>-imatrix
-
-
-def variant_gguf(prefix: Path, variant: str) -> Path:
-    """The GGUF of one variant (f16 or a quant type): PREFIX-<variant>.gguf, as dvc.yaml names them."""
-    return prefix.parent / f"{prefix.name}-{variant}.gguf"
+from .variants import IMATRIX, tensor_stats
 
 
 def known_types() -> list[str]:
@@ -50,26 +36,6 @@ def file_type(variant: str) -> tuple[str, bool]:
             f"(add {IMATRIX} to a type to quantize it with the importance matrix)."
         )
     return name.upper(), variant.endswith(IMATRIX)
-
-
-def tensor_stats(path: Path) -> dict:
-    """Tensor-type histogram and real bits per weight of a GGUF file."""
-    from gguf import GGUFReader
-
-    by_type = collections.defaultdict(lambda: {"tensors": 0, "weights": 0, "bytes": 0})
-    for t in GGUFReader(path).tensors:
-        entry = by_type[t.tensor_type.name.lower()]
-        entry["tensors"] += 1
-        entry["weights"] += int(t.n_elements)
-        entry["bytes"] += int(t.n_bytes)
-    weights = sum(e["weights"] for e in by_type.values())
-    tensor_bytes = sum(e["bytes"] for e in by_type.values())
-    return {
-        "model_bytes": path.stat().st_size,
-        "n_weights": weights,
-        "bits_per_weight": 8 * tensor_bytes / weights,
-        "tensor_types": dict(sorted(by_type.items(), key=lambda kv: -kv[1]["weights"])),
-    }
 
 
 def fallbacks(log: str) -> list[dict]:

@@ -14,7 +14,7 @@ import click
 from . import params
 from .errors import EdgetuneError
 from .files import write_json, write_text
-from .quantize import IMATRIX, QuantizeParams
+from .variants import IMATRIX, QuantizeParams
 from .recommend import RecommendParams, recommend
 from .significance import accuracy_interval, paired
 
