@@ -116,3 +116,11 @@ def test_calibration_without_a_validation_split(workdir, tiny_gguf, prepared):
                  "--val", workdir / "none.jsonl", "--out", workdir / "f16.json")
     assert failed(result, "none.jsonl", "evaluate.calibrate")
     assert not (workdir / "f16.json").exists()
+
+
+def test_labels_that_are_not_a_mapping(workdir, tiny_gguf, prepared):
+    set_params(workdir, data={"labels": ["负面", "正面"]})
+    result = run("evaluate", "--model", tiny_gguf, "--variant", "f16", "--data", prepared / "test.jsonl",
+                 "--val", prepared / "val.jsonl", "--out", workdir / "f16.json")
+    assert failed(result, "params.yaml", "data.labels", "expected dict")
+    assert not (workdir / "f16.json").exists()
