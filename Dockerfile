@@ -45,14 +45,20 @@ COPY --from=build /opt/llama.cpp /opt/llama.cpp
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:/opt/llama.cpp/cmake/bin:$PATH \
     LLAMA_CPP_DIR=/opt/llama.cpp \
+    HOME=/home/edgetune \
     HF_HOME=/cache/huggingface \
     DVC_NO_ANALYTICS=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONPATH=/workspace/src
 
+# Any user may run it: the GPU workflow runs the image as the runner's user, compose as
+# $EDGETUNE_UID. The caches and HOME are writable by all (sticky, like /tmp), and git trusts the
+# mounted repository whoever owns it.
 RUN useradd --create-home --uid 1000 edgetune \
     && mkdir -p /cache/huggingface /workspace/.dvc/cache \
-    && chown -R edgetune:edgetune /cache /workspace
+    && chown -R edgetune:edgetune /cache /workspace \
+    && chmod 1777 /cache /cache/huggingface /workspace/.dvc/cache /home/edgetune \
+    && git config --system --add safe.directory /workspace
 COPY --chown=edgetune:edgetune . /opt/edgetune
 RUN pip install --no-cache-dir --no-deps -e /opt/edgetune
 
