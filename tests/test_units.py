@@ -136,7 +136,7 @@ def test_batched_scoring_matches_a_plain_full_evaluation(tiny_gguf, qwen_tokeniz
     prompts = [full.tokenize(p.encode(), add_bos=False, special=True) for p in prompts_text]
     answer_tokens = {label: full.tokenize(w.encode(), add_bos=False, special=False) for label, w in answers.items()}
 
-    scorer = Scorer(tiny_gguf, prompts, batch_size=3, max_new=4, threads=2)
+    scorer = Scorer(tiny_gguf, prompts, batch_size=3, max_new=4, threads=2, gpu_layers=-1)
     scores, texts_out = scorer.run(prompts, answer_tokens, True, answers, 4)
     assert 0 < scorer.prompt_evaluated < sum(map(len, prompts))  # the shared prefix was computed once
     scorer.close()

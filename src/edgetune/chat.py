@@ -16,10 +16,10 @@ from .errors import EdgetuneError
 class GGUFChat:
     """llama-cpp-python, with the chat template and end-of-turn token stored in the GGUF."""
 
-    def __init__(self, path: Path, n_ctx: int, threads: int | None):
+    def __init__(self, path: Path, n_ctx: int, threads: int | None, gpu_layers: int):
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=False)
 
     def stream(self, turns: list[dict], s: dict):
         chunks = self.llm.create_chat_completion(
@@ -43,12 +43,15 @@ class HFChat:
             torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+        if torch.cuda.is_available():
+            self.model.to("cuda")
 
     def stream(self, turns: list[dict], s: dict):
         import torch
         from transformers import TextIteratorStreamer
 
-        inputs = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        inputs = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, return_tensors="pt",
+                                                    return_dict=True).to(self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         torch.manual_seed(s["seed"])
         sample = s["temperature"] > 0
@@ -62,9 +65,9 @@ class HFChat:
         worker.join()
 
 
-def open_model(model: Path, n_ctx: int, threads: int | None):
+def open_model(model: Path, n_ctx: int, threads: int | None, gpu_layers: int):
     if model.is_file() and model.suffix == ".gguf":
-        return GGUFChat(model, n_ctx, threads)
+        return GGUFChat(model, n_ctx, threads, gpu_layers)
     if model.is_dir() and (model / "config.json").is_file():
         return HFChat(model, threads)
     raise EdgetuneError(f"{model}: neither a .gguf file nor an HF checkpoint folder (with config.json). "
@@ -80,10 +83,12 @@ def open_model(model: Path, n_ctx: int, threads: int | None):
 @click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Per reply.")
 @click.option("--n-ctx", type=click.IntRange(min=64), default=4096, show_default=True, help="Context length (GGUF).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Default: all cores.")
+@click.option("--gpu-layers", type=click.IntRange(min=-1), default=-1, show_default=True,
+              help="GGUF layers offloaded to the GPU, where llama.cpp has one: -1 all, 0 none.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def chat(model: Path, system: str | None, n_ctx: int, threads: int | None, **sampling):
+def chat(model: Path, system: str | None, n_ctx: int, threads: int | None, gpu_layers: int, **sampling):
     """Chat with MODEL (models/merged, or a GGUF file). /reset starts over, /exit leaves."""
-    bot = open_model(model, n_ctx, threads)
+    bot = open_model(model, n_ctx, threads, gpu_layers)
     interactive = sys.stdin.isatty()
     start = [{"role": "system", "content": system}] if system else []
     turns = list(start)

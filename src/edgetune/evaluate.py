@@ -34,6 +34,7 @@ class EvaluateParams:
     max_answer_tokens: int = 12
     batch_size: int = 8  # prompts decoded together
     threads: int | None = None  # None: all cores
+    gpu_layers: int = -1  # layers offloaded to the GPU where llama.cpp was built with one: -1 all, 0 none
     max_samples: int | None = None  # None: the whole test split
     calibrate: bool = True  # label-score offsets fitted on the validation split, applied to the test split
 
@@ -46,12 +47,14 @@ class Scorer:
     tokens, `batch_size` prompts at a time, and answers greedily for them in parallel.
     """
 
-    def __init__(self, path: Path, prompts: list[list[int]], batch_size: int, max_new: int, threads: int):
+    def __init__(self, path: Path, prompts: list[list[int]], batch_size: int, max_new: int, threads: int,
+                 gpu_layers: int):
         import llama_cpp
         from llama_cpp import Llama
 
         self.lib = llama_cpp
-        self.llm = Llama(model_path=str(path), n_ctx=64, n_threads=threads, verbose=False)  # model + tokenizer
+        self.llm = Llama(model_path=str(path), n_ctx=64, n_threads=threads, n_gpu_layers=gpu_layers,  # model + tokenizer
+                         verbose=False)
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.n_vocab = self.llm.n_vocab()
         shortest = min(map(len, prompts))
@@ -196,8 +199,9 @@ def score_all(scorer: Scorer, prompts, answer_tokens, answers, p: EvaluateParams
     return scores, texts
 
 
-def evaluate_dialogues(model: Path, variant: str, rows: list[dict], threads: int, out: Path, predictions: Path | None):
-    result = gguf_perplexity(model, rows, threads, f"perplexity {variant}")
+def evaluate_dialogues(model: Path, variant: str, rows: list[dict], p: EvaluateParams, threads: int, out: Path,
+                       predictions: Path | None):
+    result = gguf_perplexity(model, rows, threads, p.gpu_layers, f"perplexity {variant}")
     result.update(variant=variant, model_bytes=model.stat().st_size, bits_per_weight=tensor_stats(model)["bits_per_weight"])
     if predictions:  # the confusion plot has nothing to show for conversations
         write_predictions(predictions, [], [])
@@ -227,7 +231,7 @@ def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predic
                             "evaluate.calibrate: false in params.yaml.")
     threads = p.threads or os.cpu_count() or 1
     if "input_ids" in rows[0]:  # conversations (data.task: sft): perplexity on the replies
-        evaluate_dialogues(model, variant, rows, threads, out, predictions)
+        evaluate_dialogues(model, variant, rows, p, threads, out, predictions)
         return
 
     from llama_cpp import Llama
@@ -237,7 +241,7 @@ def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predic
                             for rs in (rows, val_rows))
     answer_tokens = {label: vocab.tokenize(w.encode("utf-8"), add_bos=False, special=False) for label, w in answers.items()}
     free = variant in p.free_answer
-    scorer = Scorer(model, prompts + val_prompts, p.batch_size, p.max_answer_tokens, threads)
+    scorer = Scorer(model, prompts + val_prompts, p.batch_size, p.max_answer_tokens, threads, p.gpu_layers)
     template_ok = check_template(scorer, rows[0], model)
 
     start = time.perf_counter()
