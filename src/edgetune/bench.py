@@ -3,6 +3,8 @@
   speed   llama-bench prompt processing (pp) and generation (tg) tokens/s at 1, 2 and all threads
   memory  peak resident memory of llama-cli generating a short answer at each context length
           (the KV cache is allocated for the whole context up front)
+
+Both run on the CPU alone (`-ngl 0`), as on a phone, also on a machine with a GPU.
 """
 
 import dataclasses
@@ -30,7 +32,7 @@ class BenchParams:
 
 def speed(gguf: Path, threads: int, p: BenchParams) -> dict:
     out = llamacpp.run([llamacpp.tool("llama-bench"), "-m", gguf, "-p", p.prompt_tokens, "-n", p.gen_tokens,
-                        "-t", threads, "-r", p.repetitions, "-o", "json"], f"llama-bench on {gguf}")
+                        "-t", threads, "-r", p.repetitions, "-ngl", 0, "-o", "json"], f"llama-bench on {gguf}")
     rows = json.loads(out[out.index("["): out.rindex("]") + 1])
     pp = next(r["avg_ts"] for r in rows if r["n_prompt"] > 0)
     tg = next(r["avg_ts"] for r in rows if r["n_gen"] > 0)
@@ -40,7 +42,7 @@ def speed(gguf: Path, threads: int, p: BenchParams) -> dict:
 def peak_rss(gguf: Path, context: int, p: BenchParams) -> int:
     """Peak resident bytes of llama-cli answering one prompt at this context length."""
     cmd = [str(c) for c in (llamacpp.tool("llama-cli"), "-m", gguf, "-c", context, "-n", p.gen_tokens, "-p", "你好",
-                            "-st", "--temp", "0", "--no-warmup")]
+                            "-st", "--temp", "0", "--no-warmup", "-ngl", 0)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
