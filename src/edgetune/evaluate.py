@@ -53,8 +53,8 @@ class Scorer:
         from llama_cpp import Llama
 
         self.lib = llama_cpp
-        self.llm = Llama(model_path=str(path), n_ctx=64, n_threads=threads, n_gpu_layers=gpu_layers,  # model + tokenizer
-                         verbose=False)
+        # the model and its tokenizer; the scoring context, sized for the batches, is made below
+        self.llm = Llama(model_path=str(path), n_ctx=64, n_threads=threads, n_gpu_layers=gpu_layers, verbose=False)
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.n_vocab = self.llm.n_vocab()
         shortest = min(map(len, prompts))
