@@ -199,9 +199,9 @@ def score_all(scorer: Scorer, prompts, answer_tokens, answers, p: EvaluateParams
     return scores, texts
 
 
-def evaluate_dialogues(model: Path, variant: str, rows: list[dict], p: EvaluateParams, threads: int, out: Path,
+def evaluate_dialogues(model: Path, variant: str, rows: list[dict], threads: int, gpu_layers: int, out: Path,
                        predictions: Path | None):
-    result = gguf_perplexity(model, rows, threads, p.gpu_layers, f"perplexity {variant}")
+    result = gguf_perplexity(model, rows, threads, gpu_layers, f"perplexity {variant}")
     result.update(variant=variant, model_bytes=model.stat().st_size, bits_per_weight=tensor_stats(model)["bits_per_weight"])
     if predictions:  # the confusion plot has nothing to show for conversations
         write_predictions(predictions, [], [])
@@ -231,7 +231,7 @@ def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predic
                             "evaluate.calibrate: false in params.yaml.")
     threads = p.threads or os.cpu_count() or 1
     if "input_ids" in rows[0]:  # conversations (data.task: sft): perplexity on the replies
-        evaluate_dialogues(model, variant, rows, p, threads, out, predictions)
+        evaluate_dialogues(model, variant, rows, threads, p.gpu_layers, out, predictions)
         return
 
     from llama_cpp import Llama
