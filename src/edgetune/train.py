@@ -8,6 +8,7 @@ Train and validation loss go through dvclive into `dvc plots`.
 the stage relaunch itself under DDP (distributed.py).
 """
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -364,9 +365,28 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     click.echo(f"adapter saved to {out}: {summary}")
 
 
+def repair_summary(live_dir: Path) -> None:
+    """dvclive rewrites its summary (metrics.json) in place at every logged step, so a run killed
+    during that write leaves it empty, and dvclive fails to resume on it. Rebuild the one thing
+    resuming reads from it, the last step, out of the plot files dvclive appends to."""
+    summary = live_dir / "metrics.json"
+    try:
+        json.loads(summary.read_text(encoding="utf-8"))
+        return
+    except FileNotFoundError:
+        return
+    except ValueError:
+        pass
+    steps = [int(row["step"]) for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv")
+             for row in csv.DictReader(tsv.open(encoding="utf-8"), delimiter="\t") if (row.get("step") or "").isdigit()]
+    write_json(summary, {"step": max(steps, default=0)})
+
+
 def open_live(live_dir: Path, resume: bool):
     from dvclive import Live
 
+    if resume:
+        repair_summary(live_dir)
     try:
         return Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
     except Exception as e:  # scmrepo's SCMError: dvclive reads the current commit
