@@ -4,6 +4,7 @@ Every stage runs for real: TRL training, PEFT merge, llama.cpp's converter and q
 llama-cpp-python evaluation, DVC's dependency tracking.
 """
 
+import importlib.metadata
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import REPO, set_params, write_jsonl
+from edgetune import environment
 
 STAGES = {"fetch-model", "prepare", "baseline", "train", "merge", "convert", "imatrix", "quantize@q8_0", "quantize@q4_k_m",
           "evaluate-base", "evaluate-f16", "evaluate@q8_0", "evaluate@q4_k_m", "quality", "bench", "report", "export"}
@@ -125,6 +127,11 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
         assert set(v["peak_rss_bytes"]) == {"128", "512"}
         assert min(v["peak_rss_bytes"].values()) > metrics["variants"][name]["model_bytes"]
     assert "## On a device" in summary
+    env = json.loads((project / "reports" / "environment.json").read_text())  # what made the figures
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert env["commit"] == head and env["packages"]["trl"] == importlib.metadata.version("trl")
+    assert env["llama_cpp_tools"]["source"] == f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
+    assert summary.rstrip().endswith(environment.one_line(env)) and f"trl {env['packages']['trl']}" in summary
     assert (project / "reports" / "train" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
     trained = json.loads((project / "reports" / "train" / "metrics.json").read_text())
     assert 0 <= trained["eval_accuracy"] <= 1 and trained["chosen_step"] in (2, 4, 6)  # the best validated checkpoint
@@ -148,6 +155,8 @@ def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     assert json.loads((deploy / "generation.json").read_text())["stop"] == ["<|im_end|>"]
     card = (deploy / "README.md").read_text()
     assert chosen in card and "| q4_k_m |" in card and "\"lora\"" in card
+    made = environment.one_line(json.loads((project / "reports" / "environment.json").read_text()))
+    assert card.count(made) == 1 and card.rstrip().endswith(made)  # under "How it was made", once
     # llama.cpp's own CLI, one turn through the bundled template
     proc = subprocess.run([str(llamacpp.tool("llama-cli")), "-m", gguf, "--chat-template-file", deploy / "chat_template.jinja",
                            "-p", "你好", "-n", "8", "--temp", "0", "-st", "-t", "2", "-c", "256"],

@@ -11,12 +11,11 @@
 import dataclasses
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import click
 
-from . import params
+from . import environment, params
 from .errors import EdgetuneError
 from .files import atomic_dir, sha256_file
 from .variants import variant_gguf
@@ -31,18 +30,13 @@ class ExportParams:
     context: int = 2048
 
 
-def commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
-
-
-def model_card(name: str, variant: str, metrics: dict, summary: str, settings: dict, gguf: str) -> str:
+def model_card(name: str, variant: str, metrics: dict, summary: str, settings: dict, env: dict, gguf: str) -> str:
     made = {section: settings.get(section, {}) for section in ("model", "data", "lora", "train", "quantize")}
     recommended = metrics.get("recommended") or {}
     return f"""# {name} ({variant})
 
 Fine-tuned with LoRA from `{made['model'].get('source')}` on `{made['data'].get('source')}` by edgetune
-(commit {commit()}), merged into the 16-bit base, converted to GGUF and quantized with llama.cpp.
+(commit {env['commit'] or 'unknown'}), merged into the 16-bit base, converted to GGUF and quantized with llama.cpp.
 
 **{variant}**: {recommended.get('reason', 'chosen by export.variant.')}
 
@@ -57,23 +51,26 @@ llama-cli -m {gguf} --chat-template-file chat_template.jinja -p "你好"
 
 ## Every variant, measured in the same run
 
-{summary.split(chr(10), 1)[1].strip()}
+{summary.split(chr(10), 1)[1].split(chr(10) + "---" + chr(10))[0].strip()}
 
 ## How it was made
 
 ```json
 {json.dumps(made, ensure_ascii=False, indent=2)}
 ```
+
+{environment.one_line(env)}
 """
 
 
 @click.command("export")
 @click.option("--metrics", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("reports/metrics.json"), show_default=True)
 @click.option("--summary", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("reports/summary.md"), show_default=True)
+@click.option("--environment", "environment_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("reports/environment.json"), show_default=True, help="What the report was made with (report stage).")
 @click.option("--merged", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/merged"), show_default=True, help="Tokenizer, chat template and generation config.")
 @click.option("--prefix", type=click.Path(path_type=Path), required=True, help="GGUF files are PREFIX-<variant>.gguf.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("deploy"), show_default=True)
-def export(metrics: Path, summary: Path, merged: Path, prefix: Path, out: Path):
+def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, prefix: Path, out: Path):
     """Bundle the recommended GGUF with its template, settings, Modelfile, server command and model card."""
     from transformers import AutoTokenizer
 
@@ -109,5 +106,5 @@ def export(metrics: Path, summary: Path, merged: Path, prefix: Path, out: Path):
         )
         (tmp / "llama-server.sh").chmod(0o755)
         (tmp / "README.md").write_text(model_card(prefix.name, variant, report, summary.read_text(), params.read_params(),
-                                                  gguf.name))
+                                                  json.loads(environment_file.read_text()), gguf.name))
     click.echo(f"exported {variant} to {out}/ ({gguf.stat().st_size / 1e6:.0f} MB)")

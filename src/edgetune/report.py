@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from . import params
+from . import environment, params
 from .errors import EdgetuneError
 from .files import write_json, write_text
 from .variants import IMATRIX, QuantizeParams
@@ -280,5 +280,8 @@ def report(eval_dir: Path, quality_file: Path, quantize_dir: Path, bench_file: P
     if choice:
         text += f"\n## Recommended\n\n**{choice['variant']}**: {choice['reason']}\n"
         text += frontier_line(variants, on_frontier)
+    env = environment.describe()
+    write_json(out / "environment.json", env)
+    text += f"\n---\n\n{environment.one_line(env)}\n"
     write_text(out / "summary.md", text)
     click.echo(text)
