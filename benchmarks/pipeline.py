@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from edgetune import llamacpp  # noqa: E402
+from edgetune import environment, llamacpp  # noqa: E402
 
 
 def stages_in_order() -> list[str]:
@@ -53,6 +53,7 @@ def main():
     args = parser.parse_args()
     params = yaml.safe_load(Path("params.yaml").read_text())
     threads = params["evaluate"].get("threads") or os.cpu_count()
+    print(environment.one_line(environment.describe()) + "\n")  # the machine the figures below belong to
 
     if args.time_stages:
         print("per-stage wall time (dvc repro --force --single-item):")

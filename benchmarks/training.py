@@ -14,11 +14,15 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from edgetune import environment  # noqa: E402
 
 MODES = {"lora": "none", "qlora": "4bit"}
 
@@ -51,6 +55,7 @@ def main():
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
+    print(environment.one_line(environment.describe()) + "\n")  # the machine the figures below belong to
     print(f"{'mode':<6} {'steps':>5} {'tokens':>7} {'tokens/s':>9} {'train s':>8} {'wall s':>7} {'peak RSS GB':>12} {'peak GPU GB':>12}")
     with tempfile.TemporaryDirectory() as scratch:
         for mode in args.modes:
