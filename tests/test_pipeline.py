@@ -129,7 +129,7 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
     assert "## On a device" in summary
     env = json.loads((project / "reports" / "environment.json").read_text())  # what made the figures
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
-    assert env["commit"] == head and env["packages"]["trl"] == importlib.metadata.version("trl")
+    assert env["commit"] == head and env["code_changed"] is False and env["packages"]["trl"] == importlib.metadata.version("trl")
     assert env["llama_cpp_tools"]["source"] == f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
     assert summary.rstrip().endswith(environment.one_line(env)) and f"trl {env['packages']['trl']}" in summary
     assert (project / "reports" / "train" / "plots" / "metrics" / "train" / "loss.tsv").is_file()

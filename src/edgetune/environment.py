@@ -18,13 +18,23 @@ PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes"
             "llama-cpp-python", "scikit-learn", "dvc", "dvclive")
 
 
-def commit() -> str | None:
-    """The checked-out commit (of an experiment: its baseline; the params say what it changed)."""
+def git(*args: str) -> str | None:
     try:
-        proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        proc = subprocess.run(["git", *args], capture_output=True, text=True)
     except FileNotFoundError:  # no git on the machine
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def commit() -> str | None:
+    """The checked-out commit (of an experiment: its baseline; the params say what it changed)."""
+    return git("rev-parse", "--short", "HEAD")
+
+
+def code_changed() -> bool | None:
+    """Whether the code under src/ differs from that commit: then the commit alone does not say what ran."""
+    status = git("status", "--porcelain", "--", "src")
+    return None if status is None else bool(status)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -75,6 +85,7 @@ def llama_cpp_tools() -> dict | None:
 def describe() -> dict:
     return {
         "commit": commit(),
+        "code_changed": code_changed(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_name(),
@@ -95,5 +106,6 @@ def one_line(env: dict) -> str:
     tools = env["llama_cpp_tools"]
     built = (f"built from {tools['source']}'s source" + (" with CUDA" if "GGML_CUDA=ON" in tools["cmake_flags"] else "")
              if tools else "of an unknown build")
-    return (f"Made at commit {env['commit'] or 'unknown'} with {versions} and llama.cpp tools {built}; "
+    changes = " (with uncommitted changes to src/)" if env["code_changed"] else ""
+    return (f"Made at commit {env['commit'] or 'unknown'}{changes} with {versions} and llama.cpp tools {built}; "
             f"Python {env['python']} on {env['cpu_count']} × {env['cpu']}{bf16}, {accelerator}.")

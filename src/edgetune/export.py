@@ -36,7 +36,7 @@ def model_card(name: str, variant: str, metrics: dict, summary: str, settings: d
     return f"""# {name} ({variant})
 
 Fine-tuned with LoRA from `{made['model'].get('source')}` on `{made['data'].get('source')}` by edgetune
-(commit {env['commit'] or 'unknown'}), merged into the 16-bit base, converted to GGUF and quantized with llama.cpp.
+(commit {env['commit'] or 'unknown'}{'+' if env['code_changed'] else ''}), merged into the 16-bit base, converted to GGUF and quantized with llama.cpp.
 
 **{variant}**: {recommended.get('reason', 'chosen by export.variant.')}
 
