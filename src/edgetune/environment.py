@@ -97,6 +97,9 @@ def describe() -> dict:
     }
 
 
+FOOTER = "\n---\n\n"  # sets the environment line off the end of summary.md (the model card moves it)
+
+
 def one_line(env: dict) -> str:
     """The environment in a sentence, for summary.md and the model card."""
     versions = ", ".join(f"{name} {version}" for name, version in env["packages"].items()

@@ -35,8 +35,8 @@ def model_card(name: str, variant: str, metrics: dict, summary: str, settings: d
     recommended = metrics.get("recommended") or {}
     return f"""# {name} ({variant})
 
-Fine-tuned with LoRA from `{made['model'].get('source')}` on `{made['data'].get('source')}` by edgetune
-(commit {env['commit'] or 'unknown'}{'+' if env['code_changed'] else ''}), merged into the 16-bit base, converted to GGUF and quantized with llama.cpp.
+Fine-tuned with LoRA from `{made['model'].get('source')}` on `{made['data'].get('source')}` by edgetune,
+merged into the 16-bit base, converted to GGUF and quantized with llama.cpp.
 
 **{variant}**: {recommended.get('reason', 'chosen by export.variant.')}
 
@@ -51,7 +51,7 @@ llama-cli -m {gguf} --chat-template-file chat_template.jinja -p "你好"
 
 ## Every variant, measured in the same run
 
-{summary.split(chr(10), 1)[1].split(chr(10) + "---" + chr(10))[0].strip()}
+{summary.split(chr(10), 1)[1].split(environment.FOOTER)[0].strip()}
 
 ## How it was made
 

@@ -282,6 +282,6 @@ def report(eval_dir: Path, quality_file: Path, quantize_dir: Path, bench_file: P
         text += frontier_line(variants, on_frontier)
     env = environment.describe()
     write_json(out / "environment.json", env)
-    text += f"\n---\n\n{environment.one_line(env)}\n"
+    text += f"{environment.FOOTER}{environment.one_line(env)}\n"
     write_text(out / "summary.md", text)
     click.echo(text)
