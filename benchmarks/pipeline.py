@@ -12,14 +12,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from edgetune import environment, llamacpp  # noqa: E402
+from edgetune import environment, llamacpp
 
 
 def stages_in_order() -> list[str]:

@@ -14,15 +14,13 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from edgetune import environment  # noqa: E402
+from edgetune import environment
 
 MODES = {"lora": "none", "qlora": "4bit"}
 

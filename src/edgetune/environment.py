@@ -89,7 +89,7 @@ def describe() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_name(),
-        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_count": os.cpu_count(),  # what the stages take for "all threads"
         "cpu_features": cpu_features(),
         "gpu": gpu(),
         "llama_cpp_tools": llama_cpp_tools(),
@@ -104,7 +104,7 @@ def one_line(env: dict) -> str:
     """The environment in a sentence, for summary.md and the model card."""
     versions = ", ".join(f"{name} {version}" for name, version in env["packages"].items()
                          if version and name in ("torch", "transformers", "peft", "trl", "llama-cpp-python"))
-    accelerator = f"{env['gpu']['count']} × {env['gpu']['name']} (CUDA {env['gpu']['cuda']})" if env.get("gpu") else "no GPU"
+    accelerator = f"{env['gpu']['count']} × {env['gpu']['name']} (CUDA {env['gpu']['cuda']})" if env["gpu"] else "no GPU"
     bf16 = " with AVX512_BF16" if "AVX512_BF16" in env["cpu_features"] else ""
     tools = env["llama_cpp_tools"]
     built = (f"built from {tools['source']}'s source" + (" with CUDA" if "GGML_CUDA=ON" in tools["cmake_flags"] else "")
