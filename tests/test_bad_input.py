@@ -52,6 +52,18 @@ def test_unknown_quant_type(workdir, tiny_gguf):
     assert not list(workdir.glob("*.gguf")) and not (workdir / "x.json").exists()
 
 
+def test_a_quantized_gguf_that_was_not_pulled(workdir, tiny_gguf):
+    """quality, bench and export read the quantized files without listing them in dvc.yaml: a
+    missing one is named with the stage that makes it, to pull or rebuild."""
+    set_params(workdir, quantize={"types": ["q8_0"]})
+    result = run("bench", "--prefix", workdir / "tiny", "--out", workdir / "bench.json")
+    assert failed(result, "tiny-f16.gguf", "tiny-q8_0.gguf", "dvc pull convert quantize@q8_0", "dvc repro")
+    result = run("quality", "--f16", tiny_gguf, "--prefix", workdir / "tiny", "--data", write_jsonl(workdir / "test.jsonl", GOOD),
+                 "--out", workdir / "quality.json")
+    assert failed(result, "tiny-q8_0.gguf", "dvc pull quantize@q8_0")
+    assert not (workdir / "bench.json").exists() and not (workdir / "quality.json").exists()
+
+
 def test_imatrix_variant_without_an_importance_matrix(workdir, tiny_gguf):
     result = run("quantize", "--model", tiny_gguf, "--type", "q4_k_m-imatrix", "--imatrix", workdir / "none.gguf",
                  "--out", workdir / "x.gguf", "--stats", workdir / "x.json")

@@ -171,6 +171,28 @@ def test_second_repro_runs_nothing(project, first_run):
     assert "is up to date" in out or "Data and pipelines are up to date" in out
 
 
+def test_another_machine_reuses_the_results_through_a_dvc_remote(project, first_run, tmp_path):
+    """What a shared remote and the GPU workflow rely on: results pushed once are pulled by a fresh
+    clone, which then reproduces nothing, whether it pulls first or `dvc exp run --pull
+    --allow-missing` fetches only what it needs."""
+    dvc(project, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.name=edgetune", "-c", "user.email=edgetune@localhost", "commit", "-qm", "results"],
+                   cwd=project, check=True)
+    assert "pushed" in dvc(project, "push").stdout
+
+    pulled, lazy = tmp_path / "pulled", tmp_path / "lazy"
+    for clone in (pulled, lazy):
+        subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    dvc(pulled, "pull")
+    gguf = "models/gguf/tiny-q4_k_m.gguf"
+    assert (pulled / gguf).read_bytes() == (project / gguf).read_bytes()
+    assert ran_stages(dvc(pulled, "repro").stdout) == set()
+
+    assert ran_stages(dvc(lazy, "exp", "run", "--pull", "--allow-missing").stdout) == set()
+    assert (lazy / "reports" / "metrics.json").read_bytes() == (project / "reports" / "metrics.json").read_bytes()
+
+
 def test_new_quant_variant_reruns_only_quantize_evaluate_report(project, first_run):
     # an importance-matrix variant: llama-quantize must accept the imatrix stage's file
     set_params(project, quantize={"types": ["q8_0", "q4_k_m", "q4_k_m-imatrix"]})

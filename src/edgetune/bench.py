@@ -18,7 +18,7 @@ import click
 from . import llamacpp, params
 from .errors import EdgetuneError
 from .files import write_json
-from .variants import QuantizeParams, variant_gguf
+from .variants import QuantizeParams, existing_ggufs
 
 
 @dataclasses.dataclass
@@ -59,10 +59,7 @@ def bench(prefix: Path, out: Path):
     types = ["f16", *params.load("quantize", QuantizeParams).types]
     threads = sorted({*p.threads, os.cpu_count() or 1})
     results = {}
-    for variant in types:
-        gguf = variant_gguf(prefix, variant)
-        if not gguf.is_file():
-            raise EdgetuneError(f"{gguf}: not found. Run the pipeline first (`dvc repro`).")
+    for variant, gguf in existing_ggufs(prefix, types).items():
         results[variant] = {"speed": [speed(gguf, t, p) for t in threads],
                             "peak_rss_bytes": {str(c): peak_rss(gguf, c, p) for c in p.contexts}}
         fastest = max(results[variant]["speed"], key=lambda s: s["tg_tokens_per_second"])

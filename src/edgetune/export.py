@@ -18,7 +18,7 @@ import click
 from . import environment, params
 from .errors import EdgetuneError
 from .files import atomic_dir, sha256_file
-from .variants import variant_gguf
+from .variants import existing_ggufs
 
 
 @dataclasses.dataclass
@@ -80,9 +80,7 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, p
     if not variant or variant not in report["variants"]:
         raise EdgetuneError(f"params.yaml: export.variant is {variant!r}; use one of "
                             f"{', '.join(v for v in report['variants'] if v not in ('base', 'tfidf'))}, or null for the recommended one.")
-    gguf = variant_gguf(prefix, variant)
-    if not gguf.is_file():
-        raise EdgetuneError(f"{gguf}: not found. Run the pipeline first (`dvc repro`).")
+    gguf = existing_ggufs(prefix, [variant])[variant]
     tokenizer = AutoTokenizer.from_pretrained(merged)
     end_of_turn = tokenizer.eos_token
     settings = {"temperature": p.temperature, "top_p": p.top_p, "repetition_penalty": p.repetition_penalty,

@@ -18,7 +18,7 @@ from . import llamacpp, params
 from .errors import EdgetuneError
 from .files import read_jsonl, write_json
 from .prompts import plain_text
-from .variants import QuantizeParams, variant_gguf
+from .variants import QuantizeParams, existing_ggufs
 
 
 @dataclasses.dataclass
@@ -75,10 +75,7 @@ def quality(f16: Path, prefix: Path, data: Path, out: Path):
     """KL divergence, perplexity ratio and top-token agreement of each quant variant against F16."""
     p = params.load("quality", QualityParams)
     types = params.load("quantize", QuantizeParams).types
-    paths = {t: variant_gguf(prefix, t) for t in types}
-    missing = [str(path) for path in paths.values() if not path.is_file()]
-    if missing:
-        raise EdgetuneError(f"no GGUF {', '.join(missing)}: quantize it first (`dvc repro quantize`).")
+    paths = existing_ggufs(prefix, types)
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "held_out.txt"
         text.write_text(plain_text(read_jsonl(data)), encoding="utf-8")

@@ -5,6 +5,8 @@ import collections
 import dataclasses
 from pathlib import Path
 
+from .errors import EdgetuneError
+
 IMATRIX = "-imatrix"
 
 
@@ -16,6 +18,20 @@ class QuantizeParams:
 def variant_gguf(prefix: Path, variant: str) -> Path:
     """The GGUF of one variant (f16 or a quant type): PREFIX-<variant>.gguf, as dvc.yaml names them."""
     return prefix.parent / f"{prefix.name}-{variant}.gguf"
+
+
+def existing_ggufs(prefix: Path, variants: list[str]) -> dict[str, Path]:
+    """Each variant's GGUF, or an error naming the missing files and the stages that make them.
+
+    A stage that reads the quantized files declares them through reports/quantize (dvc.yaml can't
+    list a params-sized set of files), so `dvc exp run --pull` doesn't fetch them: say how to."""
+    paths = {v: variant_gguf(prefix, v) for v in variants}
+    missing = [v for v, path in paths.items() if not path.is_file()]
+    if missing:
+        stages = " ".join("convert" if v == "f16" else f"quantize@{v}" for v in missing)
+        raise EdgetuneError(f"{', '.join(str(paths[v]) for v in missing)}: not found. `dvc pull {stages}` fetches "
+                            f"them from the DVC remote; `dvc repro {stages}` builds them.")
+    return paths
 
 
 def tensor_stats(path: Path) -> dict:
