@@ -3,8 +3,10 @@ against their published schemas and say what they must, the accelerate config lo
 llama.cpp build script reuses its cache."""
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -41,6 +43,19 @@ def test_dockerfile_builds_llama_cpp_with_cuda_by_the_host_script():
     order = [text.index(s) for s in ("COPY scripts/build_llama_cpp.sh", "COPY pyproject.toml", "COPY --chown=edgetune:edgetune . ")]
     assert order == sorted(order)
     assert "USER 1000:1000" in text and 'CMD ["dvc", "repro"]' in text and "VOLUME" in text
+
+
+def test_the_image_installs_the_dependencies_and_the_remote_plugins():
+    """The Dockerfile's requirements line, run here on pyproject.toml as the shell would pass it."""
+    text = (REPO / "Dockerfile").read_text()
+    snippet = re.search(r'python -c "(.*?)" > /tmp/requirements.txt', text, re.S).group(1)
+    snippet = snippet.replace("\\\n", "").replace("/tmp/pyproject.toml", str(REPO / "pyproject.toml"))
+    proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    wanted = proc.stdout.splitlines()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "torch==2.13.0" in wanted and "llama-cpp-python==0.3.36" in wanted
+    assert {"dvc-s3==3.3.0", "dvc-ssh==4.3.0"} <= set(wanted) == {*project["dependencies"], *project["optional-dependencies"]["remote"]}
 
 
 def test_compose_file_validates_and_reserves_the_gpu():
