@@ -15,7 +15,9 @@ $(VENV)/.installed: pyproject.toml scripts/build_llama_cpp.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh
-	# llama-cpp-python comes from the wheel just built from the pinned source
+	# llama-cpp-python comes from the wheel just built from the pinned source, replacing an older
+	# build of the same version
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps build/llama.cpp/wheels/llama_cpp_python-*.whl
 	$(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test]'
 	touch $@
 

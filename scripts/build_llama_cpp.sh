@@ -14,7 +14,14 @@ set -euo pipefail
 VERSION=0.3.36   # llama-cpp-python; pins the llama.cpp commit it vendors
 PYTHON=${PYTHON:-python3}
 DIR=${LLAMA_CPP_DIR:-build/llama.cpp}
-CMAKE_FLAGS="-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF ${LLAMA_CMAKE_ARGS:-}"
+CMAKE_FLAGS="-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+if [[ "$(uname -m)" == x86_64 ]]; then
+  # -march=native compiles ggml's AMX kernels in on Xeons that have AMX; at the pinned commit they
+  # segfault decoding a Q8_0 batch (llama.cpp #20824; #16315: wrong Q4_0 results). Phones have
+  # no AMX either, so leaving it out also keeps CPU figures closer to theirs.
+  CMAKE_FLAGS="$CMAKE_FLAGS -DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8"
+fi
+CMAKE_FLAGS="$CMAKE_FLAGS ${LLAMA_CMAKE_ARGS:-}"
 JOBS=${JOBS:-$(nproc)}
 TOOLS="llama-quantize llama-imatrix llama-perplexity llama-bench llama-cli"
 STAMP="$VERSION $CMAKE_FLAGS"

@@ -1,7 +1,8 @@
 """The GPU path's files: the Dockerfile lints clean, the compose file and the workflows validate
 against their published schemas and say what they must, the accelerate config loads, and the
-llama.cpp build script reuses its cache."""
+llama.cpp build script reuses its cache and leaves out the AMX kernels."""
 
+import ctypes
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ import yaml
 from conftest import REPO
 
 BIN = Path(sys.executable).parent
+LLAMA_CPP = Path(os.environ["LLAMA_CPP_DIR"])  # conftest sets the default
 
 
 def run(*cmd, **kwargs):
@@ -100,9 +102,17 @@ def test_accelerate_config_loads():
 
 
 def test_build_script_reuses_its_cached_cpu_build():
-    home = Path(os.environ.get("LLAMA_CPP_DIR", REPO / "build" / "llama.cpp"))
-    stamp = (home / "tools.stamp").read_text()
+    stamp = (LLAMA_CPP / "tools.stamp").read_text()
     proc = run("bash", "scripts/build_llama_cpp.sh", env={**os.environ, "PYTHON": sys.executable}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "building" not in proc.stdout and "ready" in proc.stdout  # nothing rebuilt
-    assert (home / "tools.stamp").read_text() == stamp and (home / "cmake" / "bin" / "llama-quantize").is_file()
+    assert (LLAMA_CPP / "tools.stamp").read_text() == stamp and (LLAMA_CPP / "cmake" / "bin" / "llama-quantize").is_file()
+
+
+def test_the_cpu_builds_leave_out_ggmls_amx_kernels():
+    """They segfault on Q8_0 at the pinned commit: neither the bindings nor the tools may hold them."""
+    import llama_cpp
+
+    tools = ctypes.CDLL(str(LLAMA_CPP / "cmake" / "bin" / "libggml-cpu.so"))
+    assert tools.ggml_cpu_has_amx_int8() == 0
+    assert "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode()
