@@ -40,7 +40,9 @@ def test_4bit_base_is_nf4_under_fp32_norms(tiny_model):
 def test_qlora_trains_and_merges_into_the_16_bit_base(workdir, tiny_model, prepared):
     from safetensors.torch import load_file
 
-    set_params(workdir, lora={"quantization": "4bit", "top_layers": None}, train={"max_steps": 3, "batch_size": 4, "eval_steps": 3, "save_steps": 3})
+    # With checkpointing on, as the README's QLoRA line runs it.
+    set_params(workdir, lora={"quantization": "4bit", "top_layers": None},
+               train={"max_steps": 3, "batch_size": 4, "eval_steps": 3, "save_steps": 3, "gradient_checkpointing": True})
     result = train(workdir, tiny_model, prepared)
     assert result.exit_code == 0, result.output
     summary = live_summary(workdir)
@@ -70,8 +72,9 @@ def test_unknown_quantization_is_refused(workdir, tiny_model, prepared):
 
 
 def test_ddp_in_two_processes_trains_once_and_writes_once(workdir, tiny_model, prepared):
-    """torchrun starts two ranks, as `accelerate launch` does on a two-GPU machine."""
-    set_params(workdir, lora={"top_layers": None}, train={"max_steps": 3, "batch_size": 2, "eval_steps": 3, "save_steps": 3, "logging_steps": 1})
+    """torchrun starts two ranks, as `accelerate launch` does on a two-GPU machine, checkpointing activations."""
+    set_params(workdir, lora={"top_layers": None}, train={"max_steps": 3, "batch_size": 2, "eval_steps": 3, "save_steps": 3,
+                                                          "logging_steps": 1, "gradient_checkpointing": True})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "edgetune.cli",
            "train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "adapter-live"]
