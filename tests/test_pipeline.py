@@ -249,3 +249,9 @@ def test_killed_training_resumes_from_its_checkpoint(project, first_run):
     state = json.loads((checkpoints / f"checkpoint-{steps}" / "trainer_state.json").read_text())
     assert state["global_step"] == steps
     assert (project / "models" / "adapter" / "adapter_model.safetensors").is_file()
+
+    # Finished, it is trained again when forced, not resumed at its last step into a run of no steps.
+    out = dvc(project, "repro", "--force", "--single-item", "train").stdout
+    assert "training from" in out, out
+    summary = json.loads((project / "reports" / "train" / "metrics.json").read_text())
+    assert summary["steps"] == steps and summary["train_loss"] > 0 and summary["train"]["runtime"] > 0.5

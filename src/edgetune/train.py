@@ -208,11 +208,14 @@ def fingerprint(settings: list, files: list[Path]) -> str:
 
 
 def resume_point(checkpoints: Path, print_: str) -> str | None:
-    """The last checkpoint if it was made from the same params and data; None to start afresh."""
+    """The last checkpoint of an unfinished run made from the same params and data; None to start
+    afresh. A finished run is trained again (`dvc repro --force`), not resumed at its last step
+    into a run of no steps."""
     from transformers.trainer_utils import get_last_checkpoint
 
     stamp = checkpoints / FINGERPRINT
-    if checkpoints.is_dir() and stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == print_:
+    made = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    if made.get("fingerprint") == print_ and not made.get("finished"):
         return get_last_checkpoint(str(checkpoints))
     return None
 
@@ -362,6 +365,7 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     for f in tmp.iterdir():
         os.replace(f, out / f.name)
     tmp.rmdir()
+    write_json(checkpoints / FINGERPRINT, {"fingerprint": stamp, "finished": True})
     click.echo(f"adapter saved to {out}: {summary}")
 
 
