@@ -13,9 +13,9 @@ from pathlib import Path
 import yaml
 
 from conftest import REPO
+from edgetune import llamacpp
 
 BIN = Path(sys.executable).parent
-LLAMA_CPP = Path(os.environ["LLAMA_CPP_DIR"])  # conftest sets the default
 
 
 def run(*cmd, **kwargs):
@@ -102,17 +102,17 @@ def test_accelerate_config_loads():
 
 
 def test_build_script_reuses_its_cached_cpu_build():
-    stamp = (LLAMA_CPP / "tools.stamp").read_text()
+    stamp = (llamacpp.home() / "tools.stamp").read_text()
     proc = run("bash", "scripts/build_llama_cpp.sh", env={**os.environ, "PYTHON": sys.executable}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "building" not in proc.stdout and "ready" in proc.stdout  # nothing rebuilt
-    assert (LLAMA_CPP / "tools.stamp").read_text() == stamp and (LLAMA_CPP / "cmake" / "bin" / "llama-quantize").is_file()
+    assert (llamacpp.home() / "tools.stamp").read_text() == stamp and (llamacpp.home() / "cmake" / "bin" / "llama-quantize").is_file()
 
 
 def test_the_cpu_builds_leave_out_ggmls_amx_kernels():
     """They segfault on Q8_0 at the pinned commit: neither the bindings nor the tools may hold them."""
     import llama_cpp
 
-    tools = ctypes.CDLL(str(LLAMA_CPP / "cmake" / "bin" / "libggml-cpu.so"))
+    tools = ctypes.CDLL(str(llamacpp.home() / "cmake" / "bin" / "libggml-cpu.so"))
     assert tools.ggml_cpu_has_amx_int8() == 0
     assert "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode()
