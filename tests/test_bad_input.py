@@ -1,8 +1,16 @@
 """Bad input: a clear message naming the input, a non-zero exit, and no partial output."""
 
-import pytest
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
-from conftest import GOOD, make_tiny_model, prepare, run, set_params, write_jsonl
+import pytest
+import yaml
+
+from conftest import GOOD, REPO, make_tiny_model, prepare, run, set_params, write_jsonl
 
 
 def failed(result, *needles):
@@ -17,7 +25,8 @@ def failed(result, *needles):
     [
         ("missing.jsonl", None, ["missing.jsonl", "file not found"]),
         ("empty.jsonl", "", ["empty.jsonl", "empty"]),
-        ("bad.jsonl", '{"text": "好", "label": "positive"}\n{"text": "差", label\n', ["bad.jsonl", "could not be read"]),
+        ("bad.jsonl", '{"text": "好", "label": "positive"}\n{"text": "差", label\n', ["bad.jsonl", "line 2:", "not valid JSON"]),
+        ("gbk.csv", "text,label\n好,positive\n差,negative\n".encode("gbk"), ["gbk.csv", "line 2", "not UTF-8", "iconv"]),
         ("nolabel.jsonl", [{"text": "好", "sentiment": "positive"}], ["nolabel.jsonl", "'label'", "data.label_column"]),
         ("oneclass.jsonl", [{"text": f"好{i}", "label": "positive"} for i in range(10)], ["oneclass.jsonl", "only 1 class"]),
         ("neutral.jsonl", GOOD + [{"text": "还行", "label": "neutral"}], ["neutral.jsonl", "'neutral'", "data.labels"]),
@@ -25,7 +34,9 @@ def failed(result, *needles):
 )
 def test_bad_data(workdir, tiny_model, name, content, needles):
     path = workdir / name
-    if isinstance(content, str):
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
         path.write_text(content, encoding="utf-8")
     elif content is not None:
         write_jsonl(path, content)
@@ -36,7 +47,7 @@ def test_bad_data(workdir, tiny_model, name, content, needles):
 def test_good_data_prepares(workdir, tiny_model):
     result = prepare(workdir, tiny_model, write_jsonl(workdir / "good.jsonl", GOOD))
     assert result.exit_code == 0, result.output
-    assert {p.name for p in (workdir / "out").iterdir()} == {"train.jsonl", "val.jsonl", "test.jsonl"}
+    assert {p.name for p in (workdir / "out").iterdir()} == {"train.jsonl", "val.jsonl", "test.jsonl", ".edgetune"}
 
 
 def test_params_with_a_wrong_type(workdir, tiny_model):
@@ -136,3 +147,127 @@ def test_labels_that_are_not_a_mapping(workdir, tiny_gguf, prepared):
                  "--val", prepared / "val.jsonl", "--out", workdir / "f16.json")
     assert failed(result, "params.yaml", "data.labels", "expected dict")
     assert not (workdir / "f16.json").exists()
+
+
+@pytest.mark.parametrize("section, key, value, allowed", [
+    ("train", "epochs", -1, "> 0"),
+    ("train", "batch_size", 0, ">= 1"),
+    ("train", "eval_steps", 0, ">= 1"),
+    ("train", "lr", -0.0001, "> 0"),
+    ("train", "max_steps", 0, ">= 1, or -1"),
+    ("lora", "r", 0, ">= 1"),
+    ("lora", "dropout", 1.5, ">= 0 and < 1"),
+    ("train", "precision", "fp61", "one of auto, bf16, fp32"),
+])
+def test_values_out_of_range(workdir, tiny_model, prepared, section, key, value, allowed):
+    set_params(workdir, **{section: {key: value}})
+    result = run("train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "live")
+    assert failed(result, f"`{section}.{key}` is {value!r}; allowed: {allowed}.")
+    assert not (workdir / "adapter").exists() and not (workdir / "live").exists()
+
+
+def test_data_values_out_of_range(workdir, tiny_model):
+    set_params(workdir, data={"max_text_tokens": 0, "head_tokens": 0})
+    assert failed(prepare(workdir, tiny_model, write_jsonl(workdir / "good.jsonl", GOOD)),
+                  "`data.max_text_tokens` is 0; allowed: >= 1.")
+    assert not (workdir / "out").exists()
+
+
+def test_a_misspelt_section(workdir, tiny_model, prepared):
+    params = (workdir / "params.yaml").read_text()
+    (workdir / "params.yaml").write_text(params.replace("\ntrain:", "\ntrian:"))
+    result = run("train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "live")
+    assert failed(result, "unknown section `trian`; did you mean `train`?")
+    assert not (workdir / "adapter").exists()
+
+
+@pytest.mark.parametrize("section, value", [("model", {"name": "x; touch pwned"}), ("model", {"dtype": "bfloat61"}),
+                                            ("quantize", {"types": ["q8_0", "$(touch pwned)"]})])
+def test_names_and_choices_are_checked_at_load(workdir, section, value):
+    set_params(workdir, **{section: value})
+    command = ["fetch-model", "--out", "base"] if section == "model" else \
+        ["bench", "--prefix", "tiny", "--out", "bench.json"]
+    key, bad = next(iter(value.items()))
+    bad = bad[-1] if isinstance(bad, list) else bad
+    assert failed(run(*command), f"{section}.{key}", repr(bad), "allowed:")
+    assert sorted(p.name for p in workdir.iterdir()) == ["params.yaml"]
+
+
+def test_dvc_commands_quote_every_interpolated_value():
+    """A value DVC pastes into a command sits inside single quotes, where the shell reads nothing."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    commands = [(s.get("do") or s)["cmd"] for s in stages.values()]
+    words = [w for cmd in commands for w in cmd.split() if "${" in w]
+    assert words and [w for w in words if not (w.startswith("'") and w.endswith("'"))] == []
+
+
+def test_the_server_script_quotes_the_file_name(workdir, tiny_model, tiny_gguf):
+    """The exported script starts llama-server on the bundle's own file whatever its name holds."""
+    odd = workdir / "my model $(touch pwned)"
+    odd.mkdir()
+    shutil.copy(tiny_gguf, odd / "x y-f16.gguf")
+    (workdir / "metrics.json").write_text('{"variants": {"f16": {}}, "recommended": {"variant": "f16"}}')
+    (workdir / "summary.md").write_text("# Summary\n\nrows\n")
+    from edgetune.environment import describe
+
+    (workdir / "env.json").write_text(__import__("json").dumps(describe()))
+    result = run("export", "--metrics", "metrics.json", "--summary", "summary.md", "--environment", "env.json",
+                 "--merged", tiny_model, "--prefix", odd / "x y", "--out", "deploy")
+    assert result.exit_code == 0, result.output
+    bin_dir = workdir / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "llama-server").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')  # prints the arguments it got
+    (bin_dir / "llama-server").chmod(0o755)
+    ran = subprocess.run(["sh", "deploy/llama-server.sh"], capture_output=True, text=True, cwd=workdir,
+                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    args = ran.stdout.splitlines()
+    assert args[args.index("-m") + 1] == "deploy/x y-f16.gguf" and Path(workdir, "deploy/x y-f16.gguf").is_file()
+    assert not list(workdir.rglob("pwned"))
+
+
+def test_the_model_card_names_no_folder_of_this_machine(workdir, tiny_model, tiny_gguf):
+    set_params(workdir, data={"source": str(workdir / "reviews.csv")}, model={"source": str(tiny_gguf)})
+    shutil.copy(tiny_gguf, workdir / "m-f16.gguf")
+    (workdir / "metrics.json").write_text('{"variants": {"f16": {}}, "recommended": {"variant": "f16"}}')
+    (workdir / "summary.md").write_text("# Summary\n\nrows\n")
+    from edgetune.environment import describe
+
+    (workdir / "env.json").write_text(__import__("json").dumps(describe()))
+    result = run("export", "--metrics", "metrics.json", "--summary", "summary.md", "--environment", "env.json",
+                 "--merged", tiny_model, "--prefix", "m", "--out", "deploy")
+    assert result.exit_code == 0, result.output
+    card = (workdir / "deploy" / "README.md").read_text()
+    assert '"source": "reviews.csv"' in card and f'"source": "{tiny_gguf.name}"' in card
+    assert not re.findall(r"(?<![\w.])/(?:tmp|root|home|work)\b", card)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a gguf"])
+@pytest.mark.parametrize("stage", ["evaluate", "chat", "fetch-model"])
+def test_a_damaged_gguf(workdir, tiny_gguf, prepared, damage, stage):
+    bad = workdir / "bad.gguf"
+    data = tiny_gguf.read_bytes()
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"<html>rate limited</html>" * 100)
+    set_params(workdir, model={"source": str(bad), "sha256": None})
+    commands = {"evaluate": ["evaluate", "--model", bad, "--variant", "f16", "--data", prepared / "test.jsonl",
+                             "--val", prepared / "val.jsonl", "--out", "f16.json"],
+                "chat": ["chat", bad], "fetch-model": ["fetch-model", "--out", "base"]}
+    needle = "truncated" if damage == "truncated" else "not a GGUF file"
+    assert failed(run(*commands[stage]), "bad.gguf", needle)
+    assert not (workdir / "f16.json").exists() and not (workdir / "base").exists()
+
+
+def test_a_read_only_output_folder(workdir, prepared):
+    (workdir / "ro").mkdir()
+    command = f"{sys.executable} -m edgetune.cli baseline --data {prepared} --out ro/tfidf.json"
+    if os.geteuid() == 0:  # root writes into any folder a chmod protects: mount it read-only instead
+        argv = ["unshare", "-m", "sh", "-c", f"mount --bind ro ro && mount -o remount,bind,ro ro && {command}"]
+    else:
+        (workdir / "ro").chmod(0o555)
+        argv = ["sh", "-c", command]
+    ran = subprocess.run(argv, capture_output=True, text=True, cwd=workdir)
+    if "mount:" in ran.stderr or "unshare:" in ran.stderr:
+        pytest.skip(f"no private mount namespace on this machine: {ran.stderr.strip()}")
+    assert ran.returncode == 2, ran.stderr
+    assert "Error: ro: Read-only file system" in ran.stderr or "Error: ro: Permission denied" in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert not list((workdir / "ro").iterdir())

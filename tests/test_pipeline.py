@@ -150,7 +150,7 @@ def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     digest, name = (deploy / "SHA256SUMS").read_text().split()
     assert name == gguf.name and digest == sha256_file(gguf)
     assert {p.name for p in deploy.iterdir()} == {gguf.name, "SHA256SUMS", "chat_template.jinja", "generation.json",
-                                                  "Modelfile", "llama-server.sh", "README.md"}
+                                                  "Modelfile", "llama-server.sh", "README.md", ".edgetune"}
     assert f"FROM ./{gguf.name}" in (deploy / "Modelfile").read_text()
     assert json.loads((deploy / "generation.json").read_text())["stop"] == ["<|im_end|>"]
     card = (deploy / "README.md").read_text()

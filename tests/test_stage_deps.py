@@ -9,9 +9,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "edgetune"
-# Messages, reading params.yaml, writing files, finding the llama.cpp tools: a change to these
-# would rerun every stage, training included, and changes no result.
-PLUMBING = {"errors", "params", "files", "llamacpp"}
+# Messages, reading params.yaml, writing and checking files, finding the llama.cpp tools, consent
+# for a model's code, the hub's timeouts: a change to these would rerun every stage, training
+# included, and changes no result.
+PLUMBING = {"errors", "params", "files", "llamacpp", "remote_code", "hub"}
 
 
 def imported(module: str) -> set[str]:

@@ -6,19 +6,27 @@ Trained on the same train split in seconds; every report shows what the LLM buys
 import dataclasses
 import time
 from pathlib import Path
+from typing import Annotated
 
 import click
 
 from . import params
-from .files import read_jsonl, write_json
+from .errors import EdgetuneError
+from .files import check_outputs, read_jsonl, write_json
+from .params import Positive, Range
 from .scoring import classification_metrics
 
 
 @dataclasses.dataclass
 class BaselineParams:
-    ngram_min: int = 1
-    ngram_max: int = 2
-    C: float = 1.0
+    ngram_min: Positive = 1
+    ngram_max: Positive = 2
+    C: Annotated[float, Range(above=0)] = 1.0  # inverse regularisation strength
+
+    def __post_init__(self):
+        if self.ngram_max < self.ngram_min:
+            raise EdgetuneError(f"params.yaml: baseline.ngram_max ({self.ngram_max}) is below baseline.ngram_min "
+                                f"({self.ngram_min}).")
 
 
 @click.command("baseline")
@@ -30,6 +38,7 @@ def baseline(data: Path, out: Path):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
+    check_outputs(inputs=[data], files=[out])
     p = params.load("baseline", BaselineParams)
     labels = list(params.value("data.labels", dict[str, str]))
     train, test = read_jsonl(data / "train.jsonl"), read_jsonl(data / "test.jsonl")

@@ -17,17 +17,18 @@ import click
 
 from . import llamacpp, params
 from .errors import EdgetuneError
-from .files import write_json
+from .files import check_outputs, write_json
+from .params import Positive
 from .variants import QuantizeParams, existing_ggufs
 
 
 @dataclasses.dataclass
 class BenchParams:
-    threads: list[int] = dataclasses.field(default_factory=lambda: [1, 2])  # plus all cores
-    prompt_tokens: int = 128
-    gen_tokens: int = 32
-    contexts: list[int] = dataclasses.field(default_factory=lambda: [512, 2048])
-    repetitions: int = 2
+    threads: list[Positive] = dataclasses.field(default_factory=lambda: [1, 2])  # plus all cores
+    prompt_tokens: Positive = 128
+    gen_tokens: Positive = 32
+    contexts: list[Positive] = dataclasses.field(default_factory=lambda: [512, 2048])
+    repetitions: Positive = 2
 
 
 def speed(gguf: Path, threads: int, p: BenchParams) -> dict:
@@ -58,8 +59,10 @@ def bench(prefix: Path, out: Path):
     p = params.load("bench", BenchParams)
     types = ["f16", *params.load("quantize", QuantizeParams).types]
     threads = sorted({*p.threads, os.cpu_count() or 1})
+    ggufs = existing_ggufs(prefix, types)
+    check_outputs(inputs=ggufs.values(), files=[out])
     results = {}
-    for variant, gguf in existing_ggufs(prefix, types).items():
+    for variant, gguf in ggufs.items():
         results[variant] = {"speed": [speed(gguf, t, p) for t in threads],
                             "peak_rss_bytes": {str(c): peak_rss(gguf, c, p) for c in p.contexts}}
         fastest = max(results[variant]["speed"], key=lambda s: s["tg_tokens_per_second"])

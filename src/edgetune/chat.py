@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 
 from .errors import EdgetuneError
+from .files import check_gguf
+from .remote_code import allowed
 
 
 class GGUFChat:
@@ -35,14 +37,15 @@ class GGUFChat:
 class HFChat:
     """transformers' generate in a thread, its tokens streamed as they come."""
 
-    def __init__(self, path: Path, threads: int | None):
+    def __init__(self, path: Path, threads: int | None, trust: bool):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
             torch.set_num_threads(threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+        trust = allowed(path, trust, fix="pass --trust-remote-code")
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", trust_remote_code=trust)
         if torch.cuda.is_available():
             self.model.to("cuda")
 
@@ -65,11 +68,12 @@ class HFChat:
         worker.join()
 
 
-def open_model(model: Path, n_ctx: int, threads: int | None, gpu_layers: int):
+def open_model(model: Path, n_ctx: int, threads: int | None, gpu_layers: int, trust: bool):
     if model.is_file() and model.suffix == ".gguf":
+        check_gguf(model)
         return GGUFChat(model, n_ctx, threads, gpu_layers)
     if model.is_dir() and (model / "config.json").is_file():
-        return HFChat(model, threads)
+        return HFChat(model, threads, trust)
     raise EdgetuneError(f"{model}: neither a .gguf file nor an HF checkpoint folder (with config.json). "
                         "Point it at models/merged or a file in models/gguf/.")
 
@@ -86,9 +90,11 @@ def open_model(model: Path, n_ctx: int, threads: int | None, gpu_layers: int):
 @click.option("--gpu-layers", type=click.IntRange(min=-1), default=-1, show_default=True,
               help="GGUF layers offloaded to the GPU, where llama.cpp has one: -1 all, 0 none.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def chat(model: Path, system: str | None, n_ctx: int, threads: int | None, gpu_layers: int, **sampling):
+@click.option("--trust-remote-code", is_flag=True, help="Let an HF checkpoint's own Python code (auto_map) run.")
+def chat(model: Path, system: str | None, n_ctx: int, threads: int | None, gpu_layers: int, trust_remote_code: bool,
+         **sampling):
     """Chat with MODEL (models/merged, or a GGUF file). /reset starts over, /exit leaves."""
-    bot = open_model(model, n_ctx, threads, gpu_layers)
+    bot = open_model(model, n_ctx, threads, gpu_layers, trust_remote_code)
     interactive = sys.stdin.isatty()
     start = [{"role": "system", "content": system}] if system else []
     turns = list(start)

@@ -1,5 +1,7 @@
 """The edgetune command line: one sub-command per pipeline stage, plus tools around them."""
 
+import errno
+
 import click
 
 from . import __version__
@@ -16,10 +18,24 @@ from .prepare import prepare
 from .quality import quality
 from .quantize import quantize
 from .report import report
+from .errors import EdgetuneError
 from .train import train
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Stages(click.Group):
+    """The stage commands, where a file the system will not let us write is a one-line error."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise EdgetuneError(f"{e.filename or 'an output'}: {e.strerror}. Make that folder writable (or free space "
+                                "there), or choose another output path.") from None
+
+
+@click.group(cls=Stages, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__)
 def main():
     """Fine-tune a small LLM, convert it to GGUF, quantize it, and measure every step.

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from . import llamacpp
-from .files import atomic_path
+from .files import atomic_path, check_outputs
 
 
 def convert_to_gguf(checkpoint: Path, out: Path, outtype: str = "f16") -> None:
@@ -25,4 +25,5 @@ def convert_to_gguf(checkpoint: Path, out: Path, outtype: str = "f16") -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="f16 GGUF to write.")
 def convert(model: Path, out: Path):
     """Convert the merged HF checkpoint MODEL to an f16 GGUF."""
+    check_outputs(inputs=[model], files=[out])
     convert_to_gguf(model, out, "f16")

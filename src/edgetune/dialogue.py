@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from .errors import EdgetuneError
+from .files import read_text
 
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
          "model": "assistant"}
@@ -96,7 +97,7 @@ def read_records(pattern: str) -> list[tuple[str, object]]:
         path = Path(name)
         if not path.is_file():
             raise EdgetuneError(f"data.source `{name}`: file not found. Fix the path in params.yaml.")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
         if path.suffix.lower() == ".json":
             try:
                 data = json.loads(text)

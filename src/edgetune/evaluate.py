@@ -15,6 +15,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
+from typing import Annotated
 
 import click
 import numpy as np
@@ -22,7 +23,8 @@ from tqdm import tqdm
 
 from . import params
 from .errors import EdgetuneError
-from .files import read_jsonl, write_json, write_predictions
+from .files import check_gguf, check_outputs, read_jsonl, write_json, write_predictions
+from .params import Name, Positive, Range
 from .perplexity import gguf_perplexity
 from .scoring import apply_offsets, classification_metrics, fit_offsets, log_softmax, parse_answer, pick_label
 from .variants import tensor_stats
@@ -30,12 +32,12 @@ from .variants import tensor_stats
 
 @dataclasses.dataclass
 class EvaluateParams:
-    free_answer: list[str] = dataclasses.field(default_factory=lambda: ["base", "q4_k_m"])
-    max_answer_tokens: int = 12
-    batch_size: int = 8  # prompts decoded together
-    threads: int | None = None  # None: all cores
-    gpu_layers: int = -1  # layers offloaded to the GPU where llama.cpp was built with one: -1 all, 0 none
-    max_samples: int | None = None  # None: the whole test split
+    free_answer: list[Name] = dataclasses.field(default_factory=lambda: ["base", "q4_k_m"])
+    max_answer_tokens: Positive = 12
+    batch_size: Positive = 8  # prompts decoded together
+    threads: Positive | None = None  # None: all cores
+    gpu_layers: Annotated[int, Range(min=-1)] = -1  # offloaded to a GPU llama.cpp was built for: -1 all, 0 none
+    max_samples: Positive | None = None  # None: the whole test split
     calibrate: bool = True  # label-score offsets fitted on the validation split, applied to the test split
 
 
@@ -220,8 +222,8 @@ def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predic
     """Classify the test split with the GGUF MODEL (or, for conversations, measure its perplexity) and write its metrics."""
     p = params.load("evaluate", EvaluateParams)
     answers = params.value("data.labels", dict[str, str])
-    if not model.is_file():
-        raise EdgetuneError(f"{model}: GGUF file not found. Run the stage that makes it (`dvc repro`).")
+    check_outputs(inputs=[model, data, val], files=[out, predictions])
+    check_gguf(model)
     rows = read_jsonl(data)[: p.max_samples]
     if not rows:
         raise EdgetuneError(f"{data}: no examples to evaluate.")

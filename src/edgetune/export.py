@@ -10,28 +10,44 @@
 
 import dataclasses
 import json
+import shlex
 import shutil
 from pathlib import Path
+from typing import Annotated
 
 import click
 
 from . import environment, params
 from .errors import EdgetuneError
-from .files import atomic_dir, sha256_file
+from .files import atomic_dir, check_outputs, sha256_file
+from .params import Name, Positive, Range
+from .remote_code import allowed as trust_remote_code
 from .variants import existing_ggufs
 
 
 @dataclasses.dataclass
 class ExportParams:
-    variant: str | None = None  # null: the one the report recommends
-    temperature: float = 0.7
-    top_p: float = 0.9
-    repetition_penalty: float = 1.1
-    context: int = 2048
+    variant: Name | None = None  # null: the one the report recommends
+    temperature: Annotated[float, Range(min=0)] = 0.7
+    top_p: Annotated[float, Range(above=0, max=1)] = 0.9
+    repetition_penalty: Annotated[float, Range(above=0)] = 1.1
+    context: Positive = 2048
+
+
+def portable(settings: dict) -> dict:
+    """The settings with every absolute path cut to its last part: a model card names no folder of
+    the machine that made it."""
+    if isinstance(settings, dict):
+        return {k: portable(v) for k, v in settings.items()}
+    if isinstance(settings, list):
+        return [portable(v) for v in settings]
+    if isinstance(settings, str) and (settings.startswith(("/", "~")) or settings[1:3] == ":\\"):
+        return Path(settings).name
+    return settings
 
 
 def model_card(name: str, variant: str, metrics: dict, summary: str, settings: dict, env: dict, gguf: str) -> str:
-    made = {section: settings.get(section, {}) for section in ("model", "data", "lora", "train", "quantize")}
+    made = portable({section: settings.get(section, {}) for section in ("model", "data", "lora", "train", "quantize")})
     recommended = metrics.get("recommended") or {}
     return f"""# {name} ({variant})
 
@@ -81,11 +97,12 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, p
         raise EdgetuneError(f"params.yaml: export.variant is {variant!r}; use one of "
                             f"{', '.join(v for v in report['variants'] if v not in ('base', 'tfidf'))}, or null for the recommended one.")
     gguf = existing_ggufs(prefix, [variant])[variant]
-    tokenizer = AutoTokenizer.from_pretrained(merged)
+    check_outputs(inputs=[metrics, summary, environment_file, merged, gguf], folders=[out])
+    tokenizer = AutoTokenizer.from_pretrained(merged, trust_remote_code=trust_remote_code(merged))
     end_of_turn = tokenizer.eos_token
     settings = {"temperature": p.temperature, "top_p": p.top_p, "repetition_penalty": p.repetition_penalty,
                 "context": p.context, "stop": [end_of_turn]}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "export") as tmp:
         shutil.copyfile(gguf, tmp / gguf.name)
         (tmp / "SHA256SUMS").write_text(f"{sha256_file(tmp / gguf.name)}  {gguf.name}\n")
         (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
@@ -98,7 +115,8 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, p
         )
         (tmp / "llama-server.sh").write_text(
             "#!/bin/sh\n# llama.cpp's server with the template the model was trained with\n"
-            f'exec llama-server -m "$(dirname "$0")/{gguf.name}" --jinja --chat-template-file "$(dirname "$0")/chat_template.jinja" '
+            'here=$(dirname "$0")\n'
+            f'exec llama-server -m "$here"/{shlex.quote(gguf.name)} --jinja --chat-template-file "$here"/chat_template.jinja '
             f"-c {p.context} --temp {p.temperature} --top-p {p.top_p} --repeat-penalty {p.repetition_penalty} "
             '--host 127.0.0.1 --port 8080 "$@"\n'
         )

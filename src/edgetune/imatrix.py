@@ -11,20 +11,22 @@ import dataclasses
 import re
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 import click
 
 from . import llamacpp, params
 from .errors import EdgetuneError
-from .files import atomic_path, read_jsonl
+from .files import atomic_path, check_outputs, read_jsonl
+from .params import Positive, Range
 from .prompts import plain_text
 
 
 @dataclasses.dataclass
 class ImatrixParams:
-    ctx: int = 256  # tokens per chunk
-    chunks: int = 16  # chunks of training text read (ctx x chunks tokens)
-    threads: int | None = None  # None: all cores
+    ctx: Annotated[int, Range(min=8)] = 256  # tokens per chunk
+    chunks: Positive = 16  # chunks of training text read (ctx x chunks tokens)
+    threads: Positive | None = None  # None: all cores
 
 
 @click.command("imatrix")
@@ -33,6 +35,7 @@ class ImatrixParams:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The importance matrix (GGUF).")
 def imatrix(model: Path, data: Path, out: Path):
     """Compute an importance matrix for MODEL on the training text with llama-imatrix."""
+    check_outputs(inputs=[model, data], files=[out])
     p = params.load("imatrix", ImatrixParams)
     text = plain_text(read_jsonl(data))
     with tempfile.TemporaryDirectory() as tmp, atomic_path(out, ".gguf") as matrix:

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from .errors import EdgetuneError
-from .files import atomic_dir
-from .train import remote_code
+from .files import atomic_dir, check_outputs
+from .remote_code import allowed as trust_remote_code
 
 
 def merge_adapter(base: Path, adapter: Path, out: Path) -> None:
@@ -18,10 +18,11 @@ def merge_adapter(base: Path, adapter: Path, out: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_outputs(inputs=[base, adapter], folders=[out])
     if not (adapter / "adapter_config.json").is_file():
         raise EdgetuneError(f"{adapter}: no adapter_config.json. Run the train stage first (`dvc repro train`).")
     wanted = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    trust = remote_code(base)  # allowed at fetch-model (model.trust_remote_code)
+    trust = trust_remote_code(base)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, trust_remote_code=trust)
     try:
@@ -34,7 +35,7 @@ def merge_adapter(base: Path, adapter: Path, out: Path) -> None:
             "Retrain it on this base (`dvc repro train`) or point --base at the model it was made for."
         ) from None
     merged = model.merge_and_unload()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "merge") as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     click.echo(f"merged {adapter} into {base} -> {out}")

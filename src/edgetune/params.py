@@ -1,15 +1,82 @@
-"""params.yaml, one section per stage, checked against a dataclass so a wrong type fails early."""
+"""params.yaml, one section per stage, checked against a dataclass so a wrong value fails early.
+
+A field's type may carry a rule with `typing.Annotated`: `Annotated[int, Range(min=1)]`,
+`Annotated[str, OneOf("bfloat16", "float32")]`, or `Name` for anything that becomes part of a
+file name or a command line (model.name, the quant types): letters, digits, `.`, `_` and `-`.
+"""
 
 import dataclasses
+import difflib
+import re
 import types
 import typing
 from pathlib import Path
+from typing import Annotated
 
 import yaml
 
 from .errors import EdgetuneError
+from .files import read_text
 
 PARAMS_FILE = Path("params.yaml")
+# The sections of params.yaml (conf/config.yaml composes them): any other is a misspelling.
+SECTIONS = ("model", "hub", "data", "prompt", "lora", "train", "evaluate", "quantize", "imatrix", "quality", "bench",
+            "recommend", "export", "baseline")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed numbers: min/max inclusive, above/below exclusive, plus any of `also` (a sentinel such as -1)."""
+
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None
+    below: float | None = None
+    also: tuple = ()
+
+    def allows(self, v) -> bool:
+        if v in self.also:
+            return True
+        return ((self.min is None or v >= self.min) and (self.max is None or v <= self.max)
+                and (self.above is None or v > self.above) and (self.below is None or v < self.below))
+
+    def __str__(self) -> str:
+        bounds = [f">= {self.min}" if self.min is not None else "", f"> {self.above}" if self.above is not None else "",
+                  f"<= {self.max}" if self.max is not None else "", f"< {self.below}" if self.below is not None else ""]
+        text = " and ".join(b for b in bounds if b)
+        return text + "".join(f", or {a}" for a in self.also)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    choices: tuple
+
+    def __init__(self, *choices):
+        object.__setattr__(self, "choices", choices)
+
+    def allows(self, v) -> bool:
+        return v in self.choices
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(map(str, self.choices))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+    regex: str
+    meaning: str
+
+    def allows(self, v) -> bool:
+        return re.fullmatch(self.regex, v) is not None
+
+    def __str__(self) -> str:
+        return self.meaning
+
+
+# Names end up in file names, dvc.yaml commands and exported scripts: nothing a shell would read.
+Name = Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]*", "letters, digits, '.', '_' and '-' (starting with "
+                                                            "a letter or digit)")]
+Positive = Annotated[int, Range(min=1)]
 
 
 def read_params(path=PARAMS_FILE) -> dict:
@@ -17,11 +84,17 @@ def read_params(path=PARAMS_FILE) -> dict:
     if not path.is_file():
         raise EdgetuneError(f"{path}: not found. Run edgetune from the project root, beside params.yaml.")
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        params = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as e:
         raise EdgetuneError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(params, dict):
         raise EdgetuneError(f"{path}: expected a mapping of sections at the top level.")
+    for section in params:
+        if section not in SECTIONS:
+            near = difflib.get_close_matches(str(section), SECTIONS, n=1)
+            hint = f"did you mean `{near[0]}`? " if near else ""
+            raise EdgetuneError(f"{path}: unknown section `{section}`; {hint}the sections are {', '.join(SECTIONS)}. "
+                                "Rename or remove it (edit conf/ when params.yaml is composed from it).")
     return params
 
 
@@ -32,6 +105,12 @@ def _type_name(t) -> str:
 def _check(value, t, where: str):
     """Return `value` as type `t`, or raise an error naming the parameter."""
     origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is Annotated:
+        checked = _check(value, args[0], where)
+        for rule in args[1:]:
+            if not rule.allows(checked):
+                raise EdgetuneError(f"{PARAMS_FILE}: `{where}` is {value!r}; allowed: {rule}. Fix it in params.yaml.")
+        return checked
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -68,13 +147,16 @@ def _wrong(where, value, t) -> EdgetuneError:
 
 
 def load(section: str, cls, path=PARAMS_FILE):
-    """Read `section` of params.yaml into dataclass `cls`; unknown or mistyped keys are errors."""
-    raw = read_params(path).get(section)
+    """Read `section` of params.yaml into dataclass `cls`; unknown, mistyped or out-of-range keys are errors."""
+    params = read_params(path)
+    if section not in params:
+        raise EdgetuneError(f"{path}: no `{section}` section. Add it (conf/config.yaml has every section).")
+    raw = params[section]
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise EdgetuneError(f"{path}: section `{section}` must be a mapping, got {raw!r}.")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - fields)
     if unknown:
@@ -83,7 +165,7 @@ def load(section: str, cls, path=PARAMS_FILE):
         )
     values = {k: _check(v, hints[k], f"{section}.{k}") for k, v in raw.items()}
     try:
-        return cls(**values)
+        return cls(**values)  # a __post_init__ checks rules that tie two keys together
     except TypeError as e:
         raise EdgetuneError(f"{path}: section `{section}`: {e}") from None
 

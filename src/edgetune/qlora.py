@@ -9,14 +9,7 @@ from pathlib import Path
 
 from .errors import EdgetuneError
 
-CHOICES = ("none", "4bit")
-
-
-def check_choice(quantization: str | None) -> bool:
-    """True for QLoRA, False for plain LoRA; anything else is an error naming the parameter."""
-    if quantization not in (None, *CHOICES):
-        raise EdgetuneError(f"params.yaml: lora.quantization is {quantization!r}; use 4bit (QLoRA) or none (LoRA on the 16-bit base).")
-    return quantization == "4bit"
+CHOICES = ("none", "4bit")  # lora.quantization: LoRA on the 16-bit base, or QLoRA
 
 
 def require_bitsandbytes(device: str) -> None:

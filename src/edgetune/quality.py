@@ -11,21 +11,23 @@ import dataclasses
 import re
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 import click
 
 from . import llamacpp, params
 from .errors import EdgetuneError
-from .files import read_jsonl, write_json
+from .files import check_outputs, read_jsonl, write_json
+from .params import Positive, Range
 from .prompts import plain_text
 from .variants import QuantizeParams, existing_ggufs
 
 
 @dataclasses.dataclass
 class QualityParams:
-    ctx: int = 128  # tokens per chunk; the second half of each is scored
-    chunks: int = 8
-    threads: int | None = None
+    ctx: Annotated[int, Range(min=8)] = 128  # tokens per chunk; the second half of each is scored
+    chunks: Positive = 8
+    threads: Positive | None = None
 
 
 # llama-perplexity's summary lines -> metric names
@@ -76,6 +78,7 @@ def quality(f16: Path, prefix: Path, data: Path, out: Path):
     p = params.load("quality", QualityParams)
     types = params.load("quantize", QuantizeParams).types
     paths = existing_ggufs(prefix, types)
+    check_outputs(inputs=[f16, data, *paths.values()], files=[out])
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "held_out.txt"
         text.write_text(plain_text(read_jsonl(data)), encoding="utf-8")

@@ -16,7 +16,7 @@ import click
 
 from . import llamacpp
 from .errors import EdgetuneError
-from .files import atomic_path, write_json
+from .files import atomic_path, check_outputs, write_json
 from .variants import IMATRIX, tensor_stats
 
 
@@ -54,6 +54,7 @@ def fallbacks(log: str) -> list[dict]:
 @click.option("--stats", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON: tensor types and bits per weight.")
 def quantize(model: Path, variant: str, matrix: Path | None, out: Path, stats: Path):
     """Quantize the f16 GGUF MODEL to TYPE with llama-quantize."""
+    check_outputs(inputs=[model, matrix], files=[out, stats])
     name, with_imatrix = file_type(variant)
     if with_imatrix and not (matrix and matrix.is_file()):
         raise EdgetuneError(f"{variant}: needs an importance matrix; --imatrix {matrix} is not a file (`dvc repro imatrix`).")

@@ -8,13 +8,16 @@ qualifies, so there is always an answer.
 """
 
 import dataclasses
+from typing import Annotated
+
+from .params import Range
 
 
 @dataclasses.dataclass
 class RecommendParams:
-    accuracy_tolerance: float = 0.01  # accuracy a variant may lose against f16 (0.01 = one point)
-    perplexity_tolerance: float = 0.05  # conversations: relative perplexity increase allowed
-    max_kld: float = 0.05  # mean KL divergence from f16 allowed
+    accuracy_tolerance: Annotated[float, Range(min=0, max=1)] = 0.01  # accuracy lost against f16 (0.01 = one point)
+    perplexity_tolerance: Annotated[float, Range(min=0)] = 0.05  # conversations: relative perplexity increase allowed
+    max_kld: Annotated[float, Range(min=0)] = 0.05  # mean KL divergence from f16 allowed
 
 
 def shortfall(v: dict, f16: dict, p: RecommendParams) -> str | None:

@@ -13,7 +13,7 @@ import click
 
 from . import environment, params
 from .errors import EdgetuneError
-from .files import write_json, write_text
+from .files import check_outputs, write_json, write_text
 from .variants import IMATRIX, QuantizeParams
 from .recommend import RecommendParams, recommend
 from .significance import accuracy_interval, paired
@@ -258,6 +258,7 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
 def report(eval_dir: Path, quality_file: Path, quantize_dir: Path, bench_file: Path, data_stats: Path, train_metrics: Path, out: Path):
     """Gather every variant's results into OUT/metrics.json, OUT/summary.md and plot data."""
+    check_outputs(shared=[out])
     variants = load_variants(eval_dir, [*ORDER, *params.load("quantize", QuantizeParams).types])
     if quality_file.is_file():
         for name, q in json.loads(quality_file.read_text())["variants"].items():

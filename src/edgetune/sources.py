@@ -9,10 +9,14 @@
 A list is split by prepare; published splits are kept as published.
 """
 
+import functools
 import importlib.util
+import json
 from pathlib import Path
 
+from . import hub, params
 from .errors import EdgetuneError
+from .files import read_text
 
 LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "dev", "val"), "test": ("test",)}
@@ -52,6 +56,10 @@ def load_file(path: Path, p) -> list[dict]:
         raise EdgetuneError(f"data.source `{path}`: unknown format; use one of {', '.join(LOADERS)}.")
     if path.stat().st_size == 0:
         raise EdgetuneError(f"data.source `{path}`: the file is empty.")
+    if kind != "parquet":
+        text = read_text(path)  # a clear error for a file that is not UTF-8, before the parser's
+        if path.suffix.lower() == ".jsonl":
+            check_json_lines(path, text)
     datasets.disable_progress_bars()
     options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
@@ -60,6 +68,18 @@ def load_file(path: Path, p) -> list[dict]:
         cause = e.__cause__ or e
         raise EdgetuneError(f"data.source `{path}`: could not be read as {kind}: {cause}. Fix that row.") from None
     return rows_of(ds, str(path), p)
+
+
+def check_json_lines(path: Path, text: str) -> None:
+    """The first line of a JSONL file that is not JSON, counted from 1 as editors count (the parser
+    behind `datasets` counts rows from 0)."""
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EdgetuneError(f"data.source `{path}`, line {n}: not valid JSON ({e.msg}). Fix that line.") from None
 
 
 def rows_of(ds, where: str, p) -> list[dict]:
@@ -116,8 +136,12 @@ def from_hub(p) -> dict[str, list[dict]]:
     import datasets
 
     datasets.disable_progress_bars()
+    fetch = functools.partial(datasets.load_dataset, p.source, revision=p.revision)
     try:
-        splits = datasets.load_dataset(p.source, revision=p.revision)
+        splits = hub.call(p.source, fetch, params.load("hub", hub.HubParams),
+                          "a local file for data.source, or the published splits in data.local_dir")
+    except EdgetuneError:
+        raise  # the hub did not answer, as hub.call said
     except Exception as e:  # offline, unknown id, gated: the hub client raises many kinds
         raise EdgetuneError(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
     return published(splits, p.source, p)

@@ -17,46 +17,50 @@ import os
 import shutil
 from types import SimpleNamespace
 from pathlib import Path
+from typing import Annotated
 
 import click
 
 from . import params
 from .distributed import relaunch_on_gpus
 from .errors import EdgetuneError
-from .files import read_jsonl, write_json
-from .qlora import check_choice, load_4bit
+from .files import check_outputs, mark, read_jsonl, write_json
+from .params import OneOf, Positive, Range
+from .qlora import CHOICES, load_4bit
+from .remote_code import allowed as trust_remote_code
 
 FINGERPRINT = "fingerprint.json"
 
 
 @dataclasses.dataclass
 class LoraParams:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0  # dropout costs a quarter of the CPU step time
+    r: Positive = 16
+    alpha: Positive = 32
+    dropout: Annotated[float, Range(min=0, below=1)] = 0.0  # dropout costs a quarter of the CPU step time
     target_modules: str | list[str] = "all-linear"
-    top_layers: int | None = None  # adapters in the last N decoder layers only: backward stops there
-    quantization: str = "none"  # 4bit: QLoRA, the base in nf4 while training (qlora.py)
+    top_layers: Positive | None = None  # adapters in the last N decoder layers only: backward stops there
+    quantization: Annotated[str, OneOf(*CHOICES)] = "none"  # 4bit: QLoRA, the base in nf4 while training (qlora.py)
 
 
 @dataclasses.dataclass
 class TrainParams:
-    lr: float = 3e-4
-    scheduler: str = "linear"
-    warmup_ratio: float = 0.05
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 256
+    lr: Annotated[float, Range(above=0)] = 3e-4
+    scheduler: Annotated[str, OneOf("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                                    "constant_with_warmup", "inverse_sqrt")] = "linear"
+    warmup_ratio: Annotated[float, Range(min=0, max=1)] = 0.05
+    epochs: Annotated[float, Range(above=0)] = 1.0
+    max_steps: Annotated[int, Range(min=1, also=(-1,))] = -1  # > 0 overrides epochs
+    batch_size: Positive = 8
+    grad_accum: Positive = 1
+    max_length: Positive = 256
     group_by_length: bool = True  # batches of similar length waste less compute on padding
     gradient_checkpointing: bool = False  # saves activation memory for a third more compute
-    precision: str = "auto"  # auto | bf16 | fp32: bf16 weights where the hardware has bf16
-    logging_steps: int = 5
-    eval_steps: int = 50
-    save_steps: int = 50  # a multiple of eval_steps when best_checkpoint is on
+    precision: Annotated[str, OneOf("auto", "bf16", "fp32")] = "auto"  # bf16 weights where the hardware has bf16
+    logging_steps: Positive = 5
+    eval_steps: Positive = 50
+    save_steps: Positive = 50  # a multiple of eval_steps when best_checkpoint is on
     best_checkpoint: bool = False  # keep the checkpoint with the best validation accuracy, not the last
-    seed: int = 0
+    seed: Annotated[int, Range(min=0)] = 0
 
 
 def answer_only_loss(model, inputs, num_items_in_batch=None, choices: list[int] | None = None):
@@ -150,13 +154,6 @@ def adapter_targets(lp: LoraParams, model) -> str | list[str]:
     return targets
 
 
-def remote_code(checkpoint: Path) -> bool:
-    """A checkpoint with its own modelling code (config.json auto_map), allowed at fetch-model by
-    model.trust_remote_code: loading it again needs that code."""
-    config = checkpoint / "config.json"
-    return config.is_file() and "auto_map" in json.loads(config.read_text())
-
-
 def bf16_supported() -> bool:
     import torch
 
@@ -170,8 +167,6 @@ def bf16_supported() -> bool:
 
 
 def use_bf16(p: TrainParams) -> bool:
-    if p.precision not in ("auto", "bf16", "fp32"):
-        raise EdgetuneError(f"params.yaml: train.precision is {p.precision!r}; use auto, bf16 or fp32.")
     return p.precision == "bf16" or (p.precision == "auto" and bf16_supported())
 
 
@@ -245,9 +240,11 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     from transformers.integrations import DVCLiveCallback
     from trl import SFTConfig
 
+    check_outputs(inputs=[model, data], folders=[out, live_dir])
     p = params.load("train", TrainParams)
     lp = params.load("lora", LoraParams)
-    qlora = check_choice(lp.quantization)
+    trust = trust_remote_code(model)
+    qlora = lp.quantization == "4bit"
     bf16 = use_bf16(p)
     train_rows, val_rows = read_jsonl(data / "train.jsonl"), read_jsonl(data / "val.jsonl")
     if not train_rows:
@@ -264,14 +261,7 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     code = [Path(__file__), Path(__file__).with_name("qlora.py")]  # a checkpoint made by other code is not resumed
     stamp = fingerprint([p, lp], [data / "train.jsonl", data / "val.jsonl", model / "config.json", *code])
     resume = resume_point(checkpoints, stamp)
-    state.wait_for_everyone()  # every process has decided before the main one clears old checkpoints
-    if main:
-        click.echo(f"resuming from {resume}" if resume else f"training from {model}")
-        if resume is None:
-            start_afresh(checkpoints, stamp)
-    state.wait_for_everyone()
 
-    trust = remote_code(model)
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust)
     # Validation accuracy by first-token label scoring, where the answers' first tokens differ.
     answers = sorted({r["answer"] for r in train_rows if "answer" in r})  # none in conversations (data.task: sft)
@@ -288,6 +278,14 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
         r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=adapter_targets(lp, base),
         task_type="CAUSAL_LM",
     )
+    # Everything is checked and loaded: only now may checkpoints this run cannot use go.
+    state.wait_for_everyone()  # every process has decided before the main one clears old checkpoints
+    if main:
+        click.echo(f"resuming from {resume}" if resume else f"training from {model}")
+        mark(out, "train")
+        if resume is None:
+            start_afresh(checkpoints, stamp)
+    state.wait_for_everyone()
     config = SFTConfig(
         output_dir=str(checkpoints),
         per_device_train_batch_size=p.batch_size,
@@ -321,7 +319,7 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     )
     callbacks = []
     if main:
-        live_dir.mkdir(parents=True, exist_ok=True)
+        mark(live_dir, "train")
         live = open_live(live_dir, resume=resume is not None)
         callbacks.append(DVCLiveCallback(live=live))
     trainer = make_trainer_class()(

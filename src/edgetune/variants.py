@@ -6,13 +6,14 @@ import dataclasses
 from pathlib import Path
 
 from .errors import EdgetuneError
+from .params import Name
 
 IMATRIX = "-imatrix"
 
 
 @dataclasses.dataclass
 class QuantizeParams:
-    types: list[str] = dataclasses.field(default_factory=list)  # variants: quant types, <type>-imatrix
+    types: list[Name] = dataclasses.field(default_factory=list)  # variants: quant types, <type>-imatrix
 
 
 def variant_gguf(prefix: Path, variant: str) -> Path:

@@ -1,0 +1,101 @@
+"""A hub that accepts connections and never answers: fetch-model and prepare give up after hub.retries + 1
+tries of about hub.timeout each, and say where they waited, which parameters bound the wait, and how to work
+offline."""
+
+import importlib
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import run, set_params
+
+# huggingface_hub asks for this registry once a process (telemetry), whether or not a test before did.
+TELEMETRY = "GET /api/agent-harnesses"
+
+
+@pytest.fixture
+def silent_hub():
+    """HF_ENDPOINT is a server on 127.0.0.1 that reads each request and never sends a byte; offline mode is off.
+    `requests` holds the request line of each connection it accepted."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)  # the accept loop looks at `stop` ten times a second
+    connections, requests, stop = [], [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                connection = server.accept()[0]
+            except TimeoutError:
+                continue
+            connections.append(connection)
+            connection.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := connection.recv(4096)):
+                head += chunk
+            requests.append(" ".join(head.decode().split(" ")[:2]))  # "HEAD /datasets/..."
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    # Both libraries read HF_ENDPOINT and the offline switches once, at import (conftest turns offline mode on):
+    # read them again, as a process started with this environment would.
+    libraries = (huggingface_hub.constants, datasets.config)  # in this order: datasets reads huggingface_hub's
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HF_ENDPOINT", url)
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            env.delenv(name, raising=False)
+        for module in libraries:
+            importlib.reload(module)
+        try:
+            yield SimpleNamespace(url=url, connections=connections, requests=requests)
+        finally:
+            stop.set()
+            thread.join()
+            for connection in connections:
+                connection.close()
+            server.close()
+    for module in libraries:
+        importlib.reload(module)
+
+
+def timed(*args):
+    start = time.monotonic()
+    result = run(*args)
+    return result, time.monotonic() - start
+
+
+def asked_once_a_try(hub, request: str, tries: int):
+    """`request` was sent once in each try, on a connection of its own: never retried within a try."""
+    assert hub.requests.count(request) == tries, hub.requests
+    assert set(hub.requests) <= {request, TELEMETRY}, hub.requests
+    assert len(hub.connections) == len(hub.requests)
+
+
+def test_fetch_model_gives_up_on_a_silent_hub(workdir, silent_hub):
+    set_params(workdir, hub={"timeout": 1, "retries": 1}, model={"source": "someone/some-model"})
+    result, seconds = timed("fetch-model", "--out", workdir / "base")
+    assert result.exit_code != 0
+    for needle in (silent_hub.url, "hub.timeout", "model.source at a local folder or .gguf file"):
+        assert needle in result.output, result.output
+    assert seconds < 30, "the timeout did not bound the wait"
+    asked_once_a_try(silent_hub, "GET /api/models/someone/some-model/revision/main", tries=2)  # the repo's metadata
+    assert not (workdir / "base").exists()
+
+
+def test_prepare_gives_up_on_a_silent_hub(workdir, tiny_model, silent_hub):
+    set_params(workdir, hub={"timeout": 1, "retries": 1}, data={"source": "someone/some-dataset"})
+    result, seconds = timed("prepare", "--model", tiny_model, "--out", workdir / "out", "--stats",
+                            workdir / "stats.json")
+    assert result.exit_code != 0
+    for needle in (silent_hub.url, "hub.timeout", "data.local_dir"):
+        assert needle in result.output, result.output
+    assert seconds < 30, "the timeout did not bound the wait"
+    # The dataset card's metadata, which huggingface_hub alone would send up to 6 more times, at 60 s each.
+    asked_once_a_try(silent_hub, "HEAD /datasets/someone/some-dataset/resolve/main/README.md", tries=2)
+    assert not (workdir / "out").exists() and not (workdir / "stats.json").exists()
