@@ -203,16 +203,16 @@ def test_dvc_commands_quote_every_interpolated_value():
 
 def test_the_server_script_quotes_the_file_name(workdir, tiny_model, tiny_gguf):
     """The exported script starts llama-server on the bundle's own file whatever its name holds."""
-    odd = workdir / "my model $(touch pwned)"
+    odd = workdir / "my models"
     odd.mkdir()
-    shutil.copy(tiny_gguf, odd / "x y-f16.gguf")
+    shutil.copy(tiny_gguf, odd / "x $(touch pwned)-f16.gguf")
     (workdir / "metrics.json").write_text('{"variants": {"f16": {}}, "recommended": {"variant": "f16"}}')
     (workdir / "summary.md").write_text("# Summary\n\nrows\n")
     from edgetune.environment import describe
 
     (workdir / "env.json").write_text(__import__("json").dumps(describe()))
     result = run("export", "--metrics", "metrics.json", "--summary", "summary.md", "--environment", "env.json",
-                 "--merged", tiny_model, "--prefix", odd / "x y", "--out", "deploy")
+                 "--merged", tiny_model, "--prefix", odd / "x $(touch pwned)", "--out", "deploy")
     assert result.exit_code == 0, result.output
     bin_dir = workdir / "bin"
     bin_dir.mkdir()
@@ -221,7 +221,8 @@ def test_the_server_script_quotes_the_file_name(workdir, tiny_model, tiny_gguf):
     ran = subprocess.run(["sh", "deploy/llama-server.sh"], capture_output=True, text=True, cwd=workdir,
                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
     args = ran.stdout.splitlines()
-    assert args[args.index("-m") + 1] == "deploy/x y-f16.gguf" and Path(workdir, "deploy/x y-f16.gguf").is_file()
+    model = args[args.index("-m") + 1]
+    assert model == "deploy/x $(touch pwned)-f16.gguf" and (workdir / model).is_file()
     assert not list(workdir.rglob("pwned"))
 
 
