@@ -124,6 +124,20 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+def report_files(folder: Path) -> list[str]:
+    """What the report stage hands export (metrics naming f16 as recommended, a summary, the
+    environment), written into `folder`; returns export's options for them."""
+    from edgetune.environment import describe
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps({"variants": {"f16": {"accuracy": 0.5}},
+                                                     "recommended": {"variant": "f16", "reason": "test"}}))
+    (folder / "summary.md").write_text("# Summary\n\n| variant |\n|---|\n| f16 |\n\n---\n\nMade.\n")
+    (folder / "environment.json").write_text(json.dumps(describe()))
+    return ["--metrics", folder / "metrics.json", "--summary", folder / "summary.md",
+            "--environment", folder / "environment.json"]
+
+
 GOOD = [{"text": f"评论{i}", "label": "positive" if i % 2 else "negative"} for i in range(40)]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import GOOD, REPO, make_tiny_model, prepare, run, set_params, write_jsonl
+from conftest import GOOD, REPO, make_tiny_model, prepare, report_files, run, set_params, write_jsonl
 
 
 def failed(result, *needles):
@@ -206,13 +206,8 @@ def test_the_server_script_quotes_the_file_name(workdir, tiny_model, tiny_gguf):
     odd = workdir / "my models"
     odd.mkdir()
     shutil.copy(tiny_gguf, odd / "x $(touch pwned)-f16.gguf")
-    (workdir / "metrics.json").write_text('{"variants": {"f16": {}}, "recommended": {"variant": "f16"}}')
-    (workdir / "summary.md").write_text("# Summary\n\nrows\n")
-    from edgetune.environment import describe
-
-    (workdir / "env.json").write_text(__import__("json").dumps(describe()))
-    result = run("export", "--metrics", "metrics.json", "--summary", "summary.md", "--environment", "env.json",
-                 "--merged", tiny_model, "--prefix", odd / "x $(touch pwned)", "--out", "deploy")
+    result = run("export", *report_files(workdir / "reports"), "--merged", tiny_model,
+                 "--prefix", odd / "x $(touch pwned)", "--out", "deploy")
     assert result.exit_code == 0, result.output
     bin_dir = workdir / "bin"
     bin_dir.mkdir()
@@ -229,13 +224,8 @@ def test_the_server_script_quotes_the_file_name(workdir, tiny_model, tiny_gguf):
 def test_the_model_card_names_no_folder_of_this_machine(workdir, tiny_model, tiny_gguf):
     set_params(workdir, data={"source": str(workdir / "reviews.csv")}, model={"source": str(tiny_gguf)})
     shutil.copy(tiny_gguf, workdir / "m-f16.gguf")
-    (workdir / "metrics.json").write_text('{"variants": {"f16": {}}, "recommended": {"variant": "f16"}}')
-    (workdir / "summary.md").write_text("# Summary\n\nrows\n")
-    from edgetune.environment import describe
-
-    (workdir / "env.json").write_text(__import__("json").dumps(describe()))
-    result = run("export", "--metrics", "metrics.json", "--summary", "summary.md", "--environment", "env.json",
-                 "--merged", tiny_model, "--prefix", "m", "--out", "deploy")
+    result = run("export", *report_files(workdir / "reports"), "--merged", tiny_model, "--prefix", "m",
+                 "--out", "deploy")
     assert result.exit_code == 0, result.output
     card = (workdir / "deploy" / "README.md").read_text()
     assert '"source": "reviews.csv"' in card and f'"source": "{tiny_gguf.name}"' in card

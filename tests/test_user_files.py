@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GOOD, make_tiny_model, run, set_params, write_jsonl
+from conftest import GOOD, make_tiny_model, report_files, run, set_params, write_jsonl
 from test_bad_input import failed
 
 
@@ -34,17 +34,9 @@ def repo(workdir):
 @pytest.fixture
 def export_inputs(repo, tiny_model, tiny_gguf):
     """What export reads: the report's files, a merged checkpoint and the f16 GGUF it ships."""
-    (repo / "reports").mkdir()
-    (repo / "reports" / "metrics.json").write_text(json.dumps({"variants": {"f16": {"accuracy": 0.5}},
-                                                               "recommended": {"variant": "f16", "reason": "test"}}))
-    (repo / "reports" / "summary.md").write_text("# Summary\n\n| variant |\n|---|\n| f16 |\n\n---\n\nMade.\n")
-    from edgetune.environment import describe
-
-    (repo / "reports" / "environment.json").write_text(json.dumps(describe()))
     shutil.copytree(tiny_model, repo / "models" / "merged")
     shutil.copy(tiny_gguf, repo / "models" / "tiny-f16.gguf")
-    return ["--metrics", "reports/metrics.json", "--summary", "reports/summary.md", "--environment",
-            "reports/environment.json", "--merged", "models/merged", "--prefix", "models/tiny"]
+    return [*report_files(Path("reports")), "--merged", "models/merged", "--prefix", "models/tiny"]
 
 
 @pytest.mark.parametrize("out", [".", "", ".."])

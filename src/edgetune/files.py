@@ -29,25 +29,25 @@ def _umask() -> int:
     return mask
 
 
-def _stale_tmps(path: Path):
-    """Temporary files or folders a killed run left beside `path` (named as _tmp_beside names them)."""
-    return path.parent.glob(f".{glob.escape(path.name)}.*.tmp")
+def _clear_stale(path: Path) -> None:
+    """Remove the temporary files or folders a killed run left beside `path` (named `.NAME.*.tmp`, as
+    _tmp_beside and atomic_dir name them)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def _tmp_beside(path: Path, suffix: str = "") -> Path:
-    """An empty temporary file beside `path`, with the mode the umask gives a new file (mkstemp's is 0600)."""
+    """An empty temporary file beside `path`."""
     _mkdir(path.parent)
-    for stale in _stale_tmps(path):
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink(missing_ok=True)
+    _clear_stale(path)
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     except OSError as e:  # a read-only or full folder: name the folder, not the temporary file
         raise OSError(e.errno, e.strerror, str(path.parent)) from None
     os.close(fd)
-    os.chmod(name, 0o666 & ~_umask())
     return Path(name)
 
 
@@ -117,7 +117,7 @@ def atomic_path(final, suffix: str = ""):
     tmp = _tmp_beside(final, suffix)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # a tool that rewrote it may have narrowed its mode
+        os.chmod(tmp, 0o666 & ~_umask())  # the mode a new file gets (mkstemp's is 0600)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -179,8 +179,7 @@ def atomic_dir(final, command: str):
     final = Path(final)
     check_own_folder(final)
     _mkdir(final.parent)
-    for stale in _stale_tmps(final):
-        shutil.rmtree(stale, ignore_errors=True)
+    _clear_stale(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())
     old = final.with_name(f".{final.name}.old.tmp")
