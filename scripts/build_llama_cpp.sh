@@ -23,7 +23,7 @@ if [[ "$(uname -m)" == x86_64 ]]; then
 fi
 CMAKE_FLAGS="$CMAKE_FLAGS ${LLAMA_CMAKE_ARGS:-}"
 JOBS=${JOBS:-$(nproc)}
-TOOLS="llama-quantize llama-imatrix llama-perplexity llama-bench llama-cli"
+TOOLS="llama-quantize llama-imatrix llama-perplexity llama-bench llama-completion llama-cli"
 STAMP="$VERSION $CMAKE_FLAGS"
 
 mkdir -p "$DIR"

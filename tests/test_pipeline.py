@@ -20,8 +20,10 @@ import yaml
 from conftest import REPO, set_params, write_jsonl
 from edgetune import environment
 
-STAGES = {"fetch-model", "prepare", "baseline", "train", "merge", "convert", "imatrix", "quantize@q8_0", "quantize@q4_k_m",
-          "evaluate-base", "evaluate-f16", "evaluate@q8_0", "evaluate@q4_k_m", "quality", "bench", "report", "export"}
+STAGES = {"fetch-model", "prepare", "baseline", "imatrix", "quantize-base@q8_0", "quantize-base@q4_k_m", "train", "merge",
+          "convert", "convert-lora", "quantize@q8_0", "quantize@q4_k_m", "evaluate-base", "evaluate-f16", "evaluate@q8_0",
+          "evaluate@q4_k_m", "evaluate-lora@q8_0", "evaluate-lora@q4_k_m", "quality", "bench", "report", "export"}
+VARIANTS = ("f16", "q8_0", "q4_k_m", "q8_0+lora", "q4_k_m+lora")
 
 
 def dvc(project: Path, *args, check=True) -> subprocess.CompletedProcess:
@@ -56,6 +58,7 @@ def project(tmp_path_factory, tiny_model, reviews) -> Path:
         quality={"ctx": 64, "chunks": 4, "threads": 2},
         imatrix={"ctx": 64, "chunks": 4, "threads": 2},
         bench={"threads": [1], "prompt_tokens": 16, "gen_tokens": 4, "contexts": [128, 512], "repetitions": 1},
+        export={"variant": "q4_k_m+lora"},  # the bundle of a base and its adapter, whichever the tiny run recommends
     )
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     dvc(root, "init", "-q")
@@ -81,11 +84,11 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
         assert llm.scores[llm.n_tokens - 1].std() > 0  # real logits
 
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    assert set(metrics["variants"]) == {"tfidf", "base", "f16", "q8_0", "q4_k_m"}
+    assert set(metrics["variants"]) == {"tfidf", "base", *VARIANTS}
     for name, v in metrics["variants"].items():
         assert 0 <= v["accuracy"] <= 1 and 0 <= v["f1"] <= 1 and v["n_samples"] == 12, name
         assert set(v["per_class"]) == {"negative", "positive"}
-    for name in ("base", "f16", "q8_0", "q4_k_m"):
+    for name in ("base", *VARIANTS):
         result = json.loads((project / "reports" / "eval" / f"{name}.json").read_text())
         for key in ("accuracy", "precision", "recall", "f1", "confusion_matrix", "n_samples", "seconds_per_sample", "model_bytes"):
             assert key in result, (name, key)
@@ -93,7 +96,7 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
         assert result["seconds_per_sample"] > 0 and result["model_bytes"] > 0
         assert set(result["label_offsets"]) == {"negative", "positive"} and result["label_offsets"]["negative"] == 0
         assert 0 <= result["uncalibrated"]["accuracy"] <= 1  # raw label scoring, beside the calibrated one
-    for name in ("base", "q4_k_m"):
+    for name in ("base", "q4_k_m", "q4_k_m+lora"):
         free = json.loads((project / "reports" / "eval" / f"{name}.json").read_text())["free_answer"]
         assert 0 <= free["accuracy"] <= 1 and 0 <= free["unparsed"] <= 12
     sizes = {v: metrics["variants"][v]["model_bytes"] for v in ("f16", "q8_0", "q4_k_m")}
@@ -106,33 +109,48 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
     summary = (project / "reports" / "summary.md").read_text()
     assert "| q4_k_m |" in summary and "| tfidf |" in summary
     f16 = metrics["variants"]["f16"]
-    for name in ("q8_0", "q4_k_m"):  # against f16 review by review: the net change is the accuracy difference
+    for name in VARIANTS[1:]:  # against f16 review by review: the net change is the accuracy difference
         v = metrics["variants"][name]
         assert (v["vs_f16"]["gained"] - v["vs_f16"]["lost"]) / 12 == pytest.approx(v["accuracy"] - f16["accuracy"])
         assert 0 < v["vs_f16"]["p_value"] <= 1 and v["accuracy_ci95"][0] <= v["accuracy"] <= v["accuracy_ci95"][1]
     assert "## Is the difference real?" in summary
     quality = json.loads((project / "reports" / "quality.json").read_text())["variants"]
-    for name in ("q8_0", "q4_k_m"):  # llama-perplexity's KL divergence from f16, on the test split
+    for name in VARIANTS[1:]:  # llama-perplexity's KL divergence from f16, on the test split
         assert all(math.isfinite(quality[name][k]) for k in ("kld_mean", "kld_p99", "ppl", "ppl_ratio"))
         assert 0 <= quality[name]["same_top_token"] <= 1
     assert quality["q8_0"]["kld_mean"] < quality["q4_k_m"]["kld_mean"]
-    assert metrics["recommended"]["variant"] in ("f16", "q8_0", "q4_k_m") and "## Recommended" in summary
+    assert metrics["recommended"]["variant"] in VARIANTS and "## Recommended" in summary
     line = json.loads((project / "reports" / "plots" / "frontier.json").read_text())  # the accuracy-size frontier
     assert line and [p["model_mb"] for p in line] == sorted(p["model_mb"] for p in line)
     assert [p["variant"] for p in line] == metrics["recommended"]["frontier"] and "The frontier" in summary
-    bench = json.loads((project / "reports" / "bench.json").read_text())["variants"]
-    assert set(bench) == {"f16", "q8_0", "q4_k_m"}
-    for name, v in bench.items():  # llama-bench speeds; llama-cli holds at least the weights in memory
-        assert all(s["pp_tokens_per_second"] > 0 and s["tg_tokens_per_second"] > 0 for s in v["speed"])
+    timed = json.loads((project / "reports" / "bench.json").read_text())
+    bench = timed["variants"]
+    assert set(bench) == set(VARIANTS)
+    for name, v in bench.items():  # llama-bench and llama-completion speeds; llama-cli holds at least the weights
+        speeds = [v["completion"], *v.get("speed", [])]
+        assert all(s["pp_tokens_per_second"] > 0 and s["tg_tokens_per_second"] > 0 for s in speeds)
+        assert ("speed" in v) == (not name.endswith("+lora"))  # llama-bench takes no adapter
         assert set(v["peak_rss_bytes"]) == {"128", "512"}
         assert min(v["peak_rss_bytes"].values()) > metrics["variants"][name]["model_bytes"]
-    assert "## On a device" in summary
+    for name in ("q8_0+lora", "q4_k_m+lora"):  # the adapter's cost: against its base alone, timed the same way
+        cost = timed["adapter_cost"][name]
+        assert cost["tg_cost"] == pytest.approx(1 - bench[name]["completion"]["tg_tokens_per_second"]
+                                                / cost["base"]["tg_tokens_per_second"])
+    assert "## On a device" in summary and "## The adapter at run time" in summary
+    # the +lora variants ship the base quantized once (a file of that type) plus the adapter's bytes
+    lora_bytes = (project / "models" / "gguf" / "tiny-lora.gguf").stat().st_size
+    for t in ("q8_0", "q4_k_m"):
+        base = project / "models" / "gguf" / f"tiny-base-{t}.gguf"
+        assert metrics["variants"][f"{t}+lora"]["model_bytes"] == base.stat().st_size + lora_bytes
+        stats = json.loads((project / "reports" / "quantize" / f"{t}+lora.json").read_text())
+        assert stats["source_type"] == "f16" and stats["copied"] is False and stats["model_bytes"] == base.stat().st_size
     env = json.loads((project / "reports" / "environment.json").read_text())  # what made the figures
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     assert env["commit"] == head and env["code_changed"] is False and env["packages"]["trl"] == importlib.metadata.version("trl")
     assert env["llama_cpp_tools"]["source"] == f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
     assert summary.rstrip().endswith(environment.one_line(env)) and f"trl {env['packages']['trl']}" in summary
     assert (project / "reports" / "train" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    assert "training from models/gguf/tiny-base-q4_k_m.gguf" in first_run  # lora.train_on: the base that ships
     trained = json.loads((project / "reports" / "train" / "metrics.json").read_text())
     assert 0 <= trained["eval_accuracy"] <= 1 and trained["chosen_step"] in (2, 4, 6)  # the best validated checkpoint
     assert (project / "reports" / "train" / "plots" / "metrics" / "eval" / "accuracy.tsv").is_file()
@@ -145,21 +163,24 @@ def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     from edgetune.files import sha256_file
 
     deploy = project / "deploy"
-    chosen = json.loads((project / "reports" / "metrics.json").read_text())["recommended"]["variant"]
-    gguf = deploy / f"tiny-{chosen}.gguf"
-    digest, name = (deploy / "SHA256SUMS").read_text().split()
-    assert name == gguf.name and digest == sha256_file(gguf)
-    assert {p.name for p in deploy.iterdir()} == {gguf.name, "SHA256SUMS", "chat_template.jinja", "generation.json",
+    base, lora = deploy / "tiny-base-q4_k_m.gguf", deploy / "tiny-lora.gguf"  # export.variant: q4_k_m+lora
+    assert base.read_bytes() == (project / "models" / "gguf" / base.name).read_bytes()
+    sums = dict(reversed(line.split()) for line in (deploy / "SHA256SUMS").read_text().splitlines())
+    assert sums == {base.name: sha256_file(base), lora.name: sha256_file(lora)}
+    assert {p.name for p in deploy.iterdir()} == {base.name, lora.name, "SHA256SUMS", "chat_template.jinja", "generation.json",
                                                   "Modelfile", "llama-server.sh", "README.md", ".edgetune"}
-    assert f"FROM ./{gguf.name}" in (deploy / "Modelfile").read_text()
+    modelfile = (deploy / "Modelfile").read_text()
+    assert f"FROM ./{base.name}\nADAPTER ./{lora.name}\n" in modelfile
+    assert f'--lora "$here"/{lora.name}' in (deploy / "llama-server.sh").read_text()
     assert json.loads((deploy / "generation.json").read_text())["stop"] == ["<|im_end|>"]
     card = (deploy / "README.md").read_text()
-    assert chosen in card and "| q4_k_m |" in card and "\"lora\"" in card
+    assert "# tiny (q4_k_m+lora)" in card and "| q4_k_m+lora |" in card and "\"lora\"" in card
+    assert f"llama-cli -m {base.name} --lora {lora.name}" in card
     made = environment.one_line(json.loads((project / "reports" / "environment.json").read_text()))
     assert card.count(made) == 1 and card.rstrip().endswith(made)  # under "How it was made", once
-    # llama.cpp's own CLI, one turn through the bundled template
-    proc = subprocess.run([str(llamacpp.tool("llama-cli")), "-m", gguf, "--chat-template-file", deploy / "chat_template.jinja",
-                           "-p", "你好", "-n", "8", "--temp", "0", "-st", "-t", "2", "-c", "256"],
+    # llama.cpp's own CLI, one turn through the bundled template, the adapter applied
+    proc = subprocess.run([str(llamacpp.tool("llama-cli")), "-m", base, "--lora", lora, "--chat-template-file",
+                           deploy / "chat_template.jinja", "-p", "你好", "-n", "8", "--temp", "0", "-st", "-t", "2", "-c", "256"],
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "> 你好" in proc.stdout and "Generation:" in proc.stdout  # it answered, and timed its answer

@@ -1,16 +1,23 @@
-"""Stage bench: how each GGUF runs on a device like a phone, measured with llama.cpp's own tools.
+"""Stage bench: how each variant runs on a device like a phone, measured with llama.cpp's own tools.
 
-  speed   llama-bench prompt processing (pp) and generation (tg) tokens/s at 1, 2 and all threads
-  memory  peak resident memory of llama-cli generating a short answer at each context length
-          (the KV cache is allocated for the whole context up front)
+  speed       llama-bench prompt processing (pp) and generation (tg) tokens/s at 1, 2 and all
+              threads, for each single GGUF (llama-bench takes no adapter)
+  completion  pp and tg tokens/s of llama-completion at all threads for every variant, with its
+              adapter where it has one, and for each quantized base alone: the run-time adapter's
+              cost is the difference between those two
+  memory      peak resident memory of llama-cli generating a short answer at each context length
+              (the KV cache is allocated for the whole context up front)
 
-Both run on the CPU alone (`-ngl 0`), as on a phone, also on a machine with a GPU.
+All run on the CPU alone (`-ngl 0`), as on a phone, also on a machine with a GPU.
 """
 
 import dataclasses
 import json
 import os
+import re
+import statistics
 import subprocess
+import tempfile
 from pathlib import Path
 
 import click
@@ -19,7 +26,7 @@ from . import llamacpp, params
 from .errors import EdgetuneError
 from .files import check_outputs, write_json
 from .params import Positive
-from .variants import QuantizeParams, existing_ggufs
+from .variants import Files, QuantizeParams, existing_files, names
 
 
 @dataclasses.dataclass
@@ -40,32 +47,66 @@ def speed(gguf: Path, threads: int, p: BenchParams) -> dict:
     return {"threads": threads, "pp_tokens_per_second": pp, "tg_tokens_per_second": tg}
 
 
-def peak_rss(gguf: Path, context: int, p: BenchParams) -> int:
+def completion_speed(files: Files, threads: int, prompt: Path, p: BenchParams) -> dict:
+    """Median pp and tg tokens/s of llama-completion (which takes --lora) over the repetitions."""
+    runs = []
+    for _ in range(p.repetitions):
+        log = llamacpp.run([llamacpp.tool("llama-completion"), "-m", files.gguf, *lora_flag(files), "-f", prompt,
+                            "-n", p.gen_tokens, "--ignore-eos", "--temp", 0, "-no-cnv", "-t", threads, "-ngl", 0,
+                            "-c", 2 * (p.prompt_tokens + p.gen_tokens)], f"llama-completion on {files.gguf}")
+        pp = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", log)
+        tg = re.search(r"common_perf_print:\s+eval time =\s*([\d.]+) ms /\s*(\d+) runs", log)
+        if not (pp and tg):
+            raise EdgetuneError(f"llama-completion on {files.gguf} printed no timings; its output ends with:\n{log[-800:]}")
+        runs.append((1000 * int(pp[2]) / float(pp[1]), 1000 * int(tg[2]) / float(tg[1]), int(pp[2])))
+    return {"threads": threads, "prompt_tokens": runs[0][2], "pp_tokens_per_second": statistics.median(r[0] for r in runs),
+            "tg_tokens_per_second": statistics.median(r[1] for r in runs)}
+
+
+def lora_flag(files: Files) -> list:
+    return ["--lora", files.lora] if files.lora else []
+
+
+def peak_rss(files: Files, context: int, p: BenchParams) -> int:
     """Peak resident bytes of llama-cli answering one prompt at this context length."""
-    cmd = [str(c) for c in (llamacpp.tool("llama-cli"), "-m", gguf, "-c", context, "-n", p.gen_tokens, "-p", "你好",
-                            "-st", "--temp", "0", "--no-warmup", "-ngl", 0)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise EdgetuneError(f"llama-cli on {gguf} at context {context} failed: {proc.stderr.read().decode()[-800:]}")
+    cmd = [str(c) for c in (llamacpp.tool("llama-cli"), "-m", files.gguf, *lora_flag(files), "-c", context,
+                            "-n", p.gen_tokens, "-p", "你好", "-st", "--temp", "0", "--no-warmup", "-ngl", 0)]
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty tool cannot block on a full pipe
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise EdgetuneError(f"llama-cli on {files.gguf} at context {context} failed: {err.read().decode()[-800:]}")
     return usage.ru_maxrss * 1024  # Linux reports KiB
 
 
 @click.command("bench")
-@click.option("--prefix", type=click.Path(path_type=Path), required=True, help="GGUF files are PREFIX-<variant>.gguf: f16 and each quant type.")
+@click.option("--prefix", type=click.Path(path_type=Path), required=True, help="GGUF files are PREFIX-<variant>.gguf: f16, each quant type, base-<type> and lora.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/bench.json"), show_default=True)
 def bench(prefix: Path, out: Path):
-    """Speed (pp, tg tokens/s per thread count) and peak memory per context length of every GGUF."""
+    """Speed (pp, tg tokens/s) and peak memory per context length of every variant, and the adapter's cost."""
     p = params.load("bench", BenchParams)
-    types = ["f16", *params.load("quantize", QuantizeParams).types]
+    types = params.load("quantize", QuantizeParams).types
     threads = sorted({*p.threads, os.cpu_count() or 1})
-    ggufs = existing_ggufs(prefix, types)
-    check_outputs(inputs=ggufs.values(), files=[out])
-    results = {}
-    for variant, gguf in ggufs.items():
-        results[variant] = {"speed": [speed(gguf, t, p) for t in threads],
-                            "peak_rss_bytes": {str(c): peak_rss(gguf, c, p) for c in p.contexts}}
-        fastest = max(results[variant]["speed"], key=lambda s: s["tg_tokens_per_second"])
-        click.echo(f"{variant}: tg {fastest['tg_tokens_per_second']:.1f} tok/s at {fastest['threads']} threads, "
-                   + ", ".join(f"context {c}: {b / 2**30:.2f} GB" for c, b in results[variant]["peak_rss_bytes"].items()))
-    write_json(out, {"threads": threads, "prompt_tokens": p.prompt_tokens, "gen_tokens": p.gen_tokens, "variants": results})
+    variants = existing_files(prefix, names(types))
+    check_outputs(inputs=[f for v in variants.values() for f in v.paths], files=[out])
+    results, costs = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        prompt = Path(tmp) / "prompt.txt"
+        prompt.write_text("你好" * p.prompt_tokens, encoding="utf-8")  # about one token each
+        for variant, files in variants.items():
+            results[variant] = {"completion": completion_speed(files, threads[-1], prompt, p),
+                                "peak_rss_bytes": {str(c): peak_rss(files, c, p) for c in p.contexts}}
+            if not files.lora:
+                results[variant]["speed"] = [speed(files.gguf, t, p) for t in threads]
+            else:  # the same base without the adapter, the same way: what the adapter costs
+                alone = completion_speed(Files(files.gguf), threads[-1], prompt, p)
+                costs[variant] = {"base": alone, **{f"{k}_cost": 1 - results[variant]["completion"][f"{k}_tokens_per_second"]
+                                                  / alone[f"{k}_tokens_per_second"] for k in ("pp", "tg")}}
+            c = results[variant]["completion"]
+            click.echo(f"{variant}: pp {c['pp_tokens_per_second']:.0f}, tg {c['tg_tokens_per_second']:.1f} tok/s at "
+                       f"{c['threads']} threads (llama-completion), "
+                       + ", ".join(f"context {k}: {b / 2**30:.2f} GB" for k, b in results[variant]["peak_rss_bytes"].items()))
+    write_json(out, {"threads": threads, "prompt_tokens": p.prompt_tokens, "gen_tokens": p.gen_tokens, "variants": results,
+                     "adapter_cost": costs})

@@ -9,6 +9,7 @@ from .baseline import baseline
 from .bench import bench
 from .chat import chat
 from .convert import convert
+from .convert_lora import convert_lora
 from .evaluate import evaluate
 from .export import export
 from .fetch_model import fetch_model
@@ -44,7 +45,7 @@ def main():
     """
 
 
-for command in (fetch_model, prepare, train, merge, convert, imatrix, quantize, baseline, evaluate, quality, bench, report, export, chat):
+for command in (fetch_model, prepare, train, merge, convert, convert_lora, imatrix, quantize, baseline, evaluate, quality, bench, report, export, chat):
     main.add_command(command)
 
 

@@ -24,15 +24,15 @@ from tqdm import tqdm
 from . import params
 from .errors import EdgetuneError
 from .files import check_gguf, check_outputs, read_jsonl, write_json, write_predictions
-from .params import Name, Positive, Range
+from .params import Positive, Range
 from .perplexity import gguf_perplexity
 from .scoring import apply_offsets, classification_metrics, fit_offsets, log_softmax, parse_answer, pick_label
-from .variants import tensor_stats
+from .variants import Files, Variant, file_stats
 
 
 @dataclasses.dataclass
 class EvaluateParams:
-    free_answer: list[Name] = dataclasses.field(default_factory=lambda: ["base", "q4_k_m"])
+    free_answer: list[Variant] = dataclasses.field(default_factory=lambda: ["base", "q4_k_m"])
     max_answer_tokens: Positive = 12
     batch_size: Positive = 8  # prompts decoded together
     threads: Positive | None = None  # None: all cores
@@ -50,7 +50,9 @@ class Scorer:
     """
 
     def __init__(self, path: Path, prompts: list[list[int]], batch_size: int, max_new: int, threads: int,
-                 gpu_layers: int):
+                 gpu_layers: int, lora: Path | None = None):
+        import ctypes
+
         import llama_cpp
         from llama_cpp import Llama
 
@@ -74,6 +76,11 @@ class Scorer:
         cparams.n_threads = cparams.n_threads_batch = threads
         self.ctx = llama_cpp.llama_init_from_model(self.llm.model, cparams)
         llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
+        if lora:  # the GGUF LoRA applied at run time on the quantized base, as llama-cli --lora does
+            self.adapter = llama_cpp.llama_adapter_lora_init(self.llm.model, str(lora).encode())
+            if not self.adapter or llama_cpp.llama_set_adapters_lora(
+                    self.ctx, (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.adapter), 1, (ctypes.c_float * 1)(1.0)):
+                raise EdgetuneError(f"{lora}: llama.cpp could not apply this LoRA to {path}: was it trained on this base?")
         self.batch = llama_cpp.llama_batch_init(cparams.n_batch, 0, 1)
         self.n_batch = cparams.n_batch
         self.memory = llama_cpp.llama_get_memory(self.ctx)
@@ -201,10 +208,10 @@ def score_all(scorer: Scorer, prompts, answer_tokens, answers, p: EvaluateParams
     return scores, texts
 
 
-def evaluate_dialogues(model: Path, variant: str, rows: list[dict], threads: int, gpu_layers: int, out: Path,
+def evaluate_dialogues(files: Files, variant: str, rows: list[dict], threads: int, gpu_layers: int, out: Path,
                        predictions: Path | None):
-    result = gguf_perplexity(model, rows, threads, gpu_layers, f"perplexity {variant}")
-    result.update(variant=variant, model_bytes=model.stat().st_size, bits_per_weight=tensor_stats(model)["bits_per_weight"])
+    result = gguf_perplexity(files.gguf, rows, threads, gpu_layers, f"perplexity {variant}", files.lora)
+    result.update(variant=variant, **file_stats(files))
     if predictions:  # the confusion plot has nothing to show for conversations
         write_predictions(predictions, [], [])
     write_json(out, result)
@@ -213,17 +220,21 @@ def evaluate_dialogues(model: Path, variant: str, rows: list[dict], threads: int
 
 @click.command("evaluate")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), required=True, help="GGUF file.")
-@click.option("--variant", required=True, help="Name in the reports: base, f16, q4_k_m, ...")
+@click.option("--lora", type=click.Path(dir_okay=False, path_type=Path), help="GGUF LoRA applied at run time (a +lora variant).")
+@click.option("--variant", required=True, help="Name in the reports: base, f16, q4_k_m, q4_k_m+lora, ...")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=Path("data/processed/test.jsonl"), show_default=True)
 @click.option("--val", type=click.Path(dir_okay=False, path_type=Path), default=Path("data/processed/val.jsonl"), show_default=True, help="Validation split: fits the label-score offsets (evaluate.calibrate).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Metrics JSON.")
 @click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path), help="CSV of actual/predicted labels (dvc confusion plot).")
-def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predictions: Path | None):
-    """Classify the test split with the GGUF MODEL (or, for conversations, measure its perplexity) and write its metrics."""
+def evaluate(model: Path, lora: Path | None, variant: str, data: Path, val: Path, out: Path, predictions: Path | None):
+    """Classify the test split with the GGUF MODEL, plus the LORA where given (or, for conversations, measure its
+    perplexity) and write its metrics."""
     p = params.load("evaluate", EvaluateParams)
     answers = params.value("data.labels", dict[str, str])
-    check_outputs(inputs=[model, data, val], files=[out, predictions])
-    check_gguf(model)
+    check_outputs(inputs=[model, lora, data, val], files=[out, predictions])
+    files = Files(model, lora)
+    for path in files.paths:
+        check_gguf(path)
     rows = read_jsonl(data)[: p.max_samples]
     if not rows:
         raise EdgetuneError(f"{data}: no examples to evaluate.")
@@ -233,7 +244,7 @@ def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predic
                             "evaluate.calibrate: false in params.yaml.")
     threads = p.threads or os.cpu_count() or 1
     if "input_ids" in rows[0]:  # conversations (data.task: sft): perplexity on the replies
-        evaluate_dialogues(model, variant, rows, threads, p.gpu_layers, out, predictions)
+        evaluate_dialogues(files, variant, rows, threads, p.gpu_layers, out, predictions)
         return
 
     from llama_cpp import Llama
@@ -243,7 +254,7 @@ def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predic
                             for rs in (rows, val_rows))
     answer_tokens = {label: vocab.tokenize(w.encode("utf-8"), add_bos=False, special=False) for label, w in answers.items()}
     free = variant in p.free_answer
-    scorer = Scorer(model, prompts + val_prompts, p.batch_size, p.max_answer_tokens, threads, p.gpu_layers)
+    scorer = Scorer(model, prompts + val_prompts, p.batch_size, p.max_answer_tokens, threads, p.gpu_layers, lora)
     template_ok = check_template(scorer, rows[0], model)
 
     start = time.perf_counter()
@@ -272,8 +283,7 @@ def evaluate(model: Path, variant: str, data: Path, val: Path, out: Path, predic
         prompt_tokens_per_second=prompt_tokens / seconds,
         evaluated_tokens_per_second=evaluated / seconds,
         prompt_tokens=prompt_tokens,
-        model_bytes=model.stat().st_size,
-        bits_per_weight=tensor_stats(model)["bits_per_weight"],
+        **file_stats(files),
         chat_template_matches=template_ok,
     )
     if free:

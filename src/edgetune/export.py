@@ -1,10 +1,13 @@
-"""Stage export: the recommended GGUF as a folder ready for a phone or a server.
+"""Stage export: the recommended variant as a folder ready for a phone or a server.
 
-  <model>-<variant>.gguf   the file the report recommends (recommend.py), and SHA256SUMS
+  <model>-<variant>.gguf   the file the report recommends (recommend.py), and SHA256SUMS; for a
+                           +lora variant the quantized base <model>-base-<type>.gguf and the
+                           adapter <model>-lora.gguf, applied at run time (`export.merged: true`
+                           ships the merged file of that type instead, for runtimes without LoRA)
   chat_template.jinja      the template it was trained with (also inside the GGUF)
   generation.json          sampling settings and the token a turn ends with
-  Modelfile                for `ollama create` (Ollama reads the template from the GGUF)
-  llama-server.sh          llama.cpp's server with the same settings, OpenAI-compatible API
+  Modelfile                for `ollama create` (Ollama reads the template from the GGUF; ADAPTER)
+  llama-server.sh          llama.cpp's server with the same settings (and --lora), OpenAI-compatible API
   README.md                the model card: metrics of every variant, and how the model was made
 """
 
@@ -20,14 +23,15 @@ import click
 from . import environment, params
 from .errors import EdgetuneError
 from .files import atomic_dir, check_outputs, sha256_file
-from .params import Name, Positive, Range
+from .params import Positive, Range
 from .remote_code import allowed as trust_remote_code
-from .variants import existing_ggufs
+from .variants import LORA, Files, Variant, existing_files
 
 
 @dataclasses.dataclass
 class ExportParams:
-    variant: Name | None = None  # null: the one the report recommends
+    variant: Variant | None = None  # null: the one the report recommends
+    merged: bool = False  # a +lora variant as the merged file of its type: for runtimes without LoRA support
     temperature: Annotated[float, Range(min=0)] = 0.7
     top_p: Annotated[float, Range(above=0, max=1)] = 0.9
     repetition_penalty: Annotated[float, Range(above=0)] = 1.1
@@ -46,15 +50,18 @@ def portable(settings: dict) -> dict:
     return settings
 
 
-def model_card(name: str, variant: str, metrics: dict, summary: str, settings: dict, env: dict, gguf: str) -> str:
+def model_card(name: str, variant: str, metrics: dict, summary: str, settings: dict, env: dict, files: Files) -> str:
     made = portable({section: settings.get(section, {}) for section in ("model", "data", "lora", "train", "quantize")})
     recommended = metrics.get("recommended") or {}
+    how = ("trained on the dequantized weights of the quantized base that ships here, converted to a GGUF LoRA and "
+           "applied at run time (`--lora`): the base is rounded once, the adapter not at all."
+           if files.lora else "merged into the 16-bit base, converted to GGUF and quantized with llama.cpp.")
     return f"""# {name} ({variant})
 
 Fine-tuned with LoRA from `{made['model'].get('source')}` on `{made['data'].get('source')}` by edgetune,
-merged into the 16-bit base, converted to GGUF and quantized with llama.cpp.
+{how}
 
-**{variant}**: {recommended.get('reason', 'chosen by export.variant.')}
+**{variant}**: {recommended['reason'] if recommended.get('variant') == variant else 'chosen by export.variant or export.merged.'}
 
 ## Run it
 
@@ -62,7 +69,7 @@ merged into the 16-bit base, converted to GGUF and quantized with llama.cpp.
 sha256sum -c SHA256SUMS
 ollama create {name} -f Modelfile && ollama run {name}
 sh llama-server.sh            # http://localhost:8080, OpenAI-compatible
-llama-cli -m {gguf} --chat-template-file chat_template.jinja -p "你好"
+llama-cli -m {files.gguf.name}{lora_args(files)} --chat-template-file chat_template.jinja -p "你好"
 ```
 
 ## Every variant, measured in the same run
@@ -84,7 +91,7 @@ llama-cli -m {gguf} --chat-template-file chat_template.jinja -p "你好"
 @click.option("--summary", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("reports/summary.md"), show_default=True)
 @click.option("--environment", "environment_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("reports/environment.json"), show_default=True, help="What the report was made with (report stage).")
 @click.option("--merged", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/merged"), show_default=True, help="Tokenizer, chat template and generation config.")
-@click.option("--prefix", type=click.Path(path_type=Path), required=True, help="GGUF files are PREFIX-<variant>.gguf.")
+@click.option("--prefix", type=click.Path(path_type=Path), required=True, help="GGUF files are PREFIX-<variant>.gguf, PREFIX-base-<type>.gguf and PREFIX-lora.gguf.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("deploy"), show_default=True)
 def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, prefix: Path, out: Path):
     """Bundle the recommended GGUF with its template, settings, Modelfile, server command and model card."""
@@ -96,31 +103,38 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, p
     if not variant or variant not in report["variants"]:
         raise EdgetuneError(f"params.yaml: export.variant is {variant!r}; use one of "
                             f"{', '.join(v for v in report['variants'] if v not in ('base', 'tfidf'))}, or null for the recommended one.")
-    gguf = existing_ggufs(prefix, [variant])[variant]
-    check_outputs(inputs=[metrics, summary, environment_file, merged, gguf], folders=[out])
+    shipped = variant.removesuffix(LORA) if p.merged else variant  # the merged file for runtimes without LoRA
+    files = existing_files(prefix, [shipped])[shipped]
+    check_outputs(inputs=[metrics, summary, environment_file, merged, *files.paths], folders=[out])
     tokenizer = AutoTokenizer.from_pretrained(merged, trust_remote_code=trust_remote_code(merged))
     end_of_turn = tokenizer.eos_token
     settings = {"temperature": p.temperature, "top_p": p.top_p, "repetition_penalty": p.repetition_penalty,
                 "context": p.context, "stop": [end_of_turn]}
     with atomic_dir(out, "export") as tmp:
-        shutil.copyfile(gguf, tmp / gguf.name)
-        (tmp / "SHA256SUMS").write_text(f"{sha256_file(tmp / gguf.name)}  {gguf.name}\n")
+        for path in files.paths:
+            shutil.copyfile(path, tmp / path.name)
+        (tmp / "SHA256SUMS").write_text("".join(f"{sha256_file(tmp / f.name)}  {f.name}\n" for f in files.paths))
         (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
         (tmp / "generation.json").write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n")
         (tmp / "Modelfile").write_text(
-            f"FROM ./{gguf.name}\n"
-            f"PARAMETER temperature {p.temperature}\nPARAMETER top_p {p.top_p}\n"
+            f"FROM ./{files.gguf.name}\n" + (f"ADAPTER ./{files.lora.name}\n" if files.lora else "")
+            + f"PARAMETER temperature {p.temperature}\nPARAMETER top_p {p.top_p}\n"
             f"PARAMETER repeat_penalty {p.repetition_penalty}\nPARAMETER num_ctx {p.context}\n"
             f'PARAMETER stop "{end_of_turn}"\n'
         )
+        adapter = f' --lora "$here"/{shlex.quote(files.lora.name)}' if files.lora else ""
         (tmp / "llama-server.sh").write_text(
             "#!/bin/sh\n# llama.cpp's server with the template the model was trained with\n"
             'here=$(dirname "$0")\n'
-            f'exec llama-server -m "$here"/{shlex.quote(gguf.name)} --jinja --chat-template-file "$here"/chat_template.jinja '
+            f'exec llama-server -m "$here"/{shlex.quote(files.gguf.name)}{adapter} --jinja --chat-template-file "$here"/chat_template.jinja '
             f"-c {p.context} --temp {p.temperature} --top-p {p.top_p} --repeat-penalty {p.repetition_penalty} "
             '--host 127.0.0.1 --port 8080 "$@"\n'
         )
         (tmp / "llama-server.sh").chmod(0o755)
-        (tmp / "README.md").write_text(model_card(prefix.name, variant, report, summary.read_text(), params.read_params(),
-                                                  json.loads(environment_file.read_text()), gguf.name))
-    click.echo(f"exported {variant} to {out}/ ({gguf.stat().st_size / 1e6:.0f} MB)")
+        (tmp / "README.md").write_text(model_card(prefix.name, shipped, report, summary.read_text(), params.read_params(),
+                                                  json.loads(environment_file.read_text()), files))
+    click.echo(f"exported {shipped} to {out}/ ({files.bytes / 1e6:.0f} MB)")
+
+
+def lora_args(files: Files) -> str:
+    return f" --lora {shlex.quote(files.lora.name)}" if files.lora else ""

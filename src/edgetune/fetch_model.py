@@ -22,6 +22,7 @@ import click
 from tqdm import tqdm
 
 from . import hub, params
+from .dequantize import dequantized
 from .errors import EdgetuneError
 from .files import atomic_dir, check_gguf, check_outputs, read_text, sha256_file
 from .params import Name, OneOf
@@ -104,18 +105,11 @@ def check_sha256(path: Path, actual: str, expected: str | None) -> None:
 def dequantize_gguf(gguf: Path, out: Path, p: ModelParams) -> None:
     """Load a GGUF with transformers (dequantizing it) and save a plain safetensors checkpoint."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     click.echo(f"dequantizing {gguf.name} with transformers (about a minute for 0.5B)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # Dequantizing is fastest into float32; the checkpoint is then stored in model.dtype.
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model = model.to(getattr(torch, p.dtype))
-    # The GGUF quantizer stays attached to a loaded model; drop it, or the saved config says
-    # "quant_method: gguf" and llama.cpp's converter refuses the checkpoint later.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    model = dequantized(gguf, dtype=getattr(torch, p.dtype))
     if not tokenizer.chat_template:
         tokenizer.chat_template = gguf_chat_template(gguf)
     save_checkpoint(model, tokenizer, out, p)

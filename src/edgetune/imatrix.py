@@ -1,10 +1,12 @@
 """Stage imatrix: an importance matrix for the quantizer, from the training text, with llama-imatrix.
 
 A low-bit type rounds each block of weights to a few levels. The importance matrix (the mean
-squared activation of every input column while the f16 model reads representative text) tells
+squared activation of every input column while the base model reads representative text) tells
 llama-quantize whose rounding errors cost most, so it spends its few levels there. Variants named
-`<type>-imatrix` in quantize.types are quantized with it; the report sets each beside its plain
-twin. The text is the run's own training split: the activations of the task the model will do.
+`<type>-imatrix` in quantize.types are quantized with it, merged and base alike; the report sets
+each beside its plain twin. The text is the run's own training split: the activations of the
+task the model will do. It is the base's matrix, known before training, because the base of a
+`+lora` variant is quantized before the adapter is trained on it.
 """
 
 import dataclasses
@@ -30,7 +32,7 @@ class ImatrixParams:
 
 
 @click.command("imatrix")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="The f16 GGUF.")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="The base GGUF.")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("data/processed/train.jsonl"), show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The importance matrix (GGUF).")
 def imatrix(model: Path, data: Path, out: Path):

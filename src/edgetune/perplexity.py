@@ -12,13 +12,13 @@ import numpy as np
 from tqdm import tqdm
 
 
-def gguf_perplexity(path: Path, rows: list[dict], threads: int, gpu_layers: int, desc: str) -> dict:
+def gguf_perplexity(path: Path, rows: list[dict], threads: int, gpu_layers: int, desc: str, lora: Path | None = None) -> dict:
     from llama_cpp import Llama
 
     longest = max(len(r["input_ids"]) for r in rows)
     n_ctx = -(-longest // 256) * 256
     llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True, n_threads=threads,
-                n_gpu_layers=gpu_layers, verbose=False)
+                n_gpu_layers=gpu_layers, lora_path=str(lora) if lora else None, verbose=False)
     nll, counted, tokens = 0.0, 0, 0
     start = time.perf_counter()
     for r in tqdm(rows, desc=desc):

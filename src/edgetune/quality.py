@@ -1,7 +1,7 @@
 """Stage quality: what quantization costs beyond the task metric, with llama.cpp's own tool.
 
-For each quant variant, against the f16 GGUF on the same held-out text (the run's test split
-in the model's template): KL divergence of the next-token distributions (mean, 99th
+For each quant variant (merged, and the quantized base with the adapter applied by `--lora`),
+against the f16 GGUF on the same held-out text (the run's test split in the model's template): KL divergence of the next-token distributions (mean, 99th
 percentile), the perplexity ratio, and how often both pick the same top token. The f16
 logits go to a temporary file (`--kl-divergence-base`), kept small by a short text: every
 saved token costs a full vocabulary row (152k wide for Qwen).
@@ -20,7 +20,7 @@ from .errors import EdgetuneError
 from .files import check_outputs, read_jsonl, write_json
 from .params import Positive, Range
 from .prompts import plain_text
-from .variants import QuantizeParams, existing_ggufs
+from .variants import Files, QuantizeParams, existing_files, names
 
 
 @dataclasses.dataclass
@@ -52,17 +52,18 @@ def parse(output: str, where: str) -> dict:
     return values
 
 
-def kl_divergence(f16: Path, variants: dict[str, Path], text: Path, p: QualityParams) -> dict[str, dict]:
+def kl_divergence(f16: Path, variants: dict[str, Files], text: Path, p: QualityParams) -> dict[str, dict]:
     tool = llamacpp.tool("llama-perplexity")
     common = ["-f", text, "-c", str(p.ctx), "--chunks", str(p.chunks)] + (["-t", str(p.threads)] if p.threads else [])
     with tempfile.TemporaryDirectory() as tmp:
         logits = Path(tmp) / "f16.kld"
         llamacpp.run([tool, "-m", f16, *common, "--kl-divergence-base", logits], f"llama-perplexity on {f16}")
         results = {}
-        for name, path in variants.items():
-            out = llamacpp.run([tool, "-m", path, *common, "--kl-divergence-base", logits, "--kl-divergence"],
-                               f"llama-perplexity --kl-divergence on {path}")
-            results[name] = parse(out, str(path))
+        for name, files in variants.items():
+            adapter = ["--lora", files.lora] if files.lora else []
+            out = llamacpp.run([tool, "-m", files.gguf, *adapter, *common, "--kl-divergence-base", logits, "--kl-divergence"],
+                               f"llama-perplexity --kl-divergence on {name}")
+            results[name] = parse(out, name)
             click.echo(f"{name}: KLD {results[name]['kld_mean']:.4f} (p99 {results[name]['kld_p99']:.4f}), "
                        f"PPL ratio {results[name]['ppl_ratio']:.4f}, same top token {results[name]['same_top_token']:.3f}")
     return results
@@ -70,17 +71,16 @@ def kl_divergence(f16: Path, variants: dict[str, Path], text: Path, p: QualityPa
 
 @click.command("quality")
 @click.option("--f16", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="The f16 GGUF: the reference.")
-@click.option("--prefix", type=click.Path(path_type=Path), required=True, help="Quant variants are PREFIX-<type>.gguf, one per quantize.types.")
+@click.option("--prefix", type=click.Path(path_type=Path), required=True, help="Quant variants are PREFIX-<type>.gguf, one per quantize.types, and PREFIX-base-<type>.gguf + PREFIX-lora.gguf.")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("data/processed/test.jsonl"), show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/quality.json"), show_default=True)
 def quality(f16: Path, prefix: Path, data: Path, out: Path):
     """KL divergence, perplexity ratio and top-token agreement of each quant variant against F16."""
     p = params.load("quality", QualityParams)
-    types = params.load("quantize", QuantizeParams).types
-    paths = existing_ggufs(prefix, types)
-    check_outputs(inputs=[f16, data, *paths.values()], files=[out])
+    variants = existing_files(prefix, names(params.load("quantize", QuantizeParams).types)[1:])
+    check_outputs(inputs=[f16, data, *(f for v in variants.values() for f in v.paths)], files=[out])
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "held_out.txt"
         text.write_text(plain_text(read_jsonl(data)), encoding="utf-8")
-        results = kl_divergence(f16, paths, text, p)
+        results = kl_divergence(f16, variants, text, p)
     write_json(out, {"reference": "f16", "ctx": p.ctx, "chunks": p.chunks, "variants": results})

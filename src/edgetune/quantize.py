@@ -1,23 +1,28 @@
-"""Stage quantize: f16 GGUF -> one quant variant with llama.cpp's llama-quantize.
+"""Stage quantize: a GGUF -> one quant variant with llama.cpp's llama-quantize.
 
-A variant is a quant type (q4_k_m), or a type with the suffix `-imatrix` (q4_k_m-imatrix):
-quantized with the importance matrix of the imatrix stage. It also records what the file really
-holds: tensor types by count and by weights, and bits per weight. Models whose width is not a
-multiple of 256 (Qwen2.5 0.5B: 896) fall back from k-quants to q5_0/q8_0 on many tensors, so
-"Q4_K_M" is not four and a half bits there.
+It quantizes the merged f16 GGUF (the quantize stages) and the base model (quantize-base: the
+base of the `+lora` variants, quantized once). A variant is a quant type (q4_k_m), or a type
+with the suffix `-imatrix` (q4_k_m-imatrix): quantized with the importance matrix of the imatrix
+stage. A base that already is of the wanted type (the embedded default arrives as Q4_K_M) is
+copied byte for byte: quantizing it again would only round it again. It also records what the
+file really holds: tensor types by count and by weights, and bits per weight. Models whose width
+is not a multiple of 256 (Qwen2.5 0.5B: 896) fall back from k-quants to q5_0/q8_0 on many
+tensors, so "Q4_K_M" is not four and a half bits there; `quantize.tensor_types` and its
+siblings override the type tensor by tensor (a 32-block type such as q4_0 fits every width).
 """
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import click
 
-from . import llamacpp
+from . import llamacpp, params
 from .errors import EdgetuneError
 from .files import atomic_path, check_outputs, write_json
-from .variants import IMATRIX, tensor_stats
+from .variants import IMATRIX, QuantizeParams, tensor_stats
 
 
 def known_types() -> list[str]:
@@ -46,28 +51,50 @@ def fallbacks(log: str) -> list[dict]:
     return [{"tensor": m[1], "wanted": m[2], "got": m[3]} for m in found]
 
 
+def file_type_of(gguf: Path) -> str:
+    """The type a GGUF says it was quantized to (general.file_type): F16, Q4_K_M, ..."""
+    from gguf import GGUFReader, LlamaFileType
+
+    field = GGUFReader(gguf).fields.get("general.file_type")
+    if field is None:
+        return "unknown"
+    return LlamaFileType(int(field.contents())).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+def overrides(p: QuantizeParams) -> list[str]:
+    """llama-quantize's per-tensor type flags from params.yaml."""
+    flags = [f for name, t in p.tensor_types.items() for f in ("--tensor-type", f"{name}={t}")]
+    if p.output_tensor_type:
+        flags += ["--output-tensor-type", p.output_tensor_type]
+    if p.token_embedding_type:
+        flags += ["--token-embedding-type", p.token_embedding_type]
+    return flags
+
+
 @click.command("quantize")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="f16 GGUF.")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="GGUF to quantize: the merged f16, or the base.")
 @click.option("--type", "variant", required=True, help="llama.cpp quant type, e.g. q4_k_m; q4_k_m-imatrix: with --imatrix.")
 @click.option("--imatrix", "matrix", type=click.Path(dir_okay=False, path_type=Path), help="Importance matrix, for -imatrix variants.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--stats", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON: tensor types and bits per weight.")
 def quantize(model: Path, variant: str, matrix: Path | None, out: Path, stats: Path):
-    """Quantize the f16 GGUF MODEL to TYPE with llama-quantize."""
+    """Quantize the GGUF MODEL to TYPE with llama-quantize (or copy it, if it already is of TYPE)."""
     check_outputs(inputs=[model, matrix], files=[out, stats])
+    p = params.load("quantize", QuantizeParams)
     name, with_imatrix = file_type(variant)
     if with_imatrix and not (matrix and matrix.is_file()):
         raise EdgetuneError(f"{variant}: needs an importance matrix; --imatrix {matrix} is not a file (`dvc repro imatrix`).")
+    source_type, flags = file_type_of(model), overrides(p)
     with atomic_path(out, ".gguf") as tmp:
-        try:
-            log = llamacpp.run([llamacpp.tool("llama-quantize"), *(["--imatrix", matrix] if with_imatrix else []),
-                                model, tmp, name, os.cpu_count() or 1], f"llama-quantize {variant}")
-        except EdgetuneError as e:
-            if "requires an imatrix" in str(e):  # the 1- to 3-bit IQ types, for instance
-                raise EdgetuneError(f"params.yaml: quantize.types: {variant} needs an importance matrix; "
-                                    f"ask for {variant}{IMATRIX} instead.\n{e}") from None
-            raise
-        result = {"type": variant.lower(), **tensor_stats(tmp), "fallbacks": fallbacks(log)}
+        if source_type == name and not (with_imatrix or flags):
+            shutil.copyfile(model, tmp)  # already this type: the very file, not a second rounding
+            log = ""
+        else:
+            # A source that is itself quantized (another type than asked) can only be rounded again.
+            again = [] if source_type in ("F32", "F16", "BF16") else ["--allow-requantize"]
+            log = run_quantize([*again, *flags, *(["--imatrix", matrix] if with_imatrix else []), model, tmp, name], variant)
+        result = {"type": variant.lower(), "source_type": source_type.lower(), "copied": not log,
+                  **tensor_stats(tmp), "fallbacks": fallbacks(log)}
         if with_imatrix:  # llama-quantize: "loaded 168 importance matrix entries from ... computed on 16 chunks"
             found = re.search(r"loaded (\d+) importance matrix entries .* computed on (\d+) chunks", log)
             if not found:
@@ -75,4 +102,15 @@ def quantize(model: Path, variant: str, matrix: Path | None, out: Path, stats: P
             result["imatrix"] = {"entries": int(found[1]), "chunks": int(found[2])}
     write_json(stats, result)
     types = ", ".join(f"{k}: {v['tensors']}" for k, v in result["tensor_types"].items())
-    click.echo(f"{out}: {result['model_bytes'] / 1e6:.0f} MB, {result['bits_per_weight']:.2f} bits/weight ({types})")
+    how = f"copied from {model}" if result["copied"] else f"{source_type} -> {name}"
+    click.echo(f"{out}: {result['model_bytes'] / 1e6:.0f} MB, {result['bits_per_weight']:.2f} bits/weight, {how} ({types})")
+
+
+def run_quantize(args: list, variant: str) -> str:
+    try:
+        return llamacpp.run([llamacpp.tool("llama-quantize"), *args, os.cpu_count() or 1], f"llama-quantize {variant}")
+    except EdgetuneError as e:
+        if "requires an imatrix" in str(e):  # the 1- to 3-bit IQ types, for instance
+            raise EdgetuneError(f"params.yaml: quantize.types: {variant} needs an importance matrix; "
+                                f"ask for {variant}{IMATRIX} instead.\n{e}") from None
+        raise

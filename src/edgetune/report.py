@@ -14,11 +14,11 @@ import click
 from . import environment, params
 from .errors import EdgetuneError
 from .files import check_outputs, write_json, write_text
-from .variants import IMATRIX, QuantizeParams
+from .variants import IMATRIX, LORA, QuantizeParams, names
 from .recommend import RecommendParams, recommend
 from .significance import accuracy_interval, paired
 
-ORDER = ["tfidf", "base", "f16"]  # then the quant types, largest first
+ORDER = ["tfidf", "base", "f16"]  # then the quant variants, largest first
 SCALARS = ("accuracy", "precision", "recall", "f1", "perplexity", "loss", "kld_mean", "kld_p99", "ppl_ratio",
            "same_top_token", "n_samples", "seconds_per_sample", "samples_per_second", "prompt_tokens_per_second",
            "model_bytes", "bits_per_weight", "fallback_tensors")
@@ -59,21 +59,62 @@ def untuned_accuracy(variants: dict) -> float | None:
     return base.get("free_answer", {}).get("accuracy", base["accuracy"])
 
 
+def plain_twin(name: str) -> str:
+    """The variant quantized without the importance matrix: q4_k_m-imatrix+lora -> q4_k_m+lora."""
+    lora = name.endswith(LORA)
+    return name.removesuffix(LORA).removesuffix(IMATRIX) + (LORA if lora else "")
+
+
 def device_table(bench: dict) -> str:
-    """llama-bench speed per thread count and llama-cli's peak memory per context, per variant."""
+    """Speed per thread count (llama-bench; llama-completion for a variant with an adapter) and
+    llama-cli's peak memory per context, per variant."""
     threads = "/".join(map(str, bench["threads"]))
     contexts = list(next(iter(bench["variants"].values()))["peak_rss_bytes"])
     lines = ["", "## On a device", "",
-             f"llama.cpp's own tools; tokens/s at {threads} threads (pp{bench['prompt_tokens']}, tg{bench['gen_tokens']}), "
-             "and the peak resident memory of llama-cli answering one prompt: the RAM it needs at that context.", "",
+             f"llama.cpp's own tools; tokens/s of llama-bench at {threads} threads (pp{bench['prompt_tokens']}, "
+             f"tg{bench['gen_tokens']}); llama-bench takes no adapter, so a +lora variant is timed by llama-completion "
+             f"at {bench['threads'][-1]} threads (*). RAM: the peak resident memory of llama-cli answering one prompt, "
+             "the RAM it needs at that context.", "",
              "| variant | pp tok/s | tg tok/s | " + " | ".join(f"RAM at context {c}" for c in contexts) + " |",
              "|---|---:|---:|" + "---:|" * len(contexts)]
     for name, v in bench["variants"].items():
-        pp = "/".join(f"{s['pp_tokens_per_second']:.0f}" for s in v["speed"])
-        tg = "/".join(f"{s['tg_tokens_per_second']:.1f}" for s in v["speed"])
+        speeds = v.get("speed") or [v["completion"]]
+        star = "" if "speed" in v else "*"
+        pp = "/".join(f"{s['pp_tokens_per_second']:.0f}" for s in speeds) + star
+        tg = "/".join(f"{s['tg_tokens_per_second']:.1f}" for s in speeds) + star
         ram = " | ".join(f"{v['peak_rss_bytes'][c] / 2**30:.2f} GB" for c in contexts)
         lines.append(f"| {name} | {pp} | {tg} | {ram} |")
     return "\n".join(lines) + "\n"
+
+
+def lora_table(variants: dict, bench: dict) -> list[str]:
+    """Each quant type merged and re-quantized beside its quantized base with the adapter at run time."""
+    pairs = [(n.removesuffix(LORA), n) for n in variants if n.endswith(LORA) and n.removesuffix(LORA) in variants]
+    if not pairs:
+        return []
+    metric = "accuracy" if "accuracy" in variants[pairs[0][0]] else "perplexity"
+    speed = {n: v["completion"] for n, v in bench.get("variants", {}).items() if "completion" in v}
+    costs = bench.get("adapter_cost", {})
+    lines = ["", "## The adapter at run time", "",
+             "Each type two ways: the merged model quantized (a second rounding of what was trained), and the base "
+             "quantized once with the 16-bit GGUF LoRA applied at run time (`--lora`), the adapter trained on that "
+             f"base's own weights (lora.train_on). tok/s: llama-completion at {bench.get('threads', ['?'])[-1]} threads, "
+             "both ways; *adapter cost*: the +lora variant against its base alone, the same way.", "",
+             f"| type | {metric} merged | +lora | KLD merged | +lora | MB merged | +lora | tg tok/s merged | +lora | "
+             "adapter cost pp | tg |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def show(v, key, fmt):
+        return format(v[key], fmt) if key in v else ""
+
+    for merged, lora in pairs:
+        a, b = variants[merged], variants[lora]
+        score = [f"{100 * v['accuracy']:.1f}" if metric == "accuracy" else f"{v['perplexity']:.3f}" for v in (a, b)]
+        tg = [show(speed.get(n, {}), "tg_tokens_per_second", ".1f") for n in (merged, lora)]
+        cost = costs.get(lora, {})
+        pp_cost, tg_cost = (f"{100 * cost[k]:.0f}%" if k in cost else "" for k in ("pp_cost", "tg_cost"))
+        lines.append(f"| {merged} | {score[0]} | {score[1]} | {show(a, 'kld_mean', '.4f')} | {show(b, 'kld_mean', '.4f')} | "
+                     f"{a['model_bytes'] / 1e6:.0f} | {b['model_bytes'] / 1e6:.0f} | {tg[0]} | {tg[1]} | {pp_cost} | {tg_cost} |")
+    return lines
 
 
 def add_quantize_stats(variants: dict, quantize_dir: Path) -> dict[str, dict]:
@@ -97,7 +138,7 @@ def add_significance(variants: dict, eval_dir: Path) -> None:
         mine = eval_dir / f"{name}.csv"
         if name in ORDER or not mine.is_file():
             continue
-        for key, reference in (("vs_f16", "f16"), ("vs_plain", name.removesuffix(IMATRIX))):
+        for key, reference in (("vs_f16", "f16"), ("vs_plain", plain_twin(name))):
             if reference != name and (eval_dir / f"{reference}.csv").is_file():
                 v[key] = paired(eval_dir / f"{reference}.csv", mine)
 
@@ -140,7 +181,7 @@ def tensors_table(stats: dict[str, dict]) -> list[str]:
 
 def imatrix_table(variants: dict) -> list[str]:
     """Each <type>-imatrix variant beside its plain twin: what the importance matrix bought."""
-    pairs = [(n.removesuffix(IMATRIX), n) for n in variants if n.endswith(IMATRIX) and n.removesuffix(IMATRIX) in variants]
+    pairs = [(plain_twin(n), n) for n in variants if plain_twin(n) != n and plain_twin(n) in variants]
     if not pairs:
         return []
     metric = "accuracy" if "accuracy" in variants[pairs[0][0]] else "perplexity"
@@ -259,7 +300,7 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
 def report(eval_dir: Path, quality_file: Path, quantize_dir: Path, bench_file: Path, data_stats: Path, train_metrics: Path, out: Path):
     """Gather every variant's results into OUT/metrics.json, OUT/summary.md and plot data."""
     check_outputs(shared=[out])
-    variants = load_variants(eval_dir, [*ORDER, *params.load("quantize", QuantizeParams).types])
+    variants = load_variants(eval_dir, [*ORDER, *names(params.load("quantize", QuantizeParams).types)[1:]])
     if quality_file.is_file():
         for name, q in json.loads(quality_file.read_text())["variants"].items():
             variants.get(name, {}).update(q)
@@ -275,9 +316,11 @@ def report(eval_dir: Path, quality_file: Path, quantize_dir: Path, bench_file: P
               for n, v in variants.items() if v.get("model_bytes") and "accuracy" in v]
     write_json(out / "plots" / "accuracy_vs_size.json", points)
     write_json(out / "plots" / "frontier.json", sorted((p for p in points if p["frontier"]), key=lambda p: p["model_mb"]))
-    text = summary_markdown(variants, data, train) + "\n".join([*tensors_table(stats), *imatrix_table(variants), ""])
-    if bench_file.is_file():
-        text += device_table(json.loads(bench_file.read_text()))
+    bench = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
+    text = summary_markdown(variants, data, train) + "\n".join([*lora_table(variants, bench), *tensors_table(stats),
+                                                                 *imatrix_table(variants), ""])
+    if bench:
+        text += device_table(bench)
     if choice:
         text += f"\n## Recommended\n\n**{choice['variant']}**: {choice['reason']}\n"
         text += frontier_line(variants, on_frontier)

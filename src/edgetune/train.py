@@ -1,4 +1,7 @@
-"""Stage train: LoRA on the base checkpoint with TRL's SFTTrainer, loss on the answer only.
+"""Stage train: LoRA on the base with TRL's SFTTrainer, loss on the answer only.
+
+The base weights are those of the quantized base GGUF that ships (`--weights`, lora.train_on),
+dequantized: the adapter learns on what a phone runs (base_weights.py).
 
 Checkpoints go to <adapter>/checkpoints every `train.save_steps`; the stage's output is
 `persist: true` in dvc.yaml, so an interrupted `dvc repro` resumes from the last one, provided
@@ -21,12 +24,12 @@ from typing import Annotated
 
 import click
 
-from . import params
+from . import base_weights, params
 from .distributed import relaunch_on_gpus
 from .errors import EdgetuneError
 from .files import check_outputs, mark, read_jsonl, write_json
-from .params import OneOf, Positive, Range
-from .qlora import CHOICES, load_4bit
+from .params import Name, OneOf, Positive, Range
+from .qlora import CHOICES
 from .remote_code import allowed as trust_remote_code
 
 FINGERPRINT = "fingerprint.json"
@@ -40,6 +43,7 @@ class LoraParams:
     target_modules: str | list[str] = "all-linear"
     top_layers: Positive | None = None  # adapters in the last N decoder layers only: backward stops there
     quantization: Annotated[str, OneOf(*CHOICES)] = "none"  # 4bit: QLoRA, the base in nf4 while training (qlora.py)
+    train_on: Name = "q4_k_m"  # the quant type whose dequantized base GGUF the adapter trains on (dvc.yaml)
 
 
 @dataclasses.dataclass
@@ -224,11 +228,12 @@ def start_afresh(checkpoints: Path, print_: str) -> None:
 
 @click.command("train")
 @click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/base"), show_default=True)
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A quantized GGUF of the base: train on its dequantized weights (lora.train_on). Default: the checkpoint's.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("data/processed"), show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("models/adapter"), show_default=True)
 @click.option("--live", "live_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/train"), show_default=True, help="dvclive folder: loss curves and training metrics.")
 @click.option("--accelerate-config", type=click.Path(dir_okay=False, path_type=Path), default=Path("configs/accelerate.yaml"), show_default=True, help="Launch settings used when several GPUs are visible.")
-def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config: Path):
+def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Path, accelerate_config: Path):
     """Train a LoRA adapter on DATA/train.jsonl, validating on DATA/val.jsonl.
 
     With several GPUs visible it reruns itself under `accelerate launch`, one process per GPU.
@@ -236,11 +241,11 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     import torch
     from accelerate import PartialState
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.integrations import DVCLiveCallback
     from trl import SFTConfig
 
-    check_outputs(inputs=[model, data], folders=[out, live_dir])
+    check_outputs(inputs=[model, weights, data], folders=[out, live_dir])
     p = params.load("train", TrainParams)
     lp = params.load("lora", LoraParams)
     trust = trust_remote_code(model)
@@ -258,8 +263,9 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several under DDP
     main = state.is_main_process
     checkpoints = out / "checkpoints"
-    code = [Path(__file__), Path(__file__).with_name("qlora.py")]  # a checkpoint made by other code is not resumed
-    stamp = fingerprint([p, lp], [data / "train.jsonl", data / "val.jsonl", model / "config.json", *code])
+    code = [Path(__file__), *(Path(__file__).with_name(m) for m in ("qlora.py", "base_weights.py"))]  # a checkpoint made by other code is not resumed
+    trained_on = [weights] if weights else []
+    stamp = fingerprint([p, lp], [data / "train.jsonl", data / "val.jsonl", model / "config.json", *trained_on, *code])
     resume = resume_point(checkpoints, stamp)
 
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust)
@@ -267,13 +273,7 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     answers = sorted({r["answer"] for r in train_rows if "answer" in r})  # none in conversations (data.task: sft)
     choices = [tokenizer(a, add_special_tokens=False).input_ids[0] for a in answers]
     choices = choices if len(set(choices)) == len(choices) > 1 else None
-    if qlora:
-        base = load_4bit(model, bf16, str(state.device), p.gradient_checkpointing, trust)
-    else:
-        # bf16 weights with no autocast: seven times faster than fp32 weights under bf16 autocast on a
-        # CPU with AVX-512 BF16 (autocast re-casts every weight on every step). LoRA weights stay fp32.
-        base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if bf16 else torch.float32,
-                                                    trust_remote_code=trust)
+    base = base_weights.load(model, weights, qlora, bf16, str(state.device), p.gradient_checkpointing, trust)
     lora = LoraConfig(
         r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=adapter_targets(lp, base),
         task_type="CAUSAL_LM",
@@ -281,7 +281,7 @@ def train(model: Path, data: Path, out: Path, live_dir: Path, accelerate_config:
     # Everything is checked and loaded: only now may checkpoints this run cannot use go.
     state.wait_for_everyone()  # every process has decided before the main one clears old checkpoints
     if main:
-        click.echo(f"resuming from {resume}" if resume else f"training from {model}")
+        click.echo(f"resuming from {resume}" if resume else f"training from {weights or model}")
         mark(out, "train")
         if resume is None:
             start_afresh(checkpoints, stamp)
