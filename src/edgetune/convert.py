@@ -27,4 +27,3 @@ def convert(model: Path, out: Path):
     """Convert the merged HF checkpoint MODEL to an f16 GGUF."""
     check_outputs(inputs=[model], files=[out])
     convert_to_gguf(model, out, "f16")
-
