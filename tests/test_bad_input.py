@@ -68,7 +68,8 @@ def test_a_quantized_gguf_that_was_not_pulled(workdir, tiny_gguf):
     missing one is named with the stage that makes it, to pull or rebuild."""
     set_params(workdir, quantize={"types": ["q8_0"]})
     result = run("bench", "--prefix", workdir / "tiny", "--out", workdir / "bench.json")
-    assert failed(result, "tiny-f16.gguf", "tiny-q8_0.gguf", "dvc pull convert quantize@q8_0", "dvc repro")
+    assert failed(result, "tiny-f16.gguf", "tiny-q8_0.gguf", "tiny-base-q8_0.gguf", "tiny-lora.gguf",
+                  "dvc pull convert quantize@q8_0 quantize-base@q8_0 convert-lora", "dvc repro")
     result = run("quality", "--f16", tiny_gguf, "--prefix", workdir / "tiny", "--data", write_jsonl(workdir / "test.jsonl", GOOD),
                  "--out", workdir / "quality.json")
     assert failed(result, "tiny-q8_0.gguf", "dvc pull quantize@q8_0")

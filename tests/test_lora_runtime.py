@@ -99,3 +99,28 @@ def test_per_tensor_overrides_reach_llama_quantize(workdir, tiny_gguf):
     types = {t.name: t.tensor_type.name for t in GGUFReader(out).tensors}
     assert {types[n] for n in types if "ffn_down" in n} == {"Q8_0"} and types["token_embd.weight"] == "Q8_0"
     assert {types[n] for n in types if "ffn_up" in n} == {"Q4_0"}  # the others keep the type asked for
+
+
+def test_chat_answers_with_the_adapter_applied(quantized_base_and_adapter, tiny_model):
+    """`edgetune chat BASE --lora ADAPTER` answers as llama.cpp does with that adapter set."""
+    import subprocess
+    import sys
+
+    from llama_cpp import Llama
+
+    base, lora, _ = quantized_base_and_adapter
+    proc = subprocess.run([sys.executable, "-m", "edgetune.cli", "chat", str(base), "--lora", str(lora), "--temperature", "0",
+                           "--max-tokens", "6", "--threads", "2"], input="你好\n/exit\n", capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reply = proc.stdout.split("model> ", 1)[1].split("\n", 1)[0]
+
+    def answer(lora_path):
+        llm = Llama(model_path=str(base), lora_path=lora_path, n_ctx=256, verbose=False)
+        return llm.create_chat_completion([{"role": "user", "content": "你好"}], temperature=0, max_tokens=6,
+                                          repeat_penalty=1.1, top_p=0.9, seed=0)["choices"][0]["message"]["content"]
+
+    assert reply == answer(str(lora))
+    refused = subprocess.run([sys.executable, "-m", "edgetune.cli", "chat", str(tiny_model), "--lora", str(lora)],
+                             input="", capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "a GGUF LoRA runs on a GGUF model" in refused.stderr

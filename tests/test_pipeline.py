@@ -218,7 +218,8 @@ def test_new_quant_variant_reruns_only_quantize_evaluate_report(project, first_r
     # an importance-matrix variant: llama-quantize must accept the imatrix stage's file
     set_params(project, quantize={"types": ["q8_0", "q4_k_m", "q4_k_m-imatrix"]})
     out = dvc(project, "repro").stdout
-    assert ran_stages(out) - {"export"} == {"quantize@q4_k_m-imatrix", "evaluate@q4_k_m-imatrix", "quality", "bench", "report"}
+    assert ran_stages(out) - {"export"} == {"quantize@q4_k_m-imatrix", "evaluate@q4_k_m-imatrix", "quantize-base@q4_k_m-imatrix",
+                                            "evaluate-lora@q4_k_m-imatrix", "quality", "bench", "report"}
     stats = json.loads((project / "reports" / "quantize" / "q4_k_m-imatrix.json").read_text())
     assert stats["imatrix"]["entries"] > 0 and stats["imatrix"]["chunks"] == 4
     from gguf import GGUFReader
@@ -229,9 +230,12 @@ def test_new_quant_variant_reruns_only_quantize_evaluate_report(project, first_r
     matrix = GGUFReader(project / "models" / "imatrix" / "tiny.gguf")
     assert matrix.fields["imatrix.datasets"].contents() == ["train.txt"]  # no temporary path: same input, same bytes
     metrics = json.loads((project / "reports" / "metrics.json").read_text())["variants"]
-    assert 0 <= metrics["q4_k_m-imatrix"]["accuracy"] <= 1 and math.isfinite(metrics["q4_k_m-imatrix"]["kld_mean"])
+    for name, plain in (("q4_k_m-imatrix", "q4_k_m"), ("q4_k_m-imatrix+lora", "q4_k_m+lora")):  # against its plain twin
+        v, vs = metrics[name], metrics[name]["vs_plain"]
+        assert math.isfinite(v["kld_mean"]) and (vs["gained"] - vs["lost"]) / 12 == pytest.approx(v["accuracy"] - metrics[plain]["accuracy"])
     summary = (project / "reports" / "summary.md").read_text()
-    assert "## Importance matrix" in summary and "| q4_k_m | " in summary.split("## Importance matrix")[1]
+    matrix = summary.split("## Importance matrix")[1]
+    assert "| q4_k_m | " in matrix and "| q4_k_m+lora | " in matrix
 
 
 def test_new_test_split_reruns_the_evaluations_never_training(project, first_run):
@@ -239,10 +243,20 @@ def test_new_test_split_reruns_the_evaluations_never_training(project, first_run
     set_params(project, data={"max_test": 8})
     out = dvc(project, "repro").stdout
     types = yaml.safe_load((project / "params.yaml").read_text())["quantize"]["types"]
-    evaluations = {"evaluate-base", "evaluate-f16", *(f"evaluate@{t}" for t in types)}
+    evaluations = {"evaluate-base", "evaluate-f16", *(f"evaluate{s}@{t}" for t in types for s in ("", "-lora"))}
     assert ran_stages(out) - {"export"} == {"prepare", "baseline", *evaluations, "quality", "report"}
     assert (project / "data" / "processed" / "train.jsonl").read_bytes() == before
     assert json.loads((project / "reports" / "eval" / "f16.json").read_text())["n_samples"] == 8
+
+
+def test_new_lora_params_retrain_and_rerun_the_lora_variants_but_not_the_base_quantization(project, first_run):
+    bases = {p: p.read_bytes() for p in (project / "models" / "gguf").glob("tiny-base-*.gguf")}
+    set_params(project, lora={"r": 4})
+    out = dvc(project, "repro").stdout
+    types = yaml.safe_load((project / "params.yaml").read_text())["quantize"]["types"]
+    downstream = {f"{stage}@{t}" for t in types for stage in ("quantize", "evaluate", "evaluate-lora")}
+    assert ran_stages(out) - {"export"} == {"train", "merge", "convert", "convert-lora", *downstream, "quality", "bench", "report"}
+    assert bases and all(p.read_bytes() == b for p, b in bases.items())  # quantized once, before training
 
 
 def test_killed_training_resumes_from_its_checkpoint(project, first_run):

@@ -112,3 +112,10 @@ def test_dataset_id_fails_fast_naming_every_try(workdir, tiny_model, offline_hub
     for needle in ("lansinuote/ChnSentiCorp", "HF hub", "ModelScope", "data.local_dir", "nowhere", "HF_ENDPOINT"):
         assert needle in result.output, result.output
     assert not (workdir / "out").exists() and not (workdir / "stats.json").exists()
+
+
+@pytest.mark.parametrize("experiment", [None, *sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))])
+def test_every_preset_trains_on_a_base_it_ships(tmp_path, experiment):
+    """train depends on the base of type lora.train_on, which only a quantize-base stage makes."""
+    p = params.read_params(compose(tmp_path, *([f"experiment={experiment}"] if experiment else [])))
+    assert p["lora"]["train_on"] in p["quantize"]["types"]

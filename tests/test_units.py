@@ -188,6 +188,22 @@ def test_the_report_sets_each_imatrix_variant_beside_its_plain_twin():
     assert "| q4_0 | 6.000 | 5.500 | -0.500 |  |  |  |" in dialogue
 
 
+def test_the_report_sets_each_merged_type_beside_its_base_with_the_adapter():
+    from edgetune.report import lora_table
+
+    variants = {"f16": {"accuracy": 0.826, "model_bytes": 1266e6},
+                "q4_k_m": {"accuracy": 0.796, "kld_mean": 0.0662, "model_bytes": 491e6},
+                "q4_k_m+lora": {"accuracy": 0.826, "kld_mean": 0.0012, "model_bytes": 500e6},
+                "q8_0+lora": {"accuracy": 0.824, "model_bytes": 685e6}}  # no merged twin in this run
+    bench = {"threads": [1, 2], "variants": {"q4_k_m": {"completion": {"tg_tokens_per_second": 59.3}},
+                                             "q4_k_m+lora": {"completion": {"tg_tokens_per_second": 52.5}}},
+             "adapter_cost": {"q4_k_m+lora": {"pp_cost": 0.07, "tg_cost": 0.1146}}}
+    lines = lora_table(variants, bench)
+    assert "| q4_k_m | 79.6 | 82.6 | 0.0662 | 0.0012 | 491 | 500 | 59.3 | 52.5 | 7% | 11% |" in lines
+    assert not any(line.startswith("| q8_0") for line in lines) and "llama-completion at 2 threads" in "".join(lines)
+    assert lora_table({"f16": {"accuracy": 0.8}, "q4_0": {"accuracy": 0.8}}, {}) == []
+
+
 def test_two_variants_are_compared_on_the_reviews_where_they_disagree(tmp_path):
     from math import comb
 

@@ -18,10 +18,11 @@ from .remote_code import allowed
 class GGUFChat:
     """llama-cpp-python, with the chat template and end-of-turn token stored in the GGUF."""
 
-    def __init__(self, path: Path, n_ctx: int, threads: int | None, gpu_layers: int):
+    def __init__(self, path: Path, n_ctx: int, threads: int | None, gpu_layers: int, lora: Path | None = None):
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=False)
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
+                         lora_path=str(lora) if lora else None, verbose=False)
 
     def stream(self, turns: list[dict], s: dict):
         chunks = self.llm.create_chat_completion(
@@ -68,10 +69,14 @@ class HFChat:
         worker.join()
 
 
-def open_model(model: Path, n_ctx: int, threads: int | None, gpu_layers: int, trust: bool):
+def open_model(model: Path, n_ctx: int, threads: int | None, gpu_layers: int, trust: bool, lora: Path | None = None):
     if model.is_file() and model.suffix == ".gguf":
-        check_gguf(model)
-        return GGUFChat(model, n_ctx, threads, gpu_layers)
+        for path in [model] + ([lora] if lora else []):
+            check_gguf(path)
+        return GGUFChat(model, n_ctx, threads, gpu_layers, lora)
+    if lora:
+        raise EdgetuneError(f"--lora {lora}: a GGUF LoRA runs on a GGUF model; {model} is not one. Point MODEL at the "
+                            "quantized base it was trained on (models/gguf/<name>-base-<type>.gguf).")
     if model.is_dir() and (model / "config.json").is_file():
         return HFChat(model, threads, trust)
     raise EdgetuneError(f"{model}: neither a .gguf file nor an HF checkpoint folder (with config.json). "
@@ -91,10 +96,12 @@ def open_model(model: Path, n_ctx: int, threads: int | None, gpu_layers: int, tr
               help="GGUF layers offloaded to the GPU, where llama.cpp has one: -1 all, 0 none.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--trust-remote-code", is_flag=True, help="Let an HF checkpoint's own Python code (auto_map) run.")
+@click.option("--lora", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A GGUF LoRA applied at run time on the GGUF MODEL (a +lora variant: its base and models/gguf/<name>-lora.gguf).")
 def chat(model: Path, system: str | None, n_ctx: int, threads: int | None, gpu_layers: int, trust_remote_code: bool,
-         **sampling):
-    """Chat with MODEL (models/merged, or a GGUF file). /reset starts over, /exit leaves."""
-    bot = open_model(model, n_ctx, threads, gpu_layers, trust_remote_code)
+         lora: Path | None, **sampling):
+    """Chat with MODEL (models/merged, or a GGUF file, with --lora for an adapter). /reset starts over, /exit leaves."""
+    bot = open_model(model, n_ctx, threads, gpu_layers, trust_remote_code, lora)
     interactive = sys.stdin.isatty()
     start = [{"role": "system", "content": system}] if system else []
     turns = list(start)

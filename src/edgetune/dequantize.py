@@ -9,7 +9,7 @@ def dequantized(gguf: Path, config=None, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    # Dequantizing is exact into float32; the model is then cast to the dtype asked for.
+    # Dequantizing is exact into float32; the weights are then cast to the dtype asked for.
     model = AutoModelForCausalLM.from_pretrained(gguf.parent.resolve(), gguf_file=gguf.name, config=config,
                                                  dtype=torch.float32)
     # The weights are plain tensors now, but the GGUF quantizer stays attached: a saved config would
@@ -18,4 +18,9 @@ def dequantized(gguf: Path, config=None, dtype=None):
         model.hf_quantizer.remove_quantization_config(model)
     if getattr(model.config, "_is_quantized", False):
         model.config._is_quantized = False
-    return model.to(dtype) if dtype is not None else model
+    if dtype is not None:
+        # The weights only: buffers such as RoPE's inverse frequencies stay float32, as from_pretrained
+        # keeps them and llama.cpp computes them; rounded to bf16 they would move every position.
+        for param in model.parameters():
+            param.data = param.data.to(dtype)
+    return model

@@ -89,7 +89,7 @@ def existing_files(prefix: Path, variants: list[str]) -> dict[str, Files]:
     A stage that reads the quantized files declares them through reports/quantize (dvc.yaml can't
     list a params-sized set of files), so `dvc exp run --pull` doesn't fetch them: say how to."""
     found = {v: variant_files(prefix, v) for v in variants}
-    missing = sorted({p for f in found.values() for p in f.paths if not p.is_file()})
+    missing = list(dict.fromkeys(p for f in found.values() for p in f.paths if not p.is_file()))
     if missing:
         stages = " ".join(dict.fromkeys(stage_of(prefix, p) for p in missing))
         raise EdgetuneError(f"{', '.join(map(str, missing))}: not found. `dvc pull {stages}` fetches "

@@ -1,0 +1,102 @@
+"""What the run-time adapter costs in speed, and which adapter shapes cost less.
+
+The +lora variants apply the GGUF LoRA at every token: each adapted matrix adds two thin
+matmuls, and llama.cpp moves the adapted weights off its repacked fast path. This times
+llama-completion (the llama.cpp tool that takes --lora; llama-bench does not) on the run's
+quantized base, alone and with adapters of several shapes, all at the same thread count:
+
+    python benchmarks/adapter_cost.py             # after `dvc repro`, from the project root
+
+The trained adapter is timed as it is; the other shapes are PEFT adapters with random weights on
+the same base (speed does not depend on the values), converted with llama.cpp's converter.
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from edgetune import environment, llamacpp
+
+SHAPES = {  # name: (target modules, adapted top layers or None for all, rank)
+    "attention only, top 12, r16": (["q_proj", "k_proj", "v_proj", "o_proj"], 12, 16),
+    "all-linear, top 6, r16": ("all-linear", 6, 16),
+    "all-linear, top 12, r8": ("all-linear", 12, 8),
+    "all-linear, all layers, r16": ("all-linear", None, 16),
+}
+
+
+def timed(base: Path, lora: Path | None, threads: int, prompt: Path, tokens: int, reps: int) -> tuple[float, float]:
+    """Median prompt and generation tokens/s of llama-completion over `reps` runs."""
+    pp, tg = [], []
+    for _ in range(reps):
+        log = subprocess.run([llamacpp.tool("llama-completion"), "-m", base, *(["--lora", lora] if lora else []), "-f", prompt,
+                              "-n", str(tokens), "--ignore-eos", "--temp", "0", "-no-cnv", "-t", str(threads), "-ngl", "0",
+                              "-c", "1024"], capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL).stderr
+        p = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", log)
+        g = re.search(r"common_perf_print:\s+eval time =\s*([\d.]+) ms /\s*(\d+) runs", log)
+        pp.append(1000 * int(p[2]) / float(p[1]))
+        tg.append(1000 * int(g[2]) / float(g[1]))
+    return statistics.median(pp), statistics.median(tg)
+
+
+def random_adapter(base: Path, targets, top: int | None, r: int, out: Path) -> Path:
+    """A PEFT adapter of this shape with random weights, as a GGUF LoRA."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    n = model.config.num_hidden_layers
+    layers = list(range(n - top, n)) if top else None
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, layers_to_transform=layers,
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(out / "peft")
+    gguf = out / "lora.gguf"
+    subprocess.run([sys.executable, llamacpp.source() / "convert_lora_to_gguf.py", out / "peft", "--base", base,
+                    "--outtype", "f16", "--outfile", gguf], check=True, capture_output=True)
+    return gguf
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--type", default="q4_k_m", help="the quantized base to time (default: q4_k_m)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--gen-tokens", type=int, default=64)
+    parser.add_argument("--repetitions", type=int, default=3)
+    args = parser.parse_args()
+    name = yaml.safe_load(Path("params.yaml").read_text())["model"]["name"]
+    base = Path(f"models/gguf/{name}-base-{args.type}.gguf")
+    print(environment.one_line(environment.describe()) + "\n")
+    print(f"llama-completion on {base}, {args.threads} threads, pp{args.prompt_tokens} tg{args.gen_tokens}, "
+          f"median of {args.repetitions}; cost against the base alone:\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        prompt = Path(tmp) / "prompt.txt"
+        prompt.write_text("你好" * args.prompt_tokens, encoding="utf-8")
+
+        def time_it(lora):
+            return timed(base, lora, args.threads, prompt, args.gen_tokens, args.repetitions)
+
+        alone = time_it(None)
+        print(f"  {'adapter':<32} {'MB':>6} {'pp tok/s':>9} {'tg tok/s':>9} {'pp cost':>8} {'tg cost':>8}")
+        print(f"  {'none (the base alone)':<32} {'':>6} {alone[0]:9.0f} {alone[1]:9.1f}")
+        adapters = {"trained (lora.* of params.yaml)": Path(f"models/gguf/{name}-lora.gguf")}
+        for label, (targets, top, r) in SHAPES.items():
+            folder = Path(tmp) / str(len(adapters))
+            folder.mkdir()
+            adapters[label] = random_adapter(Path("models/base"), targets, top, r, folder)
+        for label, lora in adapters.items():
+            pp, tg = time_it(lora)
+            print(f"  {label:<32} {lora.stat().st_size / 1e6:6.1f} {pp:9.0f} {tg:9.1f} "
+                  f"{100 * (1 - pp / alone[0]):7.0f}% {100 * (1 - tg / alone[1]):7.0f}%")
+
+
+if __name__ == "__main__":
+    main()
