@@ -175,6 +175,8 @@ def tensors_table(stats: dict[str, dict]) -> list[str]:
         types = ", ".join(f"{t} {e['tensors']}" for t, e in st["tensor_types"].items())
         moves = collections.Counter(f"{f['wanted']}→{f['got']}" for f in st["fallbacks"])
         fell = f"{len(st['fallbacks'])} ({', '.join(f'{k} {n}' for k, n in moves.items())})" if moves else "0"
+        if st.get("copied"):  # the source already was of this type: its quantizer's choices are not known here
+            fell = f"the {st['source_type']} source file itself, byte for byte"
         lines.append(f"| {name} | {st['bits_per_weight']:.2f} | {types} | {fell} |")
     return lines
 
