@@ -186,6 +186,24 @@ def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     assert "> 你好" in proc.stdout and "Generation:" in proc.stdout  # it answered, and timed its answer
 
 
+def test_the_bundle_can_ship_the_merged_file_for_runtimes_without_lora(project, first_run):
+    from edgetune.files import sha256_file
+
+    set_params(project, export={"merged": True})
+    try:
+        assert ran_stages(dvc(project, "repro").stdout) == {"export"}
+        deploy = project / "deploy"
+        merged = deploy / "tiny-q4_k_m.gguf"  # q4_k_m+lora, as the merged file of its type
+        assert merged.read_bytes() == (project / "models" / "gguf" / merged.name).read_bytes()
+        assert (deploy / "SHA256SUMS").read_text() == f"{sha256_file(merged)}  {merged.name}\n"
+        assert not list(deploy.glob("*lora*")) and "ADAPTER" not in (deploy / "Modelfile").read_text()
+        assert "--lora" not in (deploy / "llama-server.sh").read_text()
+        assert "# tiny (q4_k_m)" in (deploy / "README.md").read_text()
+    finally:
+        set_params(project, export={"merged": False})
+        dvc(project, "repro")
+
+
 def test_second_repro_runs_nothing(project, first_run):
     out = dvc(project, "repro").stdout
     assert ran_stages(out) == set()
@@ -255,7 +273,8 @@ def test_new_lora_params_retrain_and_rerun_the_lora_variants_but_not_the_base_qu
     out = dvc(project, "repro").stdout
     types = yaml.safe_load((project / "params.yaml").read_text())["quantize"]["types"]
     downstream = {f"{stage}@{t}" for t in types for stage in ("quantize", "evaluate", "evaluate-lora")}
-    assert ran_stages(out) - {"export"} == {"train", "merge", "convert", "convert-lora", *downstream, "quality", "bench", "report"}
+    assert ran_stages(out) - {"export"} == {"train", "merge", "convert", "convert-lora", "evaluate-f16", *downstream, "quality",
+                                            "bench", "report"}
     assert bases and all(p.read_bytes() == b for p, b in bases.items())  # quantized once, before training
 
 
