@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from edgetune import environment, llamacpp
+from edgetune.train import LoraParams, adapter_targets
 
 SHAPES = {  # name: (target modules, adapted top layers or None for all, rank)
     "attention only, top 12, r16": (["q_proj", "k_proj", "v_proj", "o_proj"], 12, 16),
@@ -32,18 +33,15 @@ SHAPES = {  # name: (target modules, adapted top layers or None for all, rank)
 }
 
 
-def timed(base: Path, lora: Path | None, threads: int, prompt: Path, tokens: int, reps: int) -> tuple[float, float]:
-    """Median prompt and generation tokens/s of llama-completion over `reps` runs."""
-    pp, tg = [], []
-    for _ in range(reps):
-        log = subprocess.run([llamacpp.tool("llama-completion"), "-m", base, *(["--lora", lora] if lora else []), "-f", prompt,
-                              "-n", str(tokens), "--ignore-eos", "--temp", "0", "-no-cnv", "-t", str(threads), "-ngl", "0",
-                              "-c", "1024"], capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL).stderr
-        p = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", log)
-        g = re.search(r"common_perf_print:\s+eval time =\s*([\d.]+) ms /\s*(\d+) runs", log)
-        pp.append(1000 * int(p[2]) / float(p[1]))
-        tg.append(1000 * int(g[2]) / float(g[1]))
-    return statistics.median(pp), statistics.median(tg)
+def timed(base: Path, lora: Path | None, threads: int, prompt: Path, tokens: int) -> tuple[float, float]:
+    """Prompt and generation tokens/s of one llama-completion run."""
+    log = subprocess.run([llamacpp.tool("llama-completion"), "-m", base, *(["--lora", lora] if lora else []), "-f", prompt,
+                          "-n", str(tokens), "--ignore-eos", "--temp", "0", "-no-cnv", "-t", str(threads), "-ngl", "0",
+                          "-c", "1024"], capture_output=True, text=True, errors="replace", check=True,
+                         stdin=subprocess.DEVNULL).stderr
+    p = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", log)
+    g = re.search(r"common_perf_print:\s+eval time =\s*([\d.]+) ms /\s*(\d+) runs", log)
+    return 1000 * int(p[2]) / float(p[1]), 1000 * int(g[2]) / float(g[1])
 
 
 def random_adapter(base: Path, targets, top: int | None, r: int, out: Path) -> Path:
@@ -53,10 +51,8 @@ def random_adapter(base: Path, targets, top: int | None, r: int, out: Path) -> P
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
-    n = model.config.num_hidden_layers
-    layers = list(range(n - top, n)) if top else None
-    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, layers_to_transform=layers,
-                        init_lora_weights=False, task_type="CAUSAL_LM")
+    modules = adapter_targets(LoraParams(r=r, target_modules=targets, top_layers=top), model)  # as train picks them
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=modules, init_lora_weights=False, task_type="CAUSAL_LM")
     get_peft_model(model, config).save_pretrained(out / "peft")
     gguf = out / "lora.gguf"
     subprocess.run([sys.executable, llamacpp.source() / "convert_lora_to_gguf.py", out / "peft", "--base", base,
@@ -70,32 +66,33 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--gen-tokens", type=int, default=64)
-    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--repetitions", type=int, default=5)
     args = parser.parse_args()
     name = yaml.safe_load(Path("params.yaml").read_text())["model"]["name"]
     base = Path(f"models/gguf/{name}-base-{args.type}.gguf")
     print(environment.one_line(environment.describe()) + "\n")
     print(f"llama-completion on {base}, {args.threads} threads, pp{args.prompt_tokens} tg{args.gen_tokens}, "
-          f"median of {args.repetitions}; cost against the base alone:\n")
+          f"median of {args.repetitions} rounds; cost against the base alone:\n")
     with tempfile.TemporaryDirectory() as tmp:
         prompt = Path(tmp) / "prompt.txt"
         prompt.write_text("你好" * args.prompt_tokens, encoding="utf-8")
 
-        def time_it(lora):
-            return timed(base, lora, args.threads, prompt, args.gen_tokens, args.repetitions)
-
-        alone = time_it(None)
-        print(f"  {'adapter':<32} {'MB':>6} {'pp tok/s':>9} {'tg tok/s':>9} {'pp cost':>8} {'tg cost':>8}")
-        print(f"  {'none (the base alone)':<32} {'':>6} {alone[0]:9.0f} {alone[1]:9.1f}")
-        adapters = {"trained (lora.* of params.yaml)": Path(f"models/gguf/{name}-lora.gguf")}
+        adapters = {"none (the base alone)": None, "trained (lora.* of params.yaml)": Path(f"models/gguf/{name}-lora.gguf")}
         for label, (targets, top, r) in SHAPES.items():
             folder = Path(tmp) / str(len(adapters))
             folder.mkdir()
             adapters[label] = random_adapter(Path("models/base"), targets, top, r, folder)
+        # Round after round over every adapter, so that a slower minute of the machine hits all alike.
+        runs = {label: [] for label in adapters}
+        for _ in range(args.repetitions):
+            for label, lora in adapters.items():
+                runs[label].append(timed(base, lora, args.threads, prompt, args.gen_tokens))
+        alone = [statistics.median(r[i] for r in runs["none (the base alone)"]) for i in (0, 1)]
+        print(f"  {'adapter':<32} {'MB':>6} {'pp tok/s':>9} {'tg tok/s':>9} {'pp cost':>8} {'tg cost':>8}")
         for label, lora in adapters.items():
-            pp, tg = time_it(lora)
-            print(f"  {label:<32} {lora.stat().st_size / 1e6:6.1f} {pp:9.0f} {tg:9.1f} "
-                  f"{100 * (1 - pp / alone[0]):7.0f}% {100 * (1 - tg / alone[1]):7.0f}%")
+            pp, tg = (statistics.median(r[i] for r in runs[label]) for i in (0, 1))
+            size = f"{lora.stat().st_size / 1e6:6.1f}" if lora else f"{'':>6}"
+            print(f"  {label:<32} {size} {pp:9.0f} {tg:9.1f} {100 * (1 - pp / alone[0]):7.0f}% {100 * (1 - tg / alone[1]):7.0f}%")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def tool(name: str) -> Path:
 
 def run(cmd: list, what: str, cwd: Path | None = None) -> str:
     """Run a llama.cpp tool or script; on failure show its own last words."""
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=cwd)
+    # errors="replace": a tool that prints generated text may cut a character in two at its last token
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, errors="replace", cwd=cwd)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise EdgetuneError(f"{what} failed (exit {proc.returncode}):\n{tail}")
