@@ -124,3 +124,43 @@ def test_chat_answers_with_the_adapter_applied(quantized_base_and_adapter, tiny_
     refused = subprocess.run([sys.executable, "-m", "edgetune.cli", "chat", str(tiny_model), "--lora", str(lora)],
                              input="", capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "a GGUF LoRA runs on a GGUF model" in refused.stderr
+
+
+def test_perplexity_of_a_conversation_counts_the_adapter(quantized_base_and_adapter, qwen_tokenizer):
+    """Dialogue variants (data.task: sft) score reply tokens through llama-cpp-python with the
+    adapter: the loss must be PEFT's on the same tokens, and not the base's."""
+    import math
+
+    import torch
+
+    from edgetune.perplexity import gguf_perplexity
+
+    base, lora, peft_model = quantized_base_and_adapter
+    rows = []
+    for text in ("你好，今天心情不太好。别难过，我陪你聊聊。", "最近压力很大怎么办？先深呼吸，把事情一件件列出来。"):
+        ids = qwen_tokenizer(text).input_ids
+        rows.append({"input_ids": ids, "assistant_mask": [0] * (len(ids) // 2) + [1] * (len(ids) - len(ids) // 2)})
+
+    def peft_loss(adapter: bool) -> float:
+        nll, n = 0.0, 0
+        with torch.no_grad():
+            for r in rows:
+                ids = torch.tensor([r["input_ids"]])
+                if adapter:
+                    logits = peft_model(ids).logits[0]
+                else:
+                    with peft_model.disable_adapter():
+                        logits = peft_model(ids).logits[0]
+                logp = torch.log_softmax(logits.double(), -1)[:-1]
+                mask = torch.tensor(r["assistant_mask"][1:], dtype=torch.bool)
+                nll -= logp[torch.arange(len(ids[0]) - 1), ids[0, 1:]][mask].sum().item()
+                n += int(mask.sum())
+        return nll / n
+
+    with_adapter = gguf_perplexity(base, rows, 2, 0, "test", lora)
+    without = gguf_perplexity(base, rows, 2, 0, "test")
+    assert with_adapter["assistant_tokens"] == sum(sum(r["assistant_mask"][1:]) for r in rows)
+    assert with_adapter["loss"] == pytest.approx(peft_loss(True), abs=1e-3)
+    assert without["loss"] == pytest.approx(peft_loss(False), abs=1e-3)
+    assert abs(with_adapter["loss"] - without["loss"]) > 0.01  # the adapter was applied
+    assert with_adapter["perplexity"] == pytest.approx(math.exp(with_adapter["loss"]))
