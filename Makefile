@@ -23,6 +23,10 @@ $(VENV)/.installed: pyproject.toml scripts/build_llama_cpp.sh
 
 repro: setup
 	dvc repro
+	@echo "summary:      reports/summary.md"
+	@echo "plots:        dvc plots show (then open dvc_plots/index.html)"
+	@echo "bundle:       deploy/ (its README.md says how to run it)"
+	@python -c 'import json; r = json.load(open("reports/metrics.json"))["recommended"]; print("recommended: ", r["variant"], "-", r["reason"])'
 
 test: setup
 	pytest -q
