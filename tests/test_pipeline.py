@@ -137,6 +137,11 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
         assert cost["tg_cost"] == pytest.approx(1 - bench[name]["completion"]["tg_tokens_per_second"]
                                                 / cost["base"]["tg_tokens_per_second"])
     assert "## On a device" in summary and "## The adapter at run time" in summary
+    import matplotlib.image
+
+    for name in ("accuracy_vs_size", "kld_vs_bits", "speed"):  # pictures that open without a network
+        assert f"](plots/{name}.png)" in summary
+        assert matplotlib.image.imread(project / "reports" / "plots" / f"{name}.png").shape[:2] == (400, 640)
     # the +lora variants ship the base quantized once (a file of that type) plus the adapter's bytes
     lora_bytes = (project / "models" / "gguf" / "tiny-lora.gguf").stat().st_size
     for t in ("q8_0", "q4_k_m"):
@@ -176,6 +181,7 @@ def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     card = (deploy / "README.md").read_text()
     assert "# tiny (q4_k_m+lora)" in card and "| q4_k_m+lora |" in card and "\"lora\"" in card
     assert f"llama-cli -m {base.name} --lora {lora.name}" in card
+    assert "## Pictures" not in card and ".png" not in card  # the bundle carries no pictures to link to
     made = environment.one_line(json.loads((project / "reports" / "environment.json").read_text()))
     assert card.count(made) == 1 and card.rstrip().endswith(made)  # under "How it was made", once
     # llama.cpp's own CLI, one turn through the bundled template, the adapter applied

@@ -204,6 +204,26 @@ def test_the_report_sets_each_merged_type_beside_its_base_with_the_adapter():
     assert lora_table({"f16": {"accuracy": 0.8}, "q4_0": {"accuracy": 0.8}}, {}) == []
 
 
+def test_charts_are_pngs_that_the_same_figures_draw_the_same(tmp_path):
+    import matplotlib.image
+
+    from edgetune import charts
+
+    variants = {"f16": {"accuracy": 0.826, "model_bytes": 1266e6, "bits_per_weight": 16.0},
+                "q4_k_m": {"accuracy": 0.796, "model_bytes": 491e6, "bits_per_weight": 6.16, "kld_mean": 0.0662},
+                "q4_k_m+lora": {"accuracy": 0.826, "model_bytes": 500e6, "bits_per_weight": 6.27, "kld_mean": 0.0012}}
+    for name in ("a.png", "b.png"):
+        assert charts.accuracy_vs_size(variants, ["q4_k_m", "q4_k_m+lora"], "q4_k_m+lora", tmp_path / name)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()  # no date inside: DVC sees no change
+    assert matplotlib.image.imread(tmp_path / "a.png").shape == (400, 640, 4)
+    assert charts.kld_vs_bits(variants, tmp_path / "kld.png") and (tmp_path / "kld.png").stat().st_size > 0
+    bench = {"threads": [1, 2], "variants": {"q4_k_m": {"completion": {"tg_tokens_per_second": 62.0}}}}
+    assert charts.speed(bench, tmp_path / "speed.png")
+    # nothing to draw: no file, and the report shows no picture for it
+    assert not charts.kld_vs_bits({"f16": variants["f16"]}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+    assert not charts.speed({}, tmp_path / "none.png")
+
+
 def test_two_variants_are_compared_on_the_reviews_where_they_disagree(tmp_path):
     from math import comb
 

@@ -50,6 +50,12 @@ def portable(settings: dict) -> dict:
     return settings
 
 
+def tables(summary: str) -> str:
+    """summary.md without its title, footer and pictures (the bundle does not carry the PNGs)."""
+    body = summary.split("\n", 1)[1].split(environment.FOOTER)[0]
+    return body.split("\n## Pictures\n")[0].strip()
+
+
 def model_card(name: str, variant: str, metrics: dict, summary: str, settings: dict, env: dict, files: Files) -> str:
     made = portable({section: settings.get(section, {}) for section in ("model", "data", "lora", "train", "quantize")})
     recommended = metrics.get("recommended") or {}
@@ -74,7 +80,7 @@ llama-cli -m {files.gguf.name}{lora_args(files)} --chat-template-file chat_templ
 
 ## Every variant, measured in the same run
 
-{summary.split(chr(10), 1)[1].split(environment.FOOTER)[0].strip()}
+{tables(summary)}
 
 ## How it was made
 

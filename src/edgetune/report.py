@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from . import environment, params
+from . import charts, environment, params
 from .errors import EdgetuneError
 from .files import check_outputs, write_json, write_text
 from .variants import IMATRIX, LORA, QuantizeParams, names
@@ -291,6 +291,18 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pictures(variants: dict, frontier: list[str], choice: dict | None, bench: dict, folder: Path) -> str:
+    """The PNG charts (charts.py), as a section of summary.md that shows them."""
+    drawn = [
+        ("Accuracy against size", "accuracy_vs_size.png",
+         charts.accuracy_vs_size(variants, frontier, choice and choice["variant"], folder / "accuracy_vs_size.png")),
+        ("KL divergence against bits per weight", "kld_vs_bits.png", charts.kld_vs_bits(variants, folder / "kld_vs_bits.png")),
+        ("Decode speed", "speed.png", charts.speed(bench, folder / "speed.png")),
+    ]
+    shown = [f"![{title}](plots/{name})" for title, name, ok in drawn if ok]
+    return "\n## Pictures\n\n" + "\n".join(shown) + "\n" if shown else ""
+
+
 @click.command("report")
 @click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/eval"), show_default=True)
 @click.option("--quality", "quality_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/quality.json"), show_default=True, help="KL divergence per variant (quality stage), where measured.")
@@ -326,6 +338,7 @@ def report(eval_dir: Path, quality_file: Path, quantize_dir: Path, bench_file: P
     if choice:
         text += f"\n## Recommended\n\n**{choice['variant']}**: {choice['reason']}\n"
         text += frontier_line(variants, on_frontier)
+    text += pictures(variants, on_frontier, choice, bench, out / "plots")
     env = environment.describe()
     write_json(out / "environment.json", env)
     text += f"{environment.FOOTER}{environment.one_line(env)}\n"
