@@ -13,6 +13,7 @@ import click
 from .errors import EdgetuneError
 from .files import check_gguf
 from .remote_code import allowed
+from .variants import Files
 
 
 class GGUFChat:
@@ -71,7 +72,7 @@ class HFChat:
 
 def open_model(model: Path, n_ctx: int, threads: int | None, gpu_layers: int, trust: bool, lora: Path | None = None):
     if model.is_file() and model.suffix == ".gguf":
-        for path in [model] + ([lora] if lora else []):
+        for path in Files(model, lora).paths:
             check_gguf(path)
         return GGUFChat(model, n_ctx, threads, gpu_layers, lora)
     if lora:
