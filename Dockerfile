@@ -1,5 +1,5 @@
-# edgetune on a GPU: CUDA builds of the pinned llama.cpp (tools + llama-cpp-python), the Python
-# environment, and `dvc repro` as the default command.
+# edgetune on a GPU: one CUDA build of the pinned llama.cpp (the tools and the libllama that
+# llama-cpp-python loads), the Python environment, and `dvc repro` as the default command.
 #
 #   docker build -t edgetune --build-arg CUDA_ARCHITECTURES="80;90" .
 #   docker compose run --rm pipeline dvc repro
@@ -10,7 +10,7 @@
 ARG CUDA_VERSION=12.6.3
 ARG UBUNTU_VERSION=24.04
 
-# ---- build: llama.cpp tools and the llama-cpp-python wheel, with CUDA ----
+# ---- build: llama.cpp tools and libllama with CUDA, the llama-cpp-python bindings ----
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu${UBUNTU_VERSION} AS build
 ARG CUDA_ARCHITECTURES="75;80;86;89;90"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]

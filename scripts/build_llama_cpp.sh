@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Build the one pinned llama.cpp: the llama-cpp-python wheel and the llama.cpp tools, both from
-# the llama.cpp source that the llama-cpp-python sdist vendors. The converter runs from the same
-# source tree. Results are cached in $LLAMA_CPP_DIR and reused when version and flags match.
+# Build the one pinned llama.cpp, once: the tools and the shared libllama, from the llama.cpp
+# source that the llama-cpp-python sdist vendors. The bindings are packed from the same sdist
+# without a library of their own (LLAMA_BUILD=OFF: nothing compiles); edgetune points them at the
+# libllama built here (LLAMA_CPP_LIB_PATH, set by edgetune/llamacpp.py). The converter runs from
+# the same source tree. Results are cached in $LLAMA_CPP_DIR and reused when version and flags match.
 #
 #   scripts/build_llama_cpp.sh                       # CPU build on the host
 #   LLAMA_CMAKE_ARGS="-DGGML_CUDA=ON -DGGML_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=80;90" \
 #       scripts/build_llama_cpp.sh                   # CUDA build (the container does this)
 #
 # Environment: PYTHON (default: python3), LLAMA_CPP_DIR (default: build/llama.cpp),
-# LLAMA_CMAKE_ARGS (extra CMake flags for both builds), JOBS (default: all cores).
+# LLAMA_CMAKE_ARGS (extra CMake flags), JOBS (default: all cores).
 set -euo pipefail
 
 VERSION=0.3.36   # llama-cpp-python; pins the llama.cpp commit it vendors
 PYTHON=${PYTHON:-python3}
 DIR=${LLAMA_CPP_DIR:-build/llama.cpp}
-CMAKE_FLAGS="-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+CMAKE_FLAGS="-DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 if [[ "$(uname -m)" == x86_64 ]]; then
   # -march=native compiles ggml's AMX kernels in on Xeons that have AMX; at the pinned commit they
   # segfault decoding a Q8_0 batch (llama.cpp #20824; #16315: wrong Q4_0 results). Phones have
@@ -43,27 +45,28 @@ if [[ ! -f "$DIR/src/convert_hf_to_gguf.py" ]]; then
   rm -rf "$DIR/unpack"
 fi
 
-if [[ "$(cat "$DIR/wheel.stamp" 2>/dev/null)" != "$STAMP" ]] || ! ls "$DIR"/wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then
-  echo "== building the llama-cpp-python wheel (about 6 minutes on 2 cores)"
+if [[ "$(cat "$DIR/wheel.stamp" 2>/dev/null)" != "$VERSION" ]] || ! ls "$DIR"/wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  echo "== packing the llama-cpp-python bindings (Python only; the library is the one built below)"
   rm -rf "$DIR/wheels"
-  CMAKE_ARGS="$CMAKE_FLAGS" CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
+  CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" \
     "$PYTHON" -m pip wheel --quiet --no-deps -w "$DIR/wheels" "$SDIST"
-  echo "$STAMP" > "$DIR/wheel.stamp"
+  echo "$VERSION" > "$DIR/wheel.stamp"
 fi
 
 missing_tool() {
   local tool
   for tool in $TOOLS; do [[ -x "$DIR/cmake/bin/$tool" ]] || return 0; done
+  [[ -f "$DIR/cmake/bin/libllama.so" || -f "$DIR/cmake/bin/libllama.dylib" ]] || return 0
   return 1
 }
 
 if [[ "$(cat "$DIR/tools.stamp" 2>/dev/null)" != "$STAMP" ]] || missing_tool; then
-  echo "== building the llama.cpp tools: $TOOLS (about 4 minutes on 2 cores)"
+  echo "== building llama.cpp: libllama and $TOOLS (about 5 minutes on 2 cores)"
   # shellcheck disable=SC2086
   cmake -S "$DIR/src" -B "$DIR/cmake" -DCMAKE_BUILD_TYPE=Release $CMAKE_FLAGS >/dev/null
   # shellcheck disable=SC2086
-  cmake --build "$DIR/cmake" --config Release -j "$JOBS" --target $TOOLS
+  cmake --build "$DIR/cmake" --config Release -j "$JOBS" --target llama $TOOLS
   echo "$STAMP" > "$DIR/tools.stamp"
 fi
 
-echo "llama.cpp $VERSION ready: tools in $DIR/cmake/bin, wheel in $DIR/wheels, converter in $DIR/src"
+echo "llama.cpp $VERSION ready: tools and libllama in $DIR/cmake/bin, bindings in $DIR/wheels, converter in $DIR/src"

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -107,6 +108,18 @@ def test_build_script_reuses_its_cached_cpu_build():
     assert proc.returncode == 0, proc.stderr
     assert "building" not in proc.stdout and "ready" in proc.stdout  # nothing rebuilt
     assert (llamacpp.home() / "tools.stamp").read_text() == stamp and (llamacpp.home() / "cmake" / "bin" / "llama-quantize").is_file()
+
+
+def test_the_bindings_run_the_library_built_with_the_tools():
+    """One compile: llama-cpp-python ships no libllama and loads the one beside the tools."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as bindings
+
+    assert Path(bindings._lib._name).resolve() == (llamacpp.home() / "cmake" / "bin" / "libllama.so").resolve()
+    assert not list(Path(llama_cpp.__file__).parent.glob("lib/libllama*"))
+    wheels = list((llamacpp.home() / "wheels").glob("llama_cpp_python-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        assert len(wheels) == 1 and not [n for n in wheel.namelist() if n.endswith((".so", ".dylib", ".dll"))]
 
 
 def test_the_cpu_builds_leave_out_ggmls_amx_kernels():

@@ -1,7 +1,9 @@
 """Where the pinned llama.cpp lives: its converter source and the tools built from it.
 
 `scripts/build_llama_cpp.sh` builds both into build/llama.cpp (or $LLAMA_CPP_DIR, as the
-container sets it); the llama-cpp-python wheel installed beside them binds the same commit.
+container sets it), libllama among the tools. The llama-cpp-python bindings carry no library of
+their own: `bind_library` points them at that one, so the Python scores and the tools run the same
+compiled code.
 """
 
 import os
@@ -18,6 +20,15 @@ def home() -> Path:
         return Path(os.environ["LLAMA_CPP_DIR"]).resolve()
     here, checkout = Path("build/llama.cpp").resolve(), Path(__file__).resolve().parents[2] / "build" / "llama.cpp"
     return here if here.is_dir() or not checkout.is_dir() else checkout
+
+
+def bind_library() -> None:
+    """Tell llama-cpp-python where libllama is; it reads LLAMA_CPP_LIB_PATH (MTMD_CPP_LIB for its
+    multimodal part) when first imported. A path the user set wins."""
+    lib = home() / "cmake" / "bin"
+    if any(lib.glob("libllama.*")):
+        os.environ.setdefault("LLAMA_CPP_LIB_PATH", str(lib))
+        os.environ.setdefault("MTMD_CPP_LIB", str(lib))
 
 
 def source() -> Path:
