@@ -1,35 +1,45 @@
-# make setup   venv, dependencies and the pinned llama.cpp (wheel + tools), cached
+# make setup   venv, dependencies, the pinned llama.cpp (one build: tools + libllama), the
+#              offline `dvc plots` page template; cached
 # make repro   setup, then `dvc repro` on the committed params.yaml
-# make test    setup, then the test suite
+# make test    setup and a headless browser (Debian's chromium), then the test suite
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test bench clean-build
+.PHONY: setup repro test browser bench clean-build
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/build_llama_cpp.sh
+$(VENV)/.installed: pyproject.toml scripts/build_llama_cpp.sh scripts/plots_template.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh
-	# llama-cpp-python comes from the wheel just built from the pinned source, replacing an older
-	# build of the same version
-	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps build/llama.cpp/wheels/llama_cpp_python-*.whl
-	$(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test]'
+	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh bindings
+	# the compile (CPU) beside the Python dependencies (mostly download and disk): a minute less.
+	# The bindings are the ones just packed from the pinned source, replacing any other build.
+	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh tools & compile=$$!; \
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps build/llama.cpp/wheels/llama_cpp_python-*.whl \
+	  && $(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test]'; installed=$$?; \
+	wait $$compile && exit $$installed
+	scripts/plots_template.sh build/plots/template.html
+	$(BIN)/dvc config --local plots.html_template ../build/plots/template.html
 	touch $@
 
 repro: setup
 	dvc repro
 	@echo "summary:      reports/summary.md"
-	@echo "plots:        dvc plots show (then open dvc_plots/index.html)"
+	@echo "pictures:     reports/plots/*.png (in the summary); dvc plots show, then open dvc_plots/index.html"
 	@echo "bundle:       deploy/ (its README.md says how to run it)"
 	@python -c 'import json; r = json.load(open("reports/metrics.json"))["recommended"]; print("recommended: ", r["variant"], "-", r["reason"])'
 
-test: setup
+test: setup browser
 	pytest -q
+
+# tests/test_pictures.py opens the pictures as a person would, in headless chromium
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+		|| echo "chromium could not be installed (as root: apt-get install chromium); the browser tests will be skipped"
 
 bench: setup
 	python benchmarks/pipeline.py

@@ -5,7 +5,8 @@
 
 The commit is cloned into a temporary folder and set up there from nothing: its own venv, an
 empty pip cache (a fresh machine has none) and no llama.cpp build. `/usr/bin/time -v` measures
-the whole `make setup`; each `==` line the build script prints is timed as it arrives. Run it
+the whole `make setup`; each step make starts and each `==` line of the build script is timed as
+it arrives. Run it
 alone: a second job on the same cores slows the compile down by as much as it takes.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # One line per object cmake compiles; llama.cpp's own source file stands for the library.
 COMPILED_LLAMA = re.compile(r"Building CXX object \S*llama\.dir/llama\.cpp\.o")
+STEP = ("== ", "test -x", ".venv/bin/", "PYTHON=", "scripts/", "touch")  # what the build script and make print
 
 
 def main() -> None:
@@ -46,8 +48,8 @@ def main() -> None:
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
         for line in proc.stdout:
             out.write(line)
-            if line.startswith("== "):
-                phases.append((time.monotonic() - start, line[3:].strip()))
+            if line.startswith(STEP):
+                phases.append((time.monotonic() - start, line.removeprefix("== ").strip()[:100]))
                 print(f"  {phases[-1][0]:6.0f} s  {phases[-1][1]}", flush=True)
         proc.wait()
     text = log.read_text()
