@@ -119,3 +119,17 @@ def test_every_preset_trains_on_a_base_it_ships(tmp_path, experiment):
     """train depends on the base of type lora.train_on, which only a quantize-base stage makes."""
     p = params.read_params(compose(tmp_path, *([f"experiment={experiment}"] if experiment else [])))
     assert p["lora"]["train_on"] in p["quantize"]["types"]
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_opens_with_the_command_that_runs_it(tmp_path, preset):
+    """Line 1 is Hydra's package header (it must come first); line 2 the command, which composes."""
+    header, command = (REPO / "conf" / "experiment" / f"{preset}.yaml").read_text().splitlines()[:2]
+    assert header == "# @package _global_"
+    assert command.startswith("# dvc exp run ") and f"-S experiment={preset}" in command
+    overrides = command.split()[4:][1::2]  # the values after each -S
+    assert command.split()[4:][::2] == ["-S"] * len(overrides)
+    composed = params.read_params(compose(tmp_path, *overrides))
+    experiment = yaml.safe_load((REPO / "conf" / "experiment" / f"{preset}.yaml").read_text())
+    for section, values in experiment.items():
+        assert {k: composed[section][k] for k in values} == values, section
