@@ -29,7 +29,8 @@ if [[ "$(uname -m)" == x86_64 ]]; then
 fi
 CMAKE_FLAGS="$CMAKE_FLAGS ${LLAMA_CMAKE_ARGS:-}"
 JOBS=${JOBS:-$(nproc)}
-TOOLS="llama-quantize llama-imatrix llama-perplexity llama-bench llama-completion llama-cli"
+# llama-completion also answers in a chat (-cnv); llama-cli would add the server and 95 s to the compile
+TOOLS="llama-quantize llama-imatrix llama-perplexity llama-bench llama-completion"
 STAMP="$VERSION $CMAKE_FLAGS"
 
 mkdir -p "$DIR"

@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -126,7 +127,7 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
     timed = json.loads((project / "reports" / "bench.json").read_text())
     bench = timed["variants"]
     assert set(bench) == set(VARIANTS)
-    for name, v in bench.items():  # llama-bench and llama-completion speeds; llama-cli holds at least the weights
+    for name, v in bench.items():  # llama-bench and llama-completion speeds; llama-completion holds at least the weights
         speeds = [v["completion"], *v.get("speed", [])]
         assert all(s["pp_tokens_per_second"] > 0 and s["tg_tokens_per_second"] > 0 for s in speeds)
         assert ("speed" in v) == (not name.endswith("+lora"))  # llama-bench takes no adapter
@@ -139,7 +140,7 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
     assert "## On a device" in summary and "## The adapter at run time" in summary
     import matplotlib.image
 
-    for name in ("accuracy_vs_size", "kld_vs_bits", "speed"):  # pictures that open without a network
+    for name in ("accuracy_vs_size", "kld_vs_bits", "speed", "loss"):  # pictures that open without a network
         assert f"](plots/{name}.png)" in summary
         assert matplotlib.image.imread(project / "reports" / "plots" / f"{name}.png").shape[:2] == (400, 640)
     # the +lora variants ship the base quantized once (a file of that type) plus the adapter's bytes
@@ -180,16 +181,16 @@ def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     assert json.loads((deploy / "generation.json").read_text())["stop"] == ["<|im_end|>"]
     card = (deploy / "README.md").read_text()
     assert "# tiny (q4_k_m+lora)" in card and "| q4_k_m+lora |" in card and "\"lora\"" in card
-    assert f"llama-cli -m {base.name} --lora {lora.name}" in card
+    run_it = f'llama-completion -m {base.name} --lora {lora.name} --chat-template-file chat_template.jinja -cnv -p "你好"'
+    assert run_it in card
     assert "## Pictures" not in card and ".png" not in card  # the bundle carries no pictures to link to
     made = environment.one_line(json.loads((project / "reports" / "environment.json").read_text()))
     assert card.count(made) == 1 and card.rstrip().endswith(made)  # under "How it was made", once
-    # llama.cpp's own CLI, one turn through the bundled template, the adapter applied
-    proc = subprocess.run([str(llamacpp.tool("llama-cli")), "-m", base, "--lora", lora, "--chat-template-file",
-                           deploy / "chat_template.jinja", "-p", "你好", "-n", "8", "--temp", "0", "-st", "-t", "2", "-c", "256"],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    # the card's own line, in the bundle, for one turn: the bundled template wraps the prompt
+    cmd = [str(llamacpp.tool("llama-completion")), *shlex.split(run_it)[1:], "-st", "-n", "8", "--temp", "0", "-t", "2", "-c", "256"]
+    proc = subprocess.run(cmd, cwd=deploy, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "> 你好" in proc.stdout and "Generation:" in proc.stdout  # it answered, and timed its answer
+    assert "user\n你好\nassistant\n" in proc.stdout and "apply lora adapter" in proc.stderr
 
 
 def test_the_bundle_can_ship_the_merged_file_for_runtimes_without_lora(project, first_run):

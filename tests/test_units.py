@@ -224,6 +224,20 @@ def test_charts_are_pngs_that_the_same_figures_draw_the_same(tmp_path):
     assert not charts.speed({}, tmp_path / "none.png")
 
 
+def test_the_loss_chart_places_each_row_at_the_epoch_dvclive_logged_with_it(tmp_path):
+    from edgetune import charts
+
+    metrics = tmp_path / "plots" / "metrics"
+    (metrics / "eval").mkdir(parents=True)
+    # dvclive's layout: a training row at steps 0, 1 and 3, an evaluation at step 2, the summary at 4
+    (metrics / "epoch.tsv").write_text("step\tepoch\n0\t0.25\n1\t0.5\n2\t0.5\n3\t0.75\n4\t1.0\n")
+    (metrics / "loss.tsv").write_text("step\tloss\n0\t0.9\n1\t0.6\n3\t0.4\n")
+    (metrics / "eval" / "loss.tsv").write_text("step\tloss\n2\t0.55\n")
+    assert charts.loss_curves(tmp_path) == {"training": {0.25: 0.9, 0.5: 0.6, 0.75: 0.4}, "validation": {0.5: 0.55}}
+    assert charts.loss(tmp_path, tmp_path / "loss.png") and (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not charts.loss(tmp_path / "no-run", tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
 def test_two_variants_are_compared_on_the_reviews_where_they_disagree(tmp_path):
     from math import comb
 

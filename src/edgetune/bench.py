@@ -5,7 +5,7 @@
   completion  pp and tg tokens/s of llama-completion at all threads for every variant, with its
               adapter where it has one, and for each quantized base alone: the run-time adapter's
               cost is the difference between those two
-  memory      peak resident memory of llama-cli generating a short answer at each context length
+  memory      peak resident memory of llama-completion generating a short answer at each context length
               (the KV cache is allocated for the whole context up front)
 
 All run on the CPU alone (`-ngl 0`), as on a phone, also on a machine with a GPU.
@@ -68,16 +68,16 @@ def lora_flag(files: Files) -> list:
 
 
 def peak_rss(files: Files, context: int, p: BenchParams) -> int:
-    """Peak resident bytes of llama-cli answering one prompt at this context length."""
-    cmd = [str(c) for c in (llamacpp.tool("llama-cli"), "-m", files.gguf, *lora_flag(files), "-c", context,
-                            "-n", p.gen_tokens, "-p", "你好", "-st", "--temp", "0", "--no-warmup", "-ngl", 0)]
+    """Peak resident bytes of llama-completion answering one prompt at this context length."""
+    cmd = [str(c) for c in (llamacpp.tool("llama-completion"), "-m", files.gguf, *lora_flag(files), "-c", context,
+                            "-n", p.gen_tokens, "-p", "你好", "-no-cnv", "--temp", "0", "--no-warmup", "-ngl", 0)]
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty tool cannot block on a full pipe
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
-            raise EdgetuneError(f"llama-cli on {files.gguf} at context {context} failed: {err.read().decode()[-800:]}")
+            raise EdgetuneError(f"llama-completion on {files.gguf} at context {context} failed: {err.read().decode()[-800:]}")
     return usage.ru_maxrss * 1024  # Linux reports KiB
 
 

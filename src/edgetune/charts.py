@@ -4,8 +4,10 @@ in any Markdown viewer, or on their own. (`dvc plots` keeps the same data for `d
   accuracy_vs_size.png   each variant's score against its bytes, the frontier joined
   kld_vs_bits.png        each variant's KL divergence from f16 against its bits per weight
   speed.png              generated tokens/s per variant on the CPU (bench)
+  loss.png               training and validation loss against the epoch (dvclive's files)
 """
 
+import csv
 from pathlib import Path
 
 from .files import atomic_path
@@ -84,5 +86,39 @@ def speed(bench: dict, path: Path) -> bool:
     ax.invert_yaxis()
     ax.set_xlabel(f"generated tokens/s, llama-completion at {bench['threads'][-1]} threads, CPU only")
     ax.set_title("Decode speed (orange: base + adapter at run time)")
+    _save(plt, fig, path)
+    return True
+
+
+def _tsv(path: Path) -> dict[int, float]:
+    """A dvclive metric file: its step (dvclive counts one per logged row) to the value."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    return {int(step): float(value) for step, value in rows[1:]}
+
+
+def loss_curves(live_dir: Path) -> dict[str, dict[float, float]]:
+    """dvclive logs the training loss every train.logging_steps steps and the validation loss at
+    each evaluation, each row under its own dvclive step; the epoch logged at that step places it."""
+    metrics = live_dir / "plots" / "metrics"
+    epoch = _tsv(metrics / "epoch.tsv")
+    curves = {"training": _tsv(metrics / "loss.tsv"), "validation": _tsv(metrics / "eval" / "loss.tsv")}
+    return {name: {epoch[s]: v for s, v in curve.items() if s in epoch} for name, curve in curves.items()}
+
+
+def loss(live_dir: Path, path: Path) -> bool:
+    curves = loss_curves(live_dir)
+    if not curves["training"]:
+        return False
+    plt, fig, ax = _figure()
+    for (name, curve), style in zip(curves.items(), ({"marker": ".", "lw": 1}, {"marker": "o", "lw": 1.5})):
+        if curve:
+            ax.plot(list(curve), list(curve.values()), label=f"{name} ({len(curve)} points)", **style)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.set_title("Training")
+    ax.legend(fontsize=8)
     _save(plt, fig, path)
     return True

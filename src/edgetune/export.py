@@ -75,7 +75,7 @@ Fine-tuned with LoRA from `{made['model'].get('source')}` on `{made['data'].get(
 sha256sum -c SHA256SUMS
 ollama create {name} -f Modelfile && ollama run {name}
 sh llama-server.sh            # http://localhost:8080, OpenAI-compatible
-llama-cli -m {files.gguf.name}{lora_args(files)} --chat-template-file chat_template.jinja -p "你好"
+llama-completion -m {files.gguf.name}{lora_args(files)} --chat-template-file chat_template.jinja -cnv -p "你好"
 ```
 
 ## Every variant, measured in the same run

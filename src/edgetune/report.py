@@ -67,13 +67,13 @@ def plain_twin(name: str) -> str:
 
 def device_table(bench: dict) -> str:
     """Speed per thread count (llama-bench; llama-completion for a variant with an adapter) and
-    llama-cli's peak memory per context, per variant."""
+    llama-completion's peak memory per context, per variant."""
     threads = "/".join(map(str, bench["threads"]))
     contexts = list(next(iter(bench["variants"].values()))["peak_rss_bytes"])
     lines = ["", "## On a device", "",
              f"llama.cpp's own tools; tokens/s of llama-bench at {threads} threads (pp{bench['prompt_tokens']}, "
              f"tg{bench['gen_tokens']}); llama-bench takes no adapter, so a +lora variant is timed by llama-completion "
-             f"at {bench['threads'][-1]} threads (*). RAM: the peak resident memory of llama-cli answering one prompt, "
+             f"at {bench['threads'][-1]} threads (*). RAM: the peak resident memory of llama-completion answering one prompt, "
              "the RAM it needs at that context.", "",
              "| variant | pp tok/s | tg tok/s | " + " | ".join(f"RAM at context {c}" for c in contexts) + " |",
              "|---|---:|---:|" + "---:|" * len(contexts)]
@@ -291,13 +291,14 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pictures(variants: dict, frontier: list[str], choice: dict | None, bench: dict, folder: Path) -> str:
+def pictures(variants: dict, frontier: list[str], choice: dict | None, bench: dict, live_dir: Path, folder: Path) -> str:
     """The PNG charts (charts.py), as a section of summary.md that shows them."""
     drawn = [
         ("Accuracy against size", "accuracy_vs_size.png",
          charts.accuracy_vs_size(variants, frontier, choice and choice["variant"], folder / "accuracy_vs_size.png")),
         ("KL divergence against bits per weight", "kld_vs_bits.png", charts.kld_vs_bits(variants, folder / "kld_vs_bits.png")),
         ("Decode speed", "speed.png", charts.speed(bench, folder / "speed.png")),
+        ("Training and validation loss", "loss.png", charts.loss(live_dir, folder / "loss.png")),
     ]
     shown = [f"![{title}](plots/{name})" for title, name, ok in drawn if ok]
     return "\n## Pictures\n\n" + "\n".join(shown) + "\n" if shown else ""
@@ -309,7 +310,7 @@ def pictures(variants: dict, frontier: list[str], choice: dict | None, bench: di
 @click.option("--quantize-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/quantize"), show_default=True, help="What llama-quantize made of each variant (quantize stage).")
 @click.option("--bench", "bench_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/bench.json"), show_default=True, help="Speed and memory per variant (bench stage), where measured.")
 @click.option("--data-stats", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/data.json"), show_default=True)
-@click.option("--train-metrics", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/train/metrics.json"), show_default=True)
+@click.option("--train-metrics", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/train/metrics.json"), show_default=True, help="dvclive's summary; its folder holds the loss curves.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
 def report(eval_dir: Path, quality_file: Path, quantize_dir: Path, bench_file: Path, data_stats: Path, train_metrics: Path, out: Path):
     """Gather every variant's results into OUT/metrics.json, OUT/summary.md and plot data."""
@@ -338,7 +339,7 @@ def report(eval_dir: Path, quality_file: Path, quantize_dir: Path, bench_file: P
     if choice:
         text += f"\n## Recommended\n\n**{choice['variant']}**: {choice['reason']}\n"
         text += frontier_line(variants, on_frontier)
-    text += pictures(variants, on_frontier, choice, bench, out / "plots")
+    text += pictures(variants, on_frontier, choice, bench, train_metrics.parent, out / "plots")
     env = environment.describe()
     write_json(out / "environment.json", env)
     text += f"{environment.FOOTER}{environment.one_line(env)}\n"
