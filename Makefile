@@ -15,13 +15,10 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/build_llama_cpp.sh scripts/plots_template.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh bindings
-	# the compile (CPU) beside the Python dependencies (mostly download and disk): a minute less.
-	# The bindings are the ones just packed from the pinned source, replacing any other build.
-	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh tools & compile=$$!; \
-	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps build/llama.cpp/wheels/llama_cpp_python-*.whl \
-	  && $(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test]'; installed=$$?; \
-	wait $$compile && exit $$installed
+	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh
+	# the bindings packed from the pinned source, replacing any other build of the same version
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps build/llama.cpp/wheels/llama_cpp_python-*.whl
+	$(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test]'
 	scripts/plots_template.sh build/plots/template.html
 	$(BIN)/dvc config --local plots.html_template ../build/plots/template.html
 	touch $@

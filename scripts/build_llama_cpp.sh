@@ -6,8 +6,6 @@
 # the same source tree. Results are cached in $LLAMA_CPP_DIR and reused when version and flags match.
 #
 #   scripts/build_llama_cpp.sh                       # CPU build on the host
-#   scripts/build_llama_cpp.sh bindings|tools        # one half (make setup runs the compile
-#                                                    # beside the Python dependencies' install)
 #   LLAMA_CMAKE_ARGS="-DGGML_CUDA=ON -DGGML_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=80;90" \
 #       scripts/build_llama_cpp.sh                   # CUDA build (the container does this)
 #
@@ -15,8 +13,6 @@
 # LLAMA_CMAKE_ARGS (extra CMake flags), JOBS (default: all cores).
 set -euo pipefail
 
-PART=${1:-all}
-[[ "$PART" =~ ^(all|bindings|tools)$ ]] || { echo "usage: $0 [all|bindings|tools]" >&2; exit 2; }
 VERSION=0.3.36   # llama-cpp-python; pins the llama.cpp commit it vendors
 PYTHON=${PYTHON:-python3}
 DIR=${LLAMA_CPP_DIR:-build/llama.cpp}
@@ -50,7 +46,7 @@ if [[ ! -f "$DIR/src/convert_hf_to_gguf.py" ]]; then
   rm -rf "$DIR/unpack"
 fi
 
-if [[ "$PART" != tools ]] && { [[ "$(cat "$DIR/wheel.stamp" 2>/dev/null)" != "$VERSION" ]] || ! ls "$DIR"/wheels/llama_cpp_python-*.whl >/dev/null 2>&1; }; then
+if [[ "$(cat "$DIR/wheel.stamp" 2>/dev/null)" != "$VERSION" ]] || ! ls "$DIR"/wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then
   echo "== packing the llama-cpp-python bindings (Python only; the library is the one built below)"
   rm -rf "$DIR/wheels"
   CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" \
@@ -65,7 +61,7 @@ missing_tool() {
   return 1
 }
 
-if [[ "$PART" != bindings ]] && { [[ "$(cat "$DIR/tools.stamp" 2>/dev/null)" != "$STAMP" ]] || missing_tool; }; then
+if [[ "$(cat "$DIR/tools.stamp" 2>/dev/null)" != "$STAMP" ]] || missing_tool; then
   echo "== building llama.cpp: libllama and $TOOLS (about 5 minutes on 2 cores)"
   # shellcheck disable=SC2086
   cmake -S "$DIR/src" -B "$DIR/cmake" -DCMAKE_BUILD_TYPE=Release $CMAKE_FLAGS >/dev/null
