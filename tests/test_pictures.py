@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO
 
-CHROMIUM = shutil.which("chromium")
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 pytestmark = pytest.mark.skipif(not CHROMIUM, reason="chromium not installed (make test installs it: apt-get install chromium)")
 
 # Runs once the page has loaded and vega has had time to draw; writes what it saw into the DOM.
