@@ -76,10 +76,10 @@ def tiny_model(qwen_tokenizer, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
-    from edgetune.convert import convert_to_gguf
+    from edgetune.llamacpp import convert_checkpoint
 
     out = tmp_path_factory.mktemp("tiny-gguf") / "tiny-f16.gguf"
-    convert_to_gguf(tiny_model, out, "f16")
+    convert_checkpoint(tiny_model, out, "f16")
     return out
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_model, run
-from edgetune.convert import convert_to_gguf
+from edgetune.llamacpp import convert_checkpoint
 from edgetune.fetch_model import ModelParams, supply_template
 from edgetune.merge import merge_adapter
 
@@ -30,7 +30,7 @@ def test_tiny_model_merges_converts_quantizes_and_loads(arch, request, tmp_path)
     get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(tmp_path / "adapter")
 
     merge_adapter(base, tmp_path / "adapter", tmp_path / "merged")
-    convert_to_gguf(tmp_path / "merged", tmp_path / "f16.gguf", "f16")
+    convert_checkpoint(tmp_path / "merged", tmp_path / "f16.gguf", "f16")
     result = run("quantize", "--model", tmp_path / "f16.gguf", "--type", "q4_k_m", "--out", tmp_path / "q4.gguf",
                  "--stats", tmp_path / "q4.json")
     assert result.exit_code == 0, result.output

@@ -84,10 +84,10 @@ def test_imatrix_variant_without_an_importance_matrix(workdir, tiny_gguf):
 
 
 def test_type_that_needs_an_importance_matrix(workdir, qwen_tokenizer):
-    from edgetune.convert import convert_to_gguf
+    from edgetune.llamacpp import convert_checkpoint
 
     # 256 wide, so IQ2_XXS's 256-blocks fit and llama-quantize insists on a matrix (64 wide falls back)
-    convert_to_gguf(make_tiny_model(qwen_tokenizer, workdir / "wide", hidden=256), workdir / "wide.gguf")
+    convert_checkpoint(make_tiny_model(qwen_tokenizer, workdir / "wide", hidden=256), workdir / "wide.gguf")
     result = run("quantize", "--model", workdir / "wide.gguf", "--type", "iq2_xxs", "--out", workdir / "x.gguf",
                  "--stats", workdir / "x.json")
     assert failed(result, "iq2_xxs needs an importance matrix", "iq2_xxs-imatrix", "requires an importance matrix")

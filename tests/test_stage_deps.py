@@ -45,3 +45,10 @@ def test_every_stage_depends_on_the_modules_that_make_its_outputs():
         assert not missing, f"dvc.yaml: stage {name} runs `edgetune {command}` but does not depend on {sorted(missing)}"
         listed = {d for d in stage["deps"] if d.startswith("src/edgetune/") and d.endswith(".py")}
         assert listed <= needed | {f"src/edgetune/{m}.py" for m in PLUMBING}, f"{name}: depends on code it never runs"
+
+
+def test_export_declares_every_params_section_its_model_card_prints():
+    from edgetune.export import CARD_SECTIONS
+
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["export"]["params"]
+    assert {"export", *CARD_SECTIONS} <= set(declared)

@@ -143,7 +143,7 @@ def test_the_relaunch_command_is_one_accelerate_accepts(monkeypatch):
 
 
 def test_a_run_killed_while_dvclive_wrote_its_summary_resumes_at_the_last_step(tmp_path, monkeypatch):
-    from edgetune.train import open_live
+    from edgetune.resume import open_live
 
     monkeypatch.chdir(tmp_path)
     live_dir = tmp_path / "live"

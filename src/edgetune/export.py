@@ -38,6 +38,9 @@ class ExportParams:
     context: Positive = 2048
 
 
+CARD_SECTIONS = ("model", "data", "lora", "train", "quantize")  # declared as its params in dvc.yaml
+
+
 def portable(settings: dict) -> dict:
     """The settings with every absolute path cut to its last part: a model card names no folder of
     the machine that made it."""
@@ -57,7 +60,7 @@ def tables(summary: str) -> str:
 
 
 def model_card(name: str, variant: str, metrics: dict, summary: str, settings: dict, env: dict, files: Files) -> str:
-    made = portable({section: settings.get(section, {}) for section in ("model", "data", "lora", "train", "quantize")})
+    made = portable({section: settings.get(section, {}) for section in CARD_SECTIONS})
     recommended = metrics.get("recommended") or {}
     how = ("trained on the dequantized weights of the quantized base that ships here, converted to a GGUF LoRA and "
            "applied at run time (`--lora`): the base is rounded once, the adapter not at all."

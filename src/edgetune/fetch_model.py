@@ -21,7 +21,7 @@ from typing import Annotated
 import click
 from tqdm import tqdm
 
-from . import hub, params
+from . import hub, llamacpp, params
 from .dequantize import dequantized
 from .errors import EdgetuneError
 from .files import atomic_dir, check_gguf, check_outputs, read_text, sha256_file
@@ -176,8 +176,6 @@ def save_checkpoint(model, tokenizer, out: Path, p: ModelParams) -> None:
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("models/base"), show_default=True)
 def fetch_model(out: Path):
     """Resolve model.source into an HF checkpoint and a base GGUF in OUT."""
-    from .convert import convert_to_gguf
-
     p = params.load("model", ModelParams)
     source = Path(p.source)
     check_outputs(inputs=[source] if source.exists() else [], folders=[out])
@@ -206,5 +204,5 @@ def fetch_model(out: Path):
             else:
                 folder = download(p)
             load_hf(folder, tmp, p)
-            convert_to_gguf(tmp, tmp / BASE_GGUF, "f16")
+            llamacpp.convert_checkpoint(tmp, tmp / BASE_GGUF, "f16")
     click.echo(f"base model ready in {out}")

@@ -8,9 +8,11 @@ compiled code.
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from .errors import EdgetuneError
+from .files import atomic_path
 
 
 def home() -> Path:
@@ -53,3 +55,12 @@ def run(cmd: list, what: str, cwd: Path | None = None) -> str:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise EdgetuneError(f"{what} failed (exit {proc.returncode}):\n{tail}")
     return proc.stdout + proc.stderr
+
+
+def convert_checkpoint(checkpoint: Path, out: Path, outtype: str = "f16") -> None:
+    """An HF checkpoint to a GGUF file with llama.cpp's own convert_hf_to_gguf.py, written atomically."""
+    script = source() / "convert_hf_to_gguf.py"
+    print(f"converting {checkpoint} -> {out} ({outtype}) with {script}", flush=True)
+    with atomic_path(out, ".gguf") as tmp:
+        # The script puts its own gguf-py first on sys.path, so converter and format match.
+        run([sys.executable, script, checkpoint, "--outtype", outtype, "--outfile", tmp], f"convert_hf_to_gguf.py on {checkpoint}")

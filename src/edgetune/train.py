@@ -4,17 +4,13 @@ The base weights are those of the quantized base GGUF that ships (`--weights`, l
 dequantized: the adapter learns on what a phone runs (base_weights.py).
 
 Checkpoints go to <adapter>/checkpoints every `train.save_steps`; the stage's output is
-`persist: true` in dvc.yaml, so an interrupted `dvc repro` resumes from the last one, provided
-the params, data and training code it was made from are unchanged (a fingerprint file says so).
+`persist: true` in dvc.yaml, so an interrupted `dvc repro` resumes from the last one (resume.py).
 Train and validation loss go through dvclive into `dvc plots`.
 `lora.quantization: 4bit` trains on a 4-bit base (QLoRA, qlora.py); several visible GPUs make
 the stage relaunch itself under DDP (distributed.py).
 """
 
-import csv
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import shutil
@@ -24,15 +20,13 @@ from typing import Annotated
 
 import click
 
-from . import base_weights, params
+from . import base_weights, params, resume
 from .distributed import relaunch_on_gpus
 from .errors import EdgetuneError
-from .files import check_outputs, mark, read_jsonl, write_json
+from .files import check_outputs, mark, read_jsonl
 from .params import Name, OneOf, Positive, Range
 from .qlora import CHOICES
 from .remote_code import allowed as trust_remote_code
-
-FINGERPRINT = "fingerprint.json"
 
 
 @dataclasses.dataclass
@@ -199,31 +193,93 @@ def to_dataset(rows: list[dict]):
     return Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
 
 
-def fingerprint(settings: list, files: list[Path]) -> str:
-    digest = hashlib.sha256(json.dumps([dataclasses.asdict(s) for s in settings], sort_keys=True).encode())
-    for f in files:
-        digest.update(f.read_bytes() if f.is_file() else str(f).encode())
-    return digest.hexdigest()
+# A checkpoint made by other training code is not resumed.
+CODE = [Path(__file__), *(Path(__file__).with_name(m) for m in ("qlora.py", "base_weights.py"))]
 
 
-def resume_point(checkpoints: Path, print_: str) -> str | None:
-    """The last checkpoint of an unfinished run made from the same params and data; None to start
-    afresh. A finished run is trained again (`dvc repro --force`), not resumed at its last step
-    into a run of no steps."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    stamp = checkpoints / FINGERPRINT
-    made = json.loads(stamp.read_text()) if stamp.is_file() else {}
-    if made.get("fingerprint") == print_ and not made.get("finished"):
-        return get_last_checkpoint(str(checkpoints))
-    return None
+def check_settings(p: TrainParams, train_rows: list, val_rows: list, data: Path) -> None:
+    if not train_rows:
+        raise EdgetuneError(f"{data / 'train.jsonl'}: no training examples. Check data.max_train and the data source.")
+    if p.best_checkpoint and val_rows and p.save_steps % p.eval_steps:
+        raise EdgetuneError(f"params.yaml: train.save_steps ({p.save_steps}) must be a multiple of train.eval_steps "
+                            f"({p.eval_steps}) to keep the best checkpoint; change one, or set train.best_checkpoint: false.")
 
 
-def start_afresh(checkpoints: Path, print_: str) -> None:
-    if checkpoints.exists():
-        shutil.rmtree(checkpoints)  # made from other params or data: not ours to continue
-    checkpoints.mkdir(parents=True)
-    write_json(checkpoints / FINGERPRINT, {"fingerprint": print_})
+def label_choices(tokenizer, rows: list[dict]) -> list[int] | None:
+    """The first token of each label answer, for validation accuracy by first-token label scoring;
+    None where those tokens do not tell the answers apart (or in conversations, data.task: sft)."""
+    answers = sorted({r["answer"] for r in rows if "answer" in r})
+    choices = [tokenizer(a, add_special_tokens=False).input_ids[0] for a in answers]
+    return choices if len(set(choices)) == len(choices) > 1 else None
+
+
+def sft_config(p: TrainParams, checkpoints: Path, validate: bool, by_accuracy: bool):
+    """train.* as TRL's SFTConfig."""
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size,
+        gradient_accumulation_steps=p.grad_accum,
+        num_train_epochs=p.epochs,
+        max_steps=p.max_steps,
+        learning_rate=p.lr,
+        lr_scheduler_type=p.scheduler,
+        warmup_steps=p.warmup_ratio,
+        max_length=p.max_length,
+        completion_only_loss=True,
+        train_sampling_strategy="group_by_length" if p.group_by_length else "random",
+        logging_steps=p.logging_steps,
+        eval_strategy="steps" if validate else "no",
+        eval_steps=p.eval_steps,
+        save_strategy="steps",
+        save_steps=p.save_steps,
+        save_total_limit=2,  # with load_best_model_at_end: the best and the last
+        load_best_model_at_end=p.best_checkpoint and validate,
+        metric_for_best_model="accuracy" if by_accuracy else "loss",
+        seed=p.seed,
+        data_seed=p.seed,
+        bf16=False,  # weights are already bf16; autocast would only slow it down
+        activation_checkpointing=p.gradient_checkpointing,
+        ddp_find_unused_parameters=False,  # every adapter weight gets a gradient on every step
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def run_summary(trainer, result, validate: bool, best: bool) -> dict:
+    """The run's figures, with the validation metrics of the adapter that is saved (the best
+    checkpoint's with train.best_checkpoint, else the last step's)."""
+    summary = {"train_loss": result.training_loss, "steps": trainer.state.global_step,
+               "tokens_seen": trainer.state.num_input_tokens_seen}
+    summary.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
+    summary["tokens_per_second"] = summary["tokens_seen"] / max(result.metrics["train_runtime"], 1e-9)
+    summary.update(peak_memory())
+    evals = {log["step"]: log for log in trainer.state.log_history if "eval_loss" in log}
+    chosen = trainer.state.global_step
+    if best and trainer.state.best_model_checkpoint:
+        chosen = int(trainer.state.best_model_checkpoint.rsplit("-", 1)[1])
+    if validate and chosen not in evals:
+        evals[chosen] = trainer.evaluate()  # every process takes part
+    summary["chosen_step"] = chosen
+    if validate:
+        summary.update({k: v for k, v in evals[chosen].items() if k in ("eval_loss", "eval_accuracy")})
+        summary["eval_perplexity"] = math.exp(min(summary["eval_loss"], 50))
+    return summary
+
+
+def save_adapter(model, out: Path) -> None:
+    """The adapter lands beside its checkpoints only once training has finished."""
+    tmp = out / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
 
 
 @click.command("train")
@@ -243,88 +299,41 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
     from peft import LoraConfig
     from transformers import AutoTokenizer
     from transformers.integrations import DVCLiveCallback
-    from trl import SFTConfig
 
     check_outputs(inputs=[model, weights, data], folders=[out, live_dir])
-    p = params.load("train", TrainParams)
-    lp = params.load("lora", LoraParams)
-    trust = trust_remote_code(model)
-    qlora = lp.quantization == "4bit"
-    bf16 = use_bf16(p)
+    p, lp = params.load("train", TrainParams), params.load("lora", LoraParams)
+    trust, bf16 = trust_remote_code(model), use_bf16(p)
     train_rows, val_rows = read_jsonl(data / "train.jsonl"), read_jsonl(data / "val.jsonl")
-    if not train_rows:
-        raise EdgetuneError(f"{data / 'train.jsonl'}: no training examples. Check data.max_train and the data source.")
-    if p.best_checkpoint and val_rows and p.save_steps % p.eval_steps:
-        raise EdgetuneError(f"params.yaml: train.save_steps ({p.save_steps}) must be a multiple of train.eval_steps "
-                            f"({p.eval_steps}) to keep the best checkpoint; change one, or set train.best_checkpoint: false.")
-    best = p.best_checkpoint and bool(val_rows)
+    check_settings(p, train_rows, val_rows, data)
     relaunch_on_gpus(accelerate_config)
 
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several under DDP
-    main = state.is_main_process
     checkpoints = out / "checkpoints"
-    code = [Path(__file__), *(Path(__file__).with_name(m) for m in ("qlora.py", "base_weights.py"))]  # a checkpoint made by other code is not resumed
-    trained_on = [weights] if weights else []
-    stamp = fingerprint([p, lp], [data / "train.jsonl", data / "val.jsonl", model / "config.json", *trained_on, *code])
-    resume = resume_point(checkpoints, stamp)
+    made_from = [data / "train.jsonl", data / "val.jsonl", model / "config.json", *([weights] if weights else []), *CODE]
+    stamp = resume.fingerprint([p, lp], made_from)
+    resume_from = resume.resume_point(checkpoints, stamp)
 
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust)
-    # Validation accuracy by first-token label scoring, where the answers' first tokens differ.
-    answers = sorted({r["answer"] for r in train_rows if "answer" in r})  # none in conversations (data.task: sft)
-    choices = [tokenizer(a, add_special_tokens=False).input_ids[0] for a in answers]
-    choices = choices if len(set(choices)) == len(choices) > 1 else None
-    base = base_weights.load(model, weights, qlora, bf16, str(state.device), p.gradient_checkpointing, trust)
-    lora = LoraConfig(
-        r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=adapter_targets(lp, base),
-        task_type="CAUSAL_LM",
-    )
+    choices = label_choices(tokenizer, train_rows)
+    base = base_weights.load(model, weights, lp.quantization == "4bit", bf16, str(state.device), p.gradient_checkpointing, trust)
+    lora = LoraConfig(r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=adapter_targets(lp, base),
+                      task_type="CAUSAL_LM")
     # Everything is checked and loaded: only now may checkpoints this run cannot use go.
     state.wait_for_everyone()  # every process has decided before the main one clears old checkpoints
-    if main:
-        click.echo(f"resuming from {resume}" if resume else f"training from {weights or model}")
+    if state.is_main_process:
+        click.echo(f"resuming from {resume_from}" if resume_from else f"training from {weights or model}")
         mark(out, "train")
-        if resume is None:
-            start_afresh(checkpoints, stamp)
+        if resume_from is None:
+            resume.start_afresh(checkpoints, stamp)
     state.wait_for_everyone()
-    config = SFTConfig(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=p.batch_size,
-        per_device_eval_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.grad_accum,
-        num_train_epochs=p.epochs,
-        max_steps=p.max_steps,
-        learning_rate=p.lr,
-        lr_scheduler_type=p.scheduler,
-        warmup_steps=p.warmup_ratio,
-        max_length=p.max_length,
-        completion_only_loss=True,
-        train_sampling_strategy="group_by_length" if p.group_by_length else "random",
-        logging_steps=p.logging_steps,
-        eval_strategy="steps" if val_rows else "no",
-        eval_steps=p.eval_steps,
-        save_strategy="steps",
-        save_steps=p.save_steps,
-        save_total_limit=2,  # with load_best_model_at_end: the best and the last
-        load_best_model_at_end=best,
-        metric_for_best_model="accuracy" if choices else "loss",
-        seed=p.seed,
-        data_seed=p.seed,
-        bf16=False,  # weights are already bf16; autocast would only slow it down
-        activation_checkpointing=p.gradient_checkpointing,
-        ddp_find_unused_parameters=False,  # every adapter weight gets a gradient on every step
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-    )
     callbacks = []
-    if main:
+    if state.is_main_process:
         mark(live_dir, "train")
-        live = open_live(live_dir, resume=resume is not None)
+        live = resume.open_live(live_dir, resume=resume_from is not None)
         callbacks.append(DVCLiveCallback(live=live))
     trainer = make_trainer_class()(
         model=base,
-        args=config,
+        args=sft_config(p, checkpoints, validate=bool(val_rows), by_accuracy=bool(choices)),
         train_dataset=to_dataset(train_rows),
         eval_dataset=to_dataset(val_rows) if val_rows else None,
         processing_class=tokenizer,
@@ -333,66 +342,15 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
         callbacks=callbacks,
     )
     trainer.choices = choices
-    result = trainer.train(resume_from_checkpoint=resume)
-    summary = {"train_loss": result.training_loss, "steps": trainer.state.global_step, "bf16_weights": bf16,
-               "qlora": qlora, "processes": state.num_processes, "tokens_seen": trainer.state.num_input_tokens_seen}
-    summary.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
-    summary["tokens_per_second"] = summary["tokens_seen"] / max(result.metrics["train_runtime"], 1e-9)
-    summary.update(peak_memory())
-    evals = {log["step"]: log for log in trainer.state.log_history if "eval_loss" in log}
-    chosen = trainer.state.global_step
-    if best and trainer.state.best_model_checkpoint:
-        chosen = int(trainer.state.best_model_checkpoint.rsplit("-", 1)[1])
-    if val_rows and chosen not in evals:
-        evals[chosen] = trainer.evaluate()  # every process takes part
-    summary["chosen_step"] = chosen
-    if val_rows:  # the validation metrics of the adapter that is saved
-        summary.update({k: v for k, v in evals[chosen].items() if k in ("eval_loss", "eval_accuracy")})
-        summary["eval_perplexity"] = math.exp(min(summary["eval_loss"], 50))
-    if not main:
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    summary = {**run_summary(trainer, result, validate=bool(val_rows), best=p.best_checkpoint and bool(val_rows)),
+               "bf16_weights": bf16, "qlora": lp.quantization == "4bit", "processes": state.num_processes}
+    if not state.is_main_process:
         return
     for key, value in summary.items():
         if isinstance(value, (int, float)):
             live.summary[key] = value
     live.end()
-
-    # The adapter lands beside its checkpoints only once training has finished.
-    tmp = out / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
-    for f in tmp.iterdir():
-        os.replace(f, out / f.name)
-    tmp.rmdir()
-    write_json(checkpoints / FINGERPRINT, {"fingerprint": stamp, "finished": True})
+    save_adapter(trainer.model, out)
+    resume.finish(checkpoints, stamp)
     click.echo(f"adapter saved to {out}: {summary}")
-
-
-def repair_summary(live_dir: Path) -> None:
-    """dvclive rewrites its summary (metrics.json) in place at every logged step, so a run killed
-    during that write leaves it empty, and dvclive fails to resume on it. Rebuild the one thing
-    resuming reads from it, the last step, out of the plot files dvclive appends to."""
-    summary = live_dir / "metrics.json"
-    try:
-        json.loads(summary.read_text(encoding="utf-8"))
-        return
-    except FileNotFoundError:
-        return
-    except ValueError:
-        pass
-    steps = [int(row["step"]) for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv")
-             for row in csv.DictReader(tsv.open(encoding="utf-8"), delimiter="\t") if (row.get("step") or "").isdigit()]
-    write_json(summary, {"step": max(steps, default=0)})
-
-
-def open_live(live_dir: Path, resume: bool):
-    from dvclive import Live
-
-    if resume:
-        repair_summary(live_dir)
-    try:
-        return Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
-    except Exception as e:  # scmrepo's SCMError: dvclive reads the current commit
-        if "Empty git repo" not in str(e):
-            raise
-        raise EdgetuneError("this git repository has no commit yet; dvclive needs one. Commit dvc.yaml and "
-                            "params.yaml (`git add -A && git commit`), then run again.") from None
