@@ -31,6 +31,8 @@ repro: setup
 	@python -c 'import json; r = json.load(open("reports/metrics.json"))["recommended"]; print("recommended: ", r["variant"], "-", r["reason"])'
 
 test: setup browser
+	ruff check .
+	ruff format --check .
 	pytest -q
 
 # tests/test_pictures.py opens the pictures as a person would, in headless chromium
