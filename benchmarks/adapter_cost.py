@@ -35,10 +35,33 @@ SHAPES = {  # name: (target modules, adapted top layers or None for all, rank)
 
 def timed(base: Path, lora: Path | None, threads: int, prompt: Path, tokens: int) -> tuple[float, float]:
     """Prompt and generation tokens/s of one llama-completion run."""
-    log = subprocess.run([llamacpp.tool("llama-completion"), "-m", base, *(["--lora", lora] if lora else []), "-f", prompt,
-                          "-n", str(tokens), "--ignore-eos", "--temp", "0", "-no-cnv", "-t", str(threads), "-ngl", "0",
-                          "-c", "1024"], capture_output=True, text=True, errors="replace", check=True,
-                         stdin=subprocess.DEVNULL).stderr
+    log = subprocess.run(
+        [
+            llamacpp.tool("llama-completion"),
+            "-m",
+            base,
+            *(["--lora", lora] if lora else []),
+            "-f",
+            prompt,
+            "-n",
+            str(tokens),
+            "--ignore-eos",
+            "--temp",
+            "0",
+            "-no-cnv",
+            "-t",
+            str(threads),
+            "-ngl",
+            "0",
+            "-c",
+            "1024",
+        ],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=True,
+        stdin=subprocess.DEVNULL,
+    ).stderr
     p = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", log)
     g = re.search(r"common_perf_print:\s+eval time =\s*([\d.]+) ms /\s*(\d+) runs", log)
     return 1000 * int(p[2]) / float(p[1]), 1000 * int(g[2]) / float(g[1])
@@ -55,8 +78,21 @@ def random_adapter(base: Path, targets, top: int | None, r: int, out: Path) -> P
     config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=modules, init_lora_weights=False, task_type="CAUSAL_LM")
     get_peft_model(model, config).save_pretrained(out / "peft")
     gguf = out / "lora.gguf"
-    subprocess.run([sys.executable, llamacpp.source() / "convert_lora_to_gguf.py", out / "peft", "--base", base,
-                    "--outtype", "f16", "--outfile", gguf], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            llamacpp.source() / "convert_lora_to_gguf.py",
+            out / "peft",
+            "--base",
+            base,
+            "--outtype",
+            "f16",
+            "--outfile",
+            gguf,
+        ],
+        check=True,
+        capture_output=True,
+    )
     return gguf
 
 
@@ -71,13 +107,18 @@ def main():
     name = yaml.safe_load(Path("params.yaml").read_text())["model"]["name"]
     base = Path(f"models/gguf/{name}-base-{args.type}.gguf")
     print(environment.one_line(environment.describe()) + "\n")
-    print(f"llama-completion on {base}, {args.threads} threads, pp{args.prompt_tokens} tg{args.gen_tokens}, "
-          f"median of {args.repetitions} rounds; cost against the base alone:\n")
+    print(
+        f"llama-completion on {base}, {args.threads} threads, pp{args.prompt_tokens} tg{args.gen_tokens}, "
+        f"median of {args.repetitions} rounds; cost against the base alone:\n"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         prompt = Path(tmp) / "prompt.txt"
         prompt.write_text("你好" * args.prompt_tokens, encoding="utf-8")
 
-        adapters = {"none (the base alone)": None, "trained (lora.* of params.yaml)": Path(f"models/gguf/{name}-lora.gguf")}
+        adapters = {
+            "none (the base alone)": None,
+            "trained (lora.* of params.yaml)": Path(f"models/gguf/{name}-lora.gguf"),
+        }
         for label, (targets, top, r) in SHAPES.items():
             folder = Path(tmp) / str(len(adapters))
             folder.mkdir()
@@ -92,7 +133,9 @@ def main():
         for label, lora in adapters.items():
             pp, tg = (statistics.median(r[i] for r in runs[label]) for i in (0, 1))
             size = f"{lora.stat().st_size / 1e6:6.1f}" if lora else f"{'':>6}"
-            print(f"  {label:<32} {size} {pp:9.0f} {tg:9.1f} {100 * (1 - pp / alone[0]):7.0f}% {100 * (1 - tg / alone[1]):7.0f}%")
+            print(
+                f"  {label:<32} {size} {pp:9.0f} {tg:9.1f} {100 * (1 - pp / alone[0]):7.0f}% {100 * (1 - tg / alone[1]):7.0f}%"
+            )
 
 
 if __name__ == "__main__":

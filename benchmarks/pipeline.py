@@ -39,8 +39,24 @@ def time_stages() -> dict[str, float]:
 def llama_bench_pp(gguf: Path, n_prompt: int, threads: int) -> float:
     """llama-bench prompt processing, tokens/s, for a prompt as long as the test split's average."""
     out = subprocess.run(
-        [llamacpp.tool("llama-bench"), "-m", gguf, "-p", str(n_prompt), "-n", "0", "-t", str(threads), "-r", "3", "-o", "json"],
-        capture_output=True, text=True, check=True,
+        [
+            llamacpp.tool("llama-bench"),
+            "-m",
+            gguf,
+            "-p",
+            str(n_prompt),
+            "-n",
+            "0",
+            "-t",
+            str(threads),
+            "-r",
+            "3",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return float(json.loads(out)[0]["avg_ts"])
 
@@ -60,14 +76,18 @@ def main():
 
     train = json.loads(Path("reports/train/metrics.json").read_text())
     if train.get("tokens_seen") and train.get("train_runtime"):
-        print(f"\ntraining: {train['tokens_seen']} tokens in {train['train_runtime']:.0f} s = "
-              f"{train['tokens_seen'] / train['train_runtime']:.0f} tokens/s (non-padding, evaluation included)")
+        print(
+            f"\ntraining: {train['tokens_seen']} tokens in {train['train_runtime']:.0f} s = "
+            f"{train['tokens_seen'] / train['train_runtime']:.0f} tokens/s (non-padding, evaluation included)"
+        )
 
     name = params["model"]["name"]
     files = {"base": Path("models/base/model.gguf"), "f16": Path(f"models/gguf/{name}-f16.gguf")}
     files.update({t: Path(f"models/gguf/{name}-{t}.gguf") for t in params["quantize"]["types"]})
     print(f"\nevaluation throughput ({threads} threads) vs llama-bench prompt processing of the same file:")
-    print(f"  {'variant':<10} {'samples/s':>10} {'prompt tok/s':>13} {'computed tok/s':>15} {'llama-bench pp':>15} {'ratio':>6}")
+    print(
+        f"  {'variant':<10} {'samples/s':>10} {'prompt tok/s':>13} {'computed tok/s':>15} {'llama-bench pp':>15} {'ratio':>6}"
+    )
     for variant, gguf in files.items():
         result_file = Path(f"reports/eval/{variant}.json")
         if not (gguf.is_file() and result_file.is_file()):
@@ -75,10 +95,14 @@ def main():
         r = json.loads(result_file.read_text())
         n_prompt = round(r["prompt_tokens"] / r["n_samples"])
         pp = llama_bench_pp(gguf, n_prompt, threads)
-        print(f"  {variant:<10} {r['samples_per_second']:10.2f} {r['prompt_tokens_per_second']:13.0f} "
-              f"{r['evaluated_tokens_per_second']:15.0f} {pp:15.0f} {r['evaluated_tokens_per_second'] / pp:6.2f}")
-    print("\nprompt tok/s counts every prompt token; computed tok/s only those evaluated after the cached "
-          "shared prefix; the ratio compares computed tokens with llama-bench's pp rate.")
+        print(
+            f"  {variant:<10} {r['samples_per_second']:10.2f} {r['prompt_tokens_per_second']:13.0f} "
+            f"{r['evaluated_tokens_per_second']:15.0f} {pp:15.0f} {r['evaluated_tokens_per_second'] / pp:6.2f}"
+        )
+    print(
+        "\nprompt tok/s counts every prompt token; computed tok/s only those evaluated after the cached "
+        "shared prefix; the ratio compares computed tokens with llama-bench's pp rate."
+    )
 
 
 if __name__ == "__main__":

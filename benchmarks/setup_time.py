@@ -37,15 +37,26 @@ def main() -> None:
     subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", args.rev], check=True)
     # This machine's settings (package indexes, certificates), less any active venv and the caches
     path = [p for p in os.environ["PATH"].split(os.pathsep) if not Path(p, "activate").exists()]
-    env = {**{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}, "PATH": os.pathsep.join(path),
-           "PIP_CACHE_DIR": str(work / "pip-cache"), "npm_config_cache": str(work / "npm-cache")}
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
+        "PATH": os.pathsep.join(path),
+        "PIP_CACHE_DIR": str(work / "pip-cache"),
+        "npm_config_cache": str(work / "npm-cache"),
+    }
     log = work / "setup.log"
     print(f"make setup in a fresh clone of {args.rev} ({clone})", flush=True)
 
     phases, start = [], time.monotonic()
     with open(log, "w") as out:
-        proc = subprocess.Popen(["/usr/bin/time", "-v", "make", "setup"], cwd=clone, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
+        proc = subprocess.Popen(
+            ["/usr/bin/time", "-v", "make", "setup"],
+            cwd=clone,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            bufsize=1,
+        )
         for line in proc.stdout:
             out.write(line)
             if line.startswith(STEP):

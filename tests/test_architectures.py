@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_tiny_model, run
-from edgetune.llamacpp import convert_checkpoint
+
 from edgetune.fetch_model import ModelParams, supply_template
+from edgetune.llamacpp import convert_checkpoint
 from edgetune.merge import merge_adapter
 
 ARCHS = {"qwen2": "qwen_tokenizer", "llama": "qwen_tokenizer", "gemma3": "gemma_tokenizer"}
@@ -31,15 +31,26 @@ def test_tiny_model_merges_converts_quantizes_and_loads(arch, request, tmp_path)
 
     merge_adapter(base, tmp_path / "adapter", tmp_path / "merged")
     convert_checkpoint(tmp_path / "merged", tmp_path / "f16.gguf", "f16")
-    result = run("quantize", "--model", tmp_path / "f16.gguf", "--type", "q4_k_m", "--out", tmp_path / "q4.gguf",
-                 "--stats", tmp_path / "q4.json")
+    result = run(
+        "quantize",
+        "--model",
+        tmp_path / "f16.gguf",
+        "--type",
+        "q4_k_m",
+        "--out",
+        tmp_path / "q4.gguf",
+        "--stats",
+        tmp_path / "q4.json",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "q4.json").read_text())["bits_per_weight"] > 4
 
     llm = Llama(model_path=str(tmp_path / "q4.gguf"), n_ctx=128, logits_all=True, verbose=False)
     assert llm.metadata["general.architecture"] == arch
     assert llm.metadata["tokenizer.chat_template"] == tokenizer.chat_template
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True
+    )
     tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
     assert tokens == tokenizer(prompt, add_special_tokens=False).input_ids  # the same tokens as in training
     llm.eval(tokens)

@@ -5,11 +5,9 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import GOOD, REPO, make_tiny_model, prepare, report_files, run, set_params, write_jsonl
 
 
@@ -25,11 +23,31 @@ def failed(result, *needles):
     [
         ("missing.jsonl", None, ["missing.jsonl", "file not found"]),
         ("empty.jsonl", "", ["empty.jsonl", "empty"]),
-        ("bad.jsonl", '{"text": "好", "label": "positive"}\n{"text": "差", label\n', ["bad.jsonl", "line 2:", "not valid JSON"]),
-        ("gbk.csv", "text,label\n好,positive\n差,negative\n".encode("gbk"), ["gbk.csv", "line 2", "not UTF-8", "iconv"]),
-        ("nolabel.jsonl", [{"text": "好", "sentiment": "positive"}], ["nolabel.jsonl", "'label'", "data.label_column"]),
-        ("oneclass.jsonl", [{"text": f"好{i}", "label": "positive"} for i in range(10)], ["oneclass.jsonl", "only 1 class"]),
-        ("neutral.jsonl", GOOD + [{"text": "还行", "label": "neutral"}], ["neutral.jsonl", "'neutral'", "data.labels"]),
+        (
+            "bad.jsonl",
+            '{"text": "好", "label": "positive"}\n{"text": "差", label\n',
+            ["bad.jsonl", "line 2:", "not valid JSON"],
+        ),
+        (
+            "gbk.csv",
+            "text,label\n好,positive\n差,negative\n".encode("gbk"),
+            ["gbk.csv", "line 2", "not UTF-8", "iconv"],
+        ),
+        (
+            "nolabel.jsonl",
+            [{"text": "好", "sentiment": "positive"}],
+            ["nolabel.jsonl", "'label'", "data.label_column"],
+        ),
+        (
+            "oneclass.jsonl",
+            [{"text": f"好{i}", "label": "positive"} for i in range(10)],
+            ["oneclass.jsonl", "only 1 class"],
+        ),
+        (
+            "neutral.jsonl",
+            GOOD + [{"text": "还行", "label": "neutral"}],
+            ["neutral.jsonl", "'neutral'", "data.labels"],
+        ),
     ],
 )
 def test_bad_data(workdir, tiny_model, name, content, needles):
@@ -58,7 +76,9 @@ def test_params_with_a_wrong_type(workdir, tiny_model):
 
 
 def test_unknown_quant_type(workdir, tiny_gguf):
-    result = run("quantize", "--model", tiny_gguf, "--type", "q3_z", "--out", workdir / "x.gguf", "--stats", workdir / "x.json")
+    result = run(
+        "quantize", "--model", tiny_gguf, "--type", "q3_z", "--out", workdir / "x.gguf", "--stats", workdir / "x.json"
+    )
     assert failed(result, "q3_z", "q4_k_m")
     assert not list(workdir.glob("*.gguf")) and not (workdir / "x.json").exists()
 
@@ -68,17 +88,44 @@ def test_a_quantized_gguf_that_was_not_pulled(workdir, tiny_gguf):
     missing one is named with the stage that makes it, to pull or rebuild."""
     set_params(workdir, quantize={"types": ["q8_0"]})
     result = run("bench", "--prefix", workdir / "tiny", "--out", workdir / "bench.json")
-    assert failed(result, "tiny-f16.gguf", "tiny-q8_0.gguf", "tiny-base-q8_0.gguf", "tiny-lora.gguf",
-                  "dvc pull convert quantize@q8_0 quantize-base@q8_0 convert-lora", "dvc repro")
-    result = run("quality", "--f16", tiny_gguf, "--prefix", workdir / "tiny", "--data", write_jsonl(workdir / "test.jsonl", GOOD),
-                 "--out", workdir / "quality.json")
+    assert failed(
+        result,
+        "tiny-f16.gguf",
+        "tiny-q8_0.gguf",
+        "tiny-base-q8_0.gguf",
+        "tiny-lora.gguf",
+        "dvc pull convert quantize@q8_0 quantize-base@q8_0 convert-lora",
+        "dvc repro",
+    )
+    result = run(
+        "quality",
+        "--f16",
+        tiny_gguf,
+        "--prefix",
+        workdir / "tiny",
+        "--data",
+        write_jsonl(workdir / "test.jsonl", GOOD),
+        "--out",
+        workdir / "quality.json",
+    )
     assert failed(result, "tiny-q8_0.gguf", "dvc pull quantize@q8_0")
     assert not (workdir / "bench.json").exists() and not (workdir / "quality.json").exists()
 
 
 def test_imatrix_variant_without_an_importance_matrix(workdir, tiny_gguf):
-    result = run("quantize", "--model", tiny_gguf, "--type", "q4_k_m-imatrix", "--imatrix", workdir / "none.gguf",
-                 "--out", workdir / "x.gguf", "--stats", workdir / "x.json")
+    result = run(
+        "quantize",
+        "--model",
+        tiny_gguf,
+        "--type",
+        "q4_k_m-imatrix",
+        "--imatrix",
+        workdir / "none.gguf",
+        "--out",
+        workdir / "x.gguf",
+        "--stats",
+        workdir / "x.json",
+    )
     assert failed(result, "q4_k_m-imatrix", "none.gguf", "dvc repro imatrix")
     assert not list(workdir.glob("*.gguf")) and not (workdir / "x.json").exists()
 
@@ -88,8 +135,17 @@ def test_type_that_needs_an_importance_matrix(workdir, qwen_tokenizer):
 
     # 256 wide, so IQ2_XXS's 256-blocks fit and llama-quantize insists on a matrix (64 wide falls back)
     convert_checkpoint(make_tiny_model(qwen_tokenizer, workdir / "wide", hidden=256), workdir / "wide.gguf")
-    result = run("quantize", "--model", workdir / "wide.gguf", "--type", "iq2_xxs", "--out", workdir / "x.gguf",
-                 "--stats", workdir / "x.json")
+    result = run(
+        "quantize",
+        "--model",
+        workdir / "wide.gguf",
+        "--type",
+        "iq2_xxs",
+        "--out",
+        workdir / "x.gguf",
+        "--stats",
+        workdir / "x.json",
+    )
     assert failed(result, "iq2_xxs needs an importance matrix", "iq2_xxs-imatrix", "requires an importance matrix")
     assert not (workdir / "x.gguf").exists() and not (workdir / "x.json").exists()
 
@@ -120,7 +176,8 @@ def test_adapter_that_does_not_fit_the_base(workdir, tiny_model, qwen_tokenizer)
 
     narrow = make_tiny_model(qwen_tokenizer, workdir / "narrow", hidden=32)
     adapter = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(narrow), LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")
+        AutoModelForCausalLM.from_pretrained(narrow),
+        LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
     adapter.save_pretrained(workdir / "adapter")
     result = run("merge", "--base", tiny_model, "--adapter", workdir / "adapter", "--out", workdir / "merged")
@@ -130,64 +187,106 @@ def test_adapter_that_does_not_fit_the_base(workdir, tiny_model, qwen_tokenizer)
 
 def test_training_checkpoints_that_skip_the_validation_steps(workdir, tiny_model, prepared):
     set_params(workdir, train={"save_steps": 3, "eval_steps": 2, "best_checkpoint": True})
-    result = run("train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "live")
+    result = run(
+        "train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "live"
+    )
     assert failed(result, "train.save_steps (3)", "train.eval_steps (2)", "train.best_checkpoint")
     assert not (workdir / "adapter").exists()
 
 
 def test_calibration_without_a_validation_split(workdir, tiny_gguf, prepared):
-    result = run("evaluate", "--model", tiny_gguf, "--variant", "f16", "--data", prepared / "test.jsonl",
-                 "--val", workdir / "none.jsonl", "--out", workdir / "f16.json")
+    result = run(
+        "evaluate",
+        "--model",
+        tiny_gguf,
+        "--variant",
+        "f16",
+        "--data",
+        prepared / "test.jsonl",
+        "--val",
+        workdir / "none.jsonl",
+        "--out",
+        workdir / "f16.json",
+    )
     assert failed(result, "none.jsonl", "evaluate.calibrate")
     assert not (workdir / "f16.json").exists()
 
 
 def test_labels_that_are_not_a_mapping(workdir, tiny_gguf, prepared):
     set_params(workdir, data={"labels": ["负面", "正面"]})
-    result = run("evaluate", "--model", tiny_gguf, "--variant", "f16", "--data", prepared / "test.jsonl",
-                 "--val", prepared / "val.jsonl", "--out", workdir / "f16.json")
+    result = run(
+        "evaluate",
+        "--model",
+        tiny_gguf,
+        "--variant",
+        "f16",
+        "--data",
+        prepared / "test.jsonl",
+        "--val",
+        prepared / "val.jsonl",
+        "--out",
+        workdir / "f16.json",
+    )
     assert failed(result, "params.yaml", "data.labels", "expected dict")
     assert not (workdir / "f16.json").exists()
 
 
-@pytest.mark.parametrize("section, key, value, allowed", [
-    ("train", "epochs", -1, "> 0"),
-    ("train", "batch_size", 0, ">= 1"),
-    ("train", "eval_steps", 0, ">= 1"),
-    ("train", "lr", -0.0001, "> 0"),
-    ("train", "max_steps", 0, ">= 1, or -1"),
-    ("lora", "r", 0, ">= 1"),
-    ("lora", "dropout", 1.5, ">= 0 and < 1"),
-    ("train", "precision", "fp61", "one of auto, bf16, fp32"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, allowed",
+    [
+        ("train", "epochs", -1, "> 0"),
+        ("train", "batch_size", 0, ">= 1"),
+        ("train", "eval_steps", 0, ">= 1"),
+        ("train", "lr", -0.0001, "> 0"),
+        ("train", "max_steps", 0, ">= 1, or -1"),
+        ("lora", "r", 0, ">= 1"),
+        ("lora", "dropout", 1.5, ">= 0 and < 1"),
+        ("train", "precision", "fp61", "one of auto, bf16, fp32"),
+    ],
+)
 def test_values_out_of_range(workdir, tiny_model, prepared, section, key, value, allowed):
     set_params(workdir, **{section: {key: value}})
-    result = run("train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "live")
+    result = run(
+        "train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "live"
+    )
     assert failed(result, f"`{section}.{key}` is {value!r}; allowed: {allowed}.")
     assert not (workdir / "adapter").exists() and not (workdir / "live").exists()
 
 
 def test_data_values_out_of_range(workdir, tiny_model):
     set_params(workdir, data={"max_text_tokens": 0, "head_tokens": 0})
-    assert failed(prepare(workdir, tiny_model, write_jsonl(workdir / "good.jsonl", GOOD)),
-                  "`data.max_text_tokens` is 0; allowed: >= 1.")
+    assert failed(
+        prepare(workdir, tiny_model, write_jsonl(workdir / "good.jsonl", GOOD)),
+        "`data.max_text_tokens` is 0; allowed: >= 1.",
+    )
     assert not (workdir / "out").exists()
 
 
 def test_a_misspelt_section(workdir, tiny_model, prepared):
     params = (workdir / "params.yaml").read_text()
     (workdir / "params.yaml").write_text(params.replace("\ntrain:", "\ntrian:"))
-    result = run("train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "live")
+    result = run(
+        "train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "live"
+    )
     assert failed(result, "unknown section `trian`; did you mean `train`?")
     assert not (workdir / "adapter").exists()
 
 
-@pytest.mark.parametrize("section, value", [("model", {"name": "x; touch pwned"}), ("model", {"dtype": "bfloat61"}),
-                                            ("quantize", {"types": ["q8_0", "$(touch pwned)"]})])
+@pytest.mark.parametrize(
+    "section, value",
+    [
+        ("model", {"name": "x; touch pwned"}),
+        ("model", {"dtype": "bfloat61"}),
+        ("quantize", {"types": ["q8_0", "$(touch pwned)"]}),
+    ],
+)
 def test_names_and_choices_are_checked_at_load(workdir, section, value):
     set_params(workdir, **{section: value})
-    command = ["fetch-model", "--out", "base"] if section == "model" else \
-        ["bench", "--prefix", "tiny", "--out", "bench.json"]
+    command = (
+        ["fetch-model", "--out", "base"]
+        if section == "model"
+        else ["bench", "--prefix", "tiny", "--out", "bench.json"]
+    )
     key, bad = next(iter(value.items()))
     bad = bad[-1] if isinstance(bad, list) else bad
     assert failed(run(*command), f"{section}.{key}", repr(bad), "allowed:")
@@ -207,15 +306,28 @@ def test_the_server_script_quotes_the_file_name(workdir, tiny_model, tiny_gguf):
     odd = workdir / "my models"
     odd.mkdir()
     shutil.copy(tiny_gguf, odd / "x $(touch pwned)-f16.gguf")
-    result = run("export", *report_files(workdir / "reports"), "--merged", tiny_model,
-                 "--prefix", odd / "x $(touch pwned)", "--out", "deploy")
+    result = run(
+        "export",
+        *report_files(workdir / "reports"),
+        "--merged",
+        tiny_model,
+        "--prefix",
+        odd / "x $(touch pwned)",
+        "--out",
+        "deploy",
+    )
     assert result.exit_code == 0, result.output
     bin_dir = workdir / "bin"
     bin_dir.mkdir()
     (bin_dir / "llama-server").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')  # prints the arguments it got
     (bin_dir / "llama-server").chmod(0o755)
-    ran = subprocess.run(["sh", "deploy/llama-server.sh"], capture_output=True, text=True, cwd=workdir,
-                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    ran = subprocess.run(
+        ["sh", "deploy/llama-server.sh"],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )
     args = ran.stdout.splitlines()
     model = args[args.index("-m") + 1]
     assert model == "deploy/x $(touch pwned)-f16.gguf" and (workdir / model).is_file()
@@ -225,8 +337,9 @@ def test_the_server_script_quotes_the_file_name(workdir, tiny_model, tiny_gguf):
 def test_the_model_card_names_no_folder_of_this_machine(workdir, tiny_model, tiny_gguf):
     set_params(workdir, data={"source": str(workdir / "reviews.csv")}, model={"source": str(tiny_gguf)})
     shutil.copy(tiny_gguf, workdir / "m-f16.gguf")
-    result = run("export", *report_files(workdir / "reports"), "--merged", tiny_model, "--prefix", "m",
-                 "--out", "deploy")
+    result = run(
+        "export", *report_files(workdir / "reports"), "--merged", tiny_model, "--prefix", "m", "--out", "deploy"
+    )
     assert result.exit_code == 0, result.output
     card = (workdir / "deploy" / "README.md").read_text()
     assert '"source": "reviews.csv"' in card and f'"source": "{tiny_gguf.name}"' in card
@@ -240,9 +353,23 @@ def test_a_damaged_gguf(workdir, tiny_gguf, prepared, damage, stage):
     data = tiny_gguf.read_bytes()
     bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"<html>rate limited</html>" * 100)
     set_params(workdir, model={"source": str(bad), "sha256": None})
-    commands = {"evaluate": ["evaluate", "--model", bad, "--variant", "f16", "--data", prepared / "test.jsonl",
-                             "--val", prepared / "val.jsonl", "--out", "f16.json"],
-                "chat": ["chat", bad], "fetch-model": ["fetch-model", "--out", "base"]}
+    commands = {
+        "evaluate": [
+            "evaluate",
+            "--model",
+            bad,
+            "--variant",
+            "f16",
+            "--data",
+            prepared / "test.jsonl",
+            "--val",
+            prepared / "val.jsonl",
+            "--out",
+            "f16.json",
+        ],
+        "chat": ["chat", bad],
+        "fetch-model": ["fetch-model", "--out", "base"],
+    }
     needle = "truncated" if damage == "truncated" else "not a GGUF file"
     assert failed(run(*commands[stage]), "bad.gguf", needle)
     assert not (workdir / "f16.json").exists() and not (workdir / "base").exists()

@@ -7,13 +7,13 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
+import tomllib
 import yaml
-
 from conftest import REPO
+
 from edgetune import llamacpp
 
 BIN = Path(sys.executable).parent
@@ -43,7 +43,10 @@ def test_dockerfile_builds_llama_cpp_with_cuda_by_the_host_script():
     for flag in ("-DGGML_CUDA=ON", "-DGGML_NATIVE=OFF", "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}"):
         assert flag in text
     # llama.cpp before the dependencies before the code: a code change rebuilds neither
-    order = [text.index(s) for s in ("COPY scripts/build_llama_cpp.sh", "COPY pyproject.toml", "COPY --chown=edgetune:edgetune . ")]
+    order = [
+        text.index(s)
+        for s in ("COPY scripts/build_llama_cpp.sh", "COPY pyproject.toml", "COPY --chown=edgetune:edgetune . ")
+    ]
     assert order == sorted(order)
     assert "USER 1000:1000" in text and 'CMD ["dvc", "repro"]' in text and "VOLUME" in text
 
@@ -58,7 +61,11 @@ def test_the_image_installs_the_dependencies_and_the_remote_plugins():
     wanted = proc.stdout.splitlines()
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert "torch==2.13.0" in wanted and "llama-cpp-python==0.3.36" in wanted
-    assert {"dvc-s3==3.3.0", "dvc-ssh==4.3.0"} <= set(wanted) == {*project["dependencies"], *project["optional-dependencies"]["remote"]}
+    assert (
+        {"dvc-s3==3.3.0", "dvc-ssh==4.3.0"}
+        <= set(wanted)
+        == {*project["dependencies"], *project["optional-dependencies"]["remote"]}
+    )
 
 
 def test_compose_file_validates_and_reserves_the_gpu():
@@ -76,7 +83,9 @@ def test_compose_file_validates_and_reserves_the_gpu():
 
 def test_workflows_validate_and_do_what_the_readme_says():
     workflows = REPO / ".github" / "workflows"
-    proc = run(BIN / "check-jsonschema", "--builtin-schema", "vendor.github-workflows", *sorted(workflows.glob("*.yml")))
+    proc = run(
+        BIN / "check-jsonschema", "--builtin-schema", "vendor.github-workflows", *sorted(workflows.glob("*.yml"))
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     gpu = yaml.safe_load((workflows / "gpu-pipeline.yml").read_text())
@@ -85,8 +94,16 @@ def test_workflows_validate_and_do_what_the_readme_says():
     job = gpu["jobs"]["reproduce"]
     assert {"self-hosted", "gpu"} <= set(job["runs-on"]) and job["timeout-minutes"] > 0
     steps = "\n".join(str(s.get("run", "")) + str(s.get("with", "")) for s in job["steps"])
-    for needle in ("cache-from", "dvc repro", "dvc exp run --pull --allow-missing", "dvc metrics diff origin/main --md",
-                   "dvc params diff origin/main --md", "reports/summary.md", "dvc plots diff", "GITHUB_STEP_SUMMARY"):
+    for needle in (
+        "cache-from",
+        "dvc repro",
+        "dvc exp run --pull --allow-missing",
+        "dvc metrics diff origin/main --md",
+        "dvc params diff origin/main --md",
+        "reports/summary.md",
+        "dvc plots diff",
+        "GITHUB_STEP_SUMMARY",
+    ):
         assert needle in steps, needle
 
     tests = yaml.safe_load((workflows / "tests.yml").read_text())
@@ -107,7 +124,9 @@ def test_build_script_reuses_its_cached_cpu_build():
     proc = run("bash", "scripts/build_llama_cpp.sh", env={**os.environ, "PYTHON": sys.executable}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "building" not in proc.stdout and "ready" in proc.stdout  # nothing rebuilt
-    assert (llamacpp.home() / "tools.stamp").read_text() == stamp and (llamacpp.home() / "cmake" / "bin" / "llama-quantize").is_file()
+    assert (llamacpp.home() / "tools.stamp").read_text() == stamp and (
+        llamacpp.home() / "cmake" / "bin" / "llama-quantize"
+    ).is_file()
 
 
 def test_the_bindings_run_the_library_built_with_the_tools():

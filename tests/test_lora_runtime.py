@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run, set_params
 
 
@@ -65,8 +64,10 @@ def test_llama_cpp_with_the_gguf_lora_gives_pefts_next_token_distribution(quanti
     # bits); the adapter itself moves the distribution by 2.3e-2, 60,000 times more. A bound 25 times
     # the measured value still catches an adapter not applied, applied twice or scaled wrong.
     same = kld(hf, with_adapter)
-    print(f"KLD mean {same.mean():.2e} max {same.max():.2e}; adapter {kld(hf, hf_base).mean():.2e}, "
-          f"not applied {kld(hf, without).mean():.2e}, base {kld(hf_base, without).mean():.2e}")
+    print(
+        f"KLD mean {same.mean():.2e} max {same.max():.2e}; adapter {kld(hf, hf_base).mean():.2e}, "
+        f"not applied {kld(hf, without).mean():.2e}, base {kld(hf_base, without).mean():.2e}"
+    )
     assert same.mean() < 1e-5 and same.max() < 1e-4, same
     assert kld(hf, hf_base).mean() > 1000 * same.mean()  # the adapter matters
     assert kld(hf, without).mean() > 1000 * same.mean()  # and llama.cpp applies it
@@ -75,7 +76,10 @@ def test_llama_cpp_with_the_gguf_lora_gives_pefts_next_token_distribution(quanti
 
 def test_a_base_already_of_the_type_is_shipped_byte_for_byte(workdir, tiny_gguf):
     q8 = workdir / "q8_0.gguf"
-    assert run("quantize", "--model", tiny_gguf, "--type", "q8_0", "--out", q8, "--stats", workdir / "a.json").exit_code == 0
+    assert (
+        run("quantize", "--model", tiny_gguf, "--type", "q8_0", "--out", q8, "--stats", workdir / "a.json").exit_code
+        == 0
+    )
     again = workdir / "again.gguf"
     result = run("quantize", "--model", q8, "--type", "q8_0", "--out", again, "--stats", workdir / "b.json")
     assert result.exit_code == 0, result.output
@@ -83,7 +87,9 @@ def test_a_base_already_of_the_type_is_shipped_byte_for_byte(workdir, tiny_gguf)
     stats = json.loads((workdir / "b.json").read_text())
     assert stats["copied"] is True and stats["source_type"] == "q8_0"
     # another type from a quantized source can only be rounded again, and says so
-    result = run("quantize", "--model", q8, "--type", "q4_0", "--out", workdir / "q4.gguf", "--stats", workdir / "c.json")
+    result = run(
+        "quantize", "--model", q8, "--type", "q4_0", "--out", workdir / "q4.gguf", "--stats", workdir / "c.json"
+    )
     assert result.exit_code == 0, result.output
     stats = json.loads((workdir / "c.json").read_text())
     assert stats["copied"] is False and stats["source_type"] == "q8_0" and "q4_0" in stats["tensor_types"]
@@ -109,20 +115,44 @@ def test_chat_answers_with_the_adapter_applied(quantized_base_and_adapter, tiny_
     from llama_cpp import Llama
 
     base, lora, _ = quantized_base_and_adapter
-    proc = subprocess.run([sys.executable, "-m", "edgetune.cli", "chat", str(base), "--lora", str(lora), "--temperature", "0",
-                           "--max-tokens", "6", "--threads", "2"], input="你好\n/exit\n", capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgetune.cli",
+            "chat",
+            str(base),
+            "--lora",
+            str(lora),
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "6",
+            "--threads",
+            "2",
+        ],
+        input="你好\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     reply = proc.stdout.split("model> ", 1)[1].split("\n", 1)[0]
 
     def answer(lora_path):
         llm = Llama(model_path=str(base), lora_path=lora_path, n_ctx=256, verbose=False)
-        return llm.create_chat_completion([{"role": "user", "content": "你好"}], temperature=0, max_tokens=6,
-                                          repeat_penalty=1.1, top_p=0.9, seed=0)["choices"][0]["message"]["content"]
+        return llm.create_chat_completion(
+            [{"role": "user", "content": "你好"}], temperature=0, max_tokens=6, repeat_penalty=1.1, top_p=0.9, seed=0
+        )["choices"][0]["message"]["content"]
 
     assert reply == answer(str(lora))
-    refused = subprocess.run([sys.executable, "-m", "edgetune.cli", "chat", str(tiny_model), "--lora", str(lora)],
-                             input="", capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        [sys.executable, "-m", "edgetune.cli", "chat", str(tiny_model), "--lora", str(lora)],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert refused.returncode != 0 and "a GGUF LoRA runs on a GGUF model" in refused.stderr
 
 

@@ -9,7 +9,6 @@ import time
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import run, set_params
 
 # huggingface_hub asks for this registry once a process (telemetry), whether or not a test before did.
@@ -90,8 +89,9 @@ def test_fetch_model_gives_up_on_a_silent_hub(workdir, silent_hub):
 
 def test_prepare_gives_up_on_a_silent_hub(workdir, tiny_model, silent_hub):
     set_params(workdir, hub={"timeout": 1, "retries": 1}, data={"source": "someone/some-dataset"})
-    result, seconds = timed("prepare", "--model", tiny_model, "--out", workdir / "out", "--stats",
-                            workdir / "stats.json")
+    result, seconds = timed(
+        "prepare", "--model", tiny_model, "--out", workdir / "out", "--stats", workdir / "stats.json"
+    )
     assert result.exit_code != 0
     for needle in (silent_hub.url, "hub.timeout", "data.local_dir"):
         assert needle in result.output, result.output

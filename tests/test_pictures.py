@@ -11,11 +11,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-pytestmark = pytest.mark.skipif(not CHROMIUM, reason="chromium not installed (make test installs it: apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM, reason="chromium not installed (make test installs it: apt-get install chromium)"
+)
 
 # Runs once the page has loaded and vega has had time to draw; writes what it saw into the DOM.
 PROBE = """<script>
@@ -34,12 +35,26 @@ def open_in_chromium(page: Path, tmp_path: Path) -> tuple[dict, list[str]]:
     """What the probe saw, and every URL the page asked Chromium's network stack for."""
     netlog = tmp_path / f"{page.stem}.netlog.json"
     proc = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         # a request that tried to leave fails at once instead of waiting on the network, and is still logged
-         "--host-resolver-rules=MAP * ~NOTFOUND", f"--log-net-log={netlog}",
-         "--virtual-time-budget=20000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=180)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            # a request that tried to leave fails at once instead of waiting on the network, and is still logged
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--log-net-log={netlog}",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     seen = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
     assert seen, f"the page did not finish loading: {proc.stdout[-500:]}"
@@ -47,8 +62,13 @@ def open_in_chromium(page: Path, tmp_path: Path) -> tuple[dict, list[str]]:
     start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
     # Chromium's own housekeeping (update and account checks) starts with no initiator ("not an
     # origin"); what the page asks for carries the page's origin ("null" for a file:// page).
-    urls = sorted({e["params"]["url"] for e in log["events"]
-                   if e["type"] == start and e["params"].get("initiator", "not an origin") != "not an origin"})
+    urls = sorted(
+        {
+            e["params"]["url"]
+            for e in log["events"]
+            if e["type"] == start and e["params"].get("initiator", "not an origin") != "not an origin"
+        }
+    )
     return json.loads(html.unescape(seen.group(1))), urls
 
 
@@ -81,8 +101,10 @@ def test_summary_md_shows_every_picture_offline(tmp_path):
     body = MarkdownIt("commonmark").enable("table").render(summary.read_text())
     page = tmp_path / "summary.html"
     # <base>: the summary's relative links resolve where they do on GitHub, beside summary.md
-    page.write_text(f'<html><head><meta charset="utf-8"><base href="{summary.parent.as_uri()}/"></head>'
-                    f"<body>{body}{PROBE}</body></html>")
+    page.write_text(
+        f'<html><head><meta charset="utf-8"><base href="{summary.parent.as_uri()}/"></head>'
+        f"<body>{body}{PROBE}</body></html>"
+    )
     seen, urls = open_in_chromium(page, tmp_path)
     assert leaving(urls) == []
     assert [src for src, _, _ in seen["images"]] == linked
@@ -94,8 +116,13 @@ def test_dvc_plots_page_draws_every_plot_offline(tmp_path):
     template = REPO / "build" / "plots" / "template.html"
     assert template.is_file(), "make setup writes it (scripts/plots_template.sh)"
     out = tmp_path / "plots"
-    proc = subprocess.run(["dvc", "plots", "show", "--html-template", str(template), "-o", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["dvc", "plots", "show", "--html-template", str(template), "-o", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     index = out / "index.html"
     text = index.read_text()

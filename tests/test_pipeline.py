@@ -17,13 +17,34 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, set_params, write_jsonl
+
 from edgetune import environment
 
-STAGES = {"fetch-model", "prepare", "baseline", "imatrix", "quantize-base@q8_0", "quantize-base@q4_k_m", "train", "merge",
-          "convert", "convert-lora", "quantize@q8_0", "quantize@q4_k_m", "evaluate-base", "evaluate-f16", "evaluate@q8_0",
-          "evaluate@q4_k_m", "evaluate-lora@q8_0", "evaluate-lora@q4_k_m", "quality", "bench", "report", "export"}
+STAGES = {
+    "fetch-model",
+    "prepare",
+    "baseline",
+    "imatrix",
+    "quantize-base@q8_0",
+    "quantize-base@q4_k_m",
+    "train",
+    "merge",
+    "convert",
+    "convert-lora",
+    "quantize@q8_0",
+    "quantize@q4_k_m",
+    "evaluate-base",
+    "evaluate-f16",
+    "evaluate@q8_0",
+    "evaluate@q4_k_m",
+    "evaluate-lora@q8_0",
+    "evaluate-lora@q4_k_m",
+    "quality",
+    "bench",
+    "report",
+    "export",
+}
 VARIANTS = ("f16", "q8_0", "q4_k_m", "q8_0+lora", "q4_k_m+lora")
 
 
@@ -50,10 +71,24 @@ def project(tmp_path_factory, tiny_model, reviews) -> Path:
     set_params(
         root,
         model={"source": str(tiny_model), "name": "tiny", "dtype": "float32"},
-        data={"source": str(data.relative_to(root)), "max_train": None, "max_val": 8, "max_test": 12,
-              "split": [0.6, 0.2, 0.2], "max_text_tokens": 48, "head_tokens": 16},
-        train={"max_steps": 6, "batch_size": 4, "save_steps": 2, "eval_steps": 2, "logging_steps": 1, "lr": 1e-3,
-               "best_checkpoint": True},
+        data={
+            "source": str(data.relative_to(root)),
+            "max_train": None,
+            "max_val": 8,
+            "max_test": 12,
+            "split": [0.6, 0.2, 0.2],
+            "max_text_tokens": 48,
+            "head_tokens": 16,
+        },
+        train={
+            "max_steps": 6,
+            "batch_size": 4,
+            "save_steps": 2,
+            "eval_steps": 2,
+            "logging_steps": 1,
+            "lr": 1e-3,
+            "best_checkpoint": True,
+        },
         lora={"top_layers": 1},  # the tiny model has two layers; adapters in the last one
         evaluate={"max_answer_tokens": 4, "threads": 2},
         quality={"ctx": 64, "chunks": 4, "threads": 2},
@@ -91,7 +126,16 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
         assert set(v["per_class"]) == {"negative", "positive"}
     for name in ("base", *VARIANTS):
         result = json.loads((project / "reports" / "eval" / f"{name}.json").read_text())
-        for key in ("accuracy", "precision", "recall", "f1", "confusion_matrix", "n_samples", "seconds_per_sample", "model_bytes"):
+        for key in (
+            "accuracy",
+            "precision",
+            "recall",
+            "f1",
+            "confusion_matrix",
+            "n_samples",
+            "seconds_per_sample",
+            "model_bytes",
+        ):
             assert key in result, (name, key)
         assert sum(map(sum, result["confusion_matrix"]["matrix"])) == 12
         assert result["seconds_per_sample"] > 0 and result["model_bytes"] > 0
@@ -127,7 +171,10 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
     timed = json.loads((project / "reports" / "bench.json").read_text())
     bench = timed["variants"]
     assert set(bench) == set(VARIANTS)
-    for name, v in bench.items():  # llama-bench and llama-completion speeds; llama-completion holds at least the weights
+    for (
+        name,
+        v,
+    ) in bench.items():  # llama-bench and llama-completion speeds; llama-completion holds at least the weights
         speeds = [v["completion"], *v.get("speed", [])]
         assert all(s["pp_tokens_per_second"] > 0 and s["tg_tokens_per_second"] > 0 for s in speeds)
         assert ("speed" in v) == (not name.endswith("+lora"))  # llama-bench takes no adapter
@@ -135,8 +182,9 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
         assert min(v["peak_rss_bytes"].values()) > metrics["variants"][name]["model_bytes"]
     for name in ("q8_0+lora", "q4_k_m+lora"):  # the adapter's cost: against its base alone, timed the same way
         cost = timed["adapter_cost"][name]
-        assert cost["tg_cost"] == pytest.approx(1 - bench[name]["completion"]["tg_tokens_per_second"]
-                                                / cost["base"]["tg_tokens_per_second"])
+        assert cost["tg_cost"] == pytest.approx(
+            1 - bench[name]["completion"]["tg_tokens_per_second"] / cost["base"]["tg_tokens_per_second"]
+        )
     assert "## On a device" in summary and "## The adapter at run time" in summary
     import matplotlib.image
 
@@ -149,10 +197,18 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
         base = project / "models" / "gguf" / f"tiny-base-{t}.gguf"
         assert metrics["variants"][f"{t}+lora"]["model_bytes"] == base.stat().st_size + lora_bytes
         stats = json.loads((project / "reports" / "quantize" / f"{t}+lora.json").read_text())
-        assert stats["source_type"] == "f16" and stats["copied"] is False and stats["model_bytes"] == base.stat().st_size
+        assert (
+            stats["source_type"] == "f16" and stats["copied"] is False and stats["model_bytes"] == base.stat().st_size
+        )
     env = json.loads((project / "reports" / "environment.json").read_text())  # what made the figures
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
-    assert env["commit"] == head and env["code_changed"] is False and env["packages"]["trl"] == importlib.metadata.version("trl")
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True
+    ).stdout.strip()
+    assert (
+        env["commit"] == head
+        and env["code_changed"] is False
+        and env["packages"]["trl"] == importlib.metadata.version("trl")
+    )
     assert env["llama_cpp_tools"]["source"] == f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
     assert summary.rstrip().endswith(environment.one_line(env)) and f"trl {env['packages']['trl']}" in summary
     assert (project / "reports" / "train" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
@@ -173,21 +229,44 @@ def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     assert base.read_bytes() == (project / "models" / "gguf" / base.name).read_bytes()
     sums = dict(reversed(line.split()) for line in (deploy / "SHA256SUMS").read_text().splitlines())
     assert sums == {base.name: sha256_file(base), lora.name: sha256_file(lora)}
-    assert {p.name for p in deploy.iterdir()} == {base.name, lora.name, "SHA256SUMS", "chat_template.jinja", "generation.json",
-                                                  "Modelfile", "llama-server.sh", "README.md", ".edgetune"}
+    assert {p.name for p in deploy.iterdir()} == {
+        base.name,
+        lora.name,
+        "SHA256SUMS",
+        "chat_template.jinja",
+        "generation.json",
+        "Modelfile",
+        "llama-server.sh",
+        "README.md",
+        ".edgetune",
+    }
     modelfile = (deploy / "Modelfile").read_text()
     assert f"FROM ./{base.name}\nADAPTER ./{lora.name}\n" in modelfile
     assert f'--lora "$here"/{lora.name}' in (deploy / "llama-server.sh").read_text()
     assert json.loads((deploy / "generation.json").read_text())["stop"] == ["<|im_end|>"]
     card = (deploy / "README.md").read_text()
-    assert "# tiny (q4_k_m+lora)" in card and "| q4_k_m+lora |" in card and "\"lora\"" in card
-    run_it = f'llama-completion -m {base.name} --lora {lora.name} --chat-template-file chat_template.jinja -cnv -p "你好"'
+    assert "# tiny (q4_k_m+lora)" in card and "| q4_k_m+lora |" in card and '"lora"' in card
+    run_it = (
+        f'llama-completion -m {base.name} --lora {lora.name} --chat-template-file chat_template.jinja -cnv -p "你好"'
+    )
     assert run_it in card
     assert "## Pictures" not in card and ".png" not in card  # the bundle carries no pictures to link to
     made = environment.one_line(json.loads((project / "reports" / "environment.json").read_text()))
     assert card.count(made) == 1 and card.rstrip().endswith(made)  # under "How it was made", once
     # the card's own line, in the bundle, for one turn: the bundled template wraps the prompt
-    cmd = [str(llamacpp.tool("llama-completion")), *shlex.split(run_it)[1:], "-st", "-n", "8", "--temp", "0", "-t", "2", "-c", "256"]
+    cmd = [
+        str(llamacpp.tool("llama-completion")),
+        *shlex.split(run_it)[1:],
+        "-st",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "-t",
+        "2",
+        "-c",
+        "256",
+    ]
     proc = subprocess.run(cmd, cwd=deploy, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "user\n你好\nassistant\n" in proc.stdout and "apply lora adapter" in proc.stderr
@@ -223,8 +302,11 @@ def test_another_machine_reuses_the_results_through_a_dvc_remote(project, first_
     --allow-missing` fetches only what it needs."""
     dvc(project, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
-    subprocess.run(["git", "-c", "user.name=edgetune", "-c", "user.email=edgetune@localhost", "commit", "-qm", "results"],
-                   cwd=project, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=edgetune", "-c", "user.email=edgetune@localhost", "commit", "-qm", "results"],
+        cwd=project,
+        check=True,
+    )
     assert "pushed" in dvc(project, "push").stdout
 
     pulled, lazy = tmp_path / "pulled", tmp_path / "lazy"
@@ -243,21 +325,35 @@ def test_new_quant_variant_reruns_only_quantize_evaluate_report(project, first_r
     # an importance-matrix variant: llama-quantize must accept the imatrix stage's file
     set_params(project, quantize={"types": ["q8_0", "q4_k_m", "q4_k_m-imatrix"]})
     out = dvc(project, "repro").stdout
-    assert ran_stages(out) - {"export"} == {"quantize@q4_k_m-imatrix", "evaluate@q4_k_m-imatrix", "quantize-base@q4_k_m-imatrix",
-                                            "evaluate-lora@q4_k_m-imatrix", "quality", "bench", "report"}
+    assert ran_stages(out) - {"export"} == {
+        "quantize@q4_k_m-imatrix",
+        "evaluate@q4_k_m-imatrix",
+        "quantize-base@q4_k_m-imatrix",
+        "evaluate-lora@q4_k_m-imatrix",
+        "quality",
+        "bench",
+        "report",
+    }
     stats = json.loads((project / "reports" / "quantize" / "q4_k_m-imatrix.json").read_text())
     assert stats["imatrix"]["entries"] > 0 and stats["imatrix"]["chunks"] == 4
     from gguf import GGUFReader
 
-    plain, matrixed = (GGUFReader(project / "models" / "gguf" / f"tiny-{v}.gguf") for v in ("q4_k_m", "q4_k_m-imatrix"))
+    plain, matrixed = (
+        GGUFReader(project / "models" / "gguf" / f"tiny-{v}.gguf") for v in ("q4_k_m", "q4_k_m-imatrix")
+    )
     assert "quantize.imatrix.entries_count" in matrixed.fields and "quantize.imatrix.entries_count" not in plain.fields
     assert any((a.data != b.data).any() for a, b in zip(plain.tensors, matrixed.tensors))  # other roundings
     matrix = GGUFReader(project / "models" / "imatrix" / "tiny.gguf")
     assert matrix.fields["imatrix.datasets"].contents() == ["train.txt"]  # no temporary path: same input, same bytes
     metrics = json.loads((project / "reports" / "metrics.json").read_text())["variants"]
-    for name, plain in (("q4_k_m-imatrix", "q4_k_m"), ("q4_k_m-imatrix+lora", "q4_k_m+lora")):  # against its plain twin
+    for name, plain in (
+        ("q4_k_m-imatrix", "q4_k_m"),
+        ("q4_k_m-imatrix+lora", "q4_k_m+lora"),
+    ):  # against its plain twin
         v, vs = metrics[name], metrics[name]["vs_plain"]
-        assert math.isfinite(v["kld_mean"]) and (vs["gained"] - vs["lost"]) / 12 == pytest.approx(v["accuracy"] - metrics[plain]["accuracy"])
+        assert math.isfinite(v["kld_mean"]) and (vs["gained"] - vs["lost"]) / 12 == pytest.approx(
+            v["accuracy"] - metrics[plain]["accuracy"]
+        )
     summary = (project / "reports" / "summary.md").read_text()
     matrix = summary.split("## Importance matrix")[1]
     assert "| q4_k_m | " in matrix and "| q4_k_m+lora | " in matrix
@@ -280,8 +376,17 @@ def test_new_lora_params_retrain_and_rerun_the_lora_variants_but_not_the_base_qu
     out = dvc(project, "repro").stdout
     types = yaml.safe_load((project / "params.yaml").read_text())["quantize"]["types"]
     downstream = {f"{stage}@{t}" for t in types for stage in ("quantize", "evaluate", "evaluate-lora")}
-    assert ran_stages(out) - {"export"} == {"train", "merge", "convert", "convert-lora", "evaluate-f16", *downstream, "quality",
-                                            "bench", "report"}
+    assert ran_stages(out) - {"export"} == {
+        "train",
+        "merge",
+        "convert",
+        "convert-lora",
+        "evaluate-f16",
+        *downstream,
+        "quality",
+        "bench",
+        "report",
+    }
     assert bases and all(p.read_bytes() == b for p, b in bases.items())  # quantized once, before training
 
 
@@ -290,8 +395,14 @@ def test_killed_training_resumes_from_its_checkpoint(project, first_run):
     set_params(project, train={"max_steps": steps, "save_steps": 2, "eval_steps": 2})  # new params: a fresh run
     checkpoints = project / "models" / "adapter" / "checkpoints"
     start = time.time()
-    proc = subprocess.Popen(["dvc", "repro", "train"], cwd=project, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["dvc", "repro", "train"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
     def fresh_checkpoint():  # the first run left checkpoints too: wait for one of this run
         states = checkpoints.glob("checkpoint-*/trainer_state.json")

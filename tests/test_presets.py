@@ -8,8 +8,8 @@ import time
 
 import pytest
 import yaml
-
 from conftest import REPO, run, set_params, write_jsonl
+
 from edgetune import params
 from edgetune.errors import EdgetuneError
 from edgetune.fetch_model import ModelParams, supply_template
@@ -27,8 +27,9 @@ def compose(tmp_path, *overrides) -> dict:
 
 def test_params_yaml_is_the_composed_conf(tmp_path):
     assert "[hydra]" in (REPO / ".dvc" / "config").read_text()
-    assert compose(tmp_path).read_text() == (REPO / "params.yaml").read_text(), \
+    assert compose(tmp_path).read_text() == (REPO / "params.yaml").read_text(), (
         "params.yaml differs from conf/: edit conf/ and regenerate params.yaml (see the README)"
+    )
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml")))
@@ -50,7 +51,12 @@ def test_seed_experiment_a_is_one_override_away(tmp_path):
     p = params.read_params(path)
     assert p["model"]["source"] == "Qwen/Qwen2.5-0.5B-Instruct" and p["data"]["source"] == "lansinuote/ChnSentiCorp"
     assert (p["lora"]["r"], p["lora"]["alpha"], p["lora"]["dropout"]) == (8, 16, 0.05)
-    assert (p["train"]["epochs"], p["train"]["lr"], p["train"]["batch_size"], p["train"]["grad_accum"]) == (3, 2e-4, 4, 4)
+    assert (p["train"]["epochs"], p["train"]["lr"], p["train"]["batch_size"], p["train"]["grad_accum"]) == (
+        3,
+        2e-4,
+        4,
+        4,
+    )
     assert p["quantize"]["types"] == ["q4_k_m", "q5_k_m", "q8_0"]
     assert p["evaluate"] == params.read_params(REPO / "params.yaml")["evaluate"]  # the rest as committed
 
@@ -93,8 +99,10 @@ def test_chnsenticorp_falls_back_to_the_local_published_splits(workdir, tiny_mod
     set_params(workdir, data={**preset, "local_dir": str(workdir / "raw")})
     result = run("prepare", "--model", tiny_model, "--out", workdir / "out", "--stats", workdir / "stats.json")
     assert result.exit_code == 0, result.output
-    out = {s: [json.loads(line) for line in (workdir / "out" / f"{s}.jsonl").read_text().splitlines()]
-           for s in ("train", "val", "test")}
+    out = {
+        s: [json.loads(line) for line in (workdir / "out" / f"{s}.jsonl").read_text().splitlines()]
+        for s in ("train", "val", "test")
+    }
     assert [r["text"] for r in out["test"]] and {r["text"] for r in out["test"]} <= {r["text"] for r in rows[50:]}
     assert len(out["val"]) == 10 and not {r["text"] for r in out["val"]} & {r["text"] for r in out["train"]}
     assert {r["answer"] for r in out["train"]} == {"正面", "负面"}
@@ -103,8 +111,14 @@ def test_chnsenticorp_falls_back_to_the_local_published_splits(workdir, tiny_mod
 
 
 def test_dataset_id_fails_fast_naming_every_try(workdir, tiny_model, offline_hub):
-    set_params(workdir, data={"source": "lansinuote/ChnSentiCorp", "local_dir": str(workdir / "nowhere"),
-                              "labels": {"0": "负面", "1": "正面"}})
+    set_params(
+        workdir,
+        data={
+            "source": "lansinuote/ChnSentiCorp",
+            "local_dir": str(workdir / "nowhere"),
+            "labels": {"0": "负面", "1": "正面"},
+        },
+    )
     start = time.monotonic()
     result = run("prepare", "--model", tiny_model, "--out", workdir / "out", "--stats", workdir / "stats.json")
     assert time.monotonic() - start < 60

@@ -42,7 +42,9 @@ def test_every_stage_depends_on_the_modules_that_make_its_outputs():
         command = stage["cmd"].split()[1]  # edgetune <command> ...
         needed = {f"src/edgetune/{m}.py" for m in code_of(command.replace("-", "_"))}
         missing = needed - set(stage["deps"])
-        assert not missing, f"dvc.yaml: stage {name} runs `edgetune {command}` but does not depend on {sorted(missing)}"
+        assert not missing, (
+            f"dvc.yaml: stage {name} runs `edgetune {command}` but does not depend on {sorted(missing)}"
+        )
         listed = {d for d in stage["deps"] if d.startswith("src/edgetune/") and d.endswith(".py")}
         assert listed <= needed | {f"src/edgetune/{m}.py" for m in PLUMBING}, f"{name}: depends on code it never runs"
 

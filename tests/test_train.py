@@ -12,8 +12,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, run, set_params
+
 from edgetune import base_weights, distributed
 from edgetune.qlora import load_4bit
 
@@ -41,8 +41,11 @@ def test_qlora_trains_and_merges_into_the_16_bit_base(workdir, tiny_model, prepa
     from safetensors.torch import load_file
 
     # With checkpointing on, as the README's QLoRA line runs it.
-    set_params(workdir, lora={"quantization": "4bit", "top_layers": None},
-               train={"max_steps": 3, "batch_size": 4, "eval_steps": 3, "save_steps": 3, "gradient_checkpointing": True})
+    set_params(
+        workdir,
+        lora={"quantization": "4bit", "top_layers": None},
+        train={"max_steps": 3, "batch_size": 4, "eval_steps": 3, "save_steps": 3, "gradient_checkpointing": True},
+    )
     result = train(workdir, tiny_model, prepared)
     assert result.exit_code == 0, result.output
     summary = live_summary(workdir)
@@ -70,25 +73,44 @@ def test_lora_trains_on_the_dequantized_weights_of_a_quantized_base(workdir, tin
     from edgetune.dequantize import dequantized
 
     q8 = workdir / "base-q8_0.gguf"
-    assert run("quantize", "--model", tiny_gguf, "--type", "q8_0", "--out", q8, "--stats", workdir / "q8.json").exit_code == 0
+    assert (
+        run("quantize", "--model", tiny_gguf, "--type", "q8_0", "--out", q8, "--stats", workdir / "q8.json").exit_code
+        == 0
+    )
     weights = dequantized(q8).state_dict()
     name = "model.layers.1.mlp.down_proj.weight"
     plain = load_file_tensor(tiny_model, name)
     assert not torch.equal(weights[name], plain)  # rounded to q8_0 and back: other weights than the checkpoint's
-    loaded = base_weights.load(tiny_model, q8, qlora=False, bf16=False, device="cpu", gradient_checkpointing=False,
-                               trust=False)
+    loaded = base_weights.load(
+        tiny_model, q8, qlora=False, bf16=False, device="cpu", gradient_checkpointing=False, trust=False
+    )
     assert torch.equal(loaded.state_dict()[name], weights[name])  # what training starts from
-    in_bf16 = base_weights.load(tiny_model, q8, qlora=False, bf16=True, device="cpu", gradient_checkpointing=False,
-                                trust=False)
-    assert in_bf16.state_dict()[name].dtype == torch.bfloat16 and torch.equal(in_bf16.state_dict()[name], weights[name].bfloat16())
+    in_bf16 = base_weights.load(
+        tiny_model, q8, qlora=False, bf16=True, device="cpu", gradient_checkpointing=False, trust=False
+    )
+    assert in_bf16.state_dict()[name].dtype == torch.bfloat16 and torch.equal(
+        in_bf16.state_dict()[name], weights[name].bfloat16()
+    )
     assert in_bf16.model.rotary_emb.inv_freq.dtype == torch.float32  # positions as exact as llama.cpp's
-    set_params(workdir, lora={"top_layers": None},
-               train={"max_steps": 2, "batch_size": 4, "eval_steps": 2, "save_steps": 2})
+    set_params(
+        workdir, lora={"top_layers": None}, train={"max_steps": 2, "batch_size": 4, "eval_steps": 2, "save_steps": 2}
+    )
     for quantization in ("none", "4bit"):
         set_params(workdir, lora={"quantization": quantization})
         out = f"adapter-{quantization}"
-        result = run("train", "--model", tiny_model, "--weights", q8, "--data", prepared, "--out", workdir / out,
-                     "--live", workdir / f"{out}-live")
+        result = run(
+            "train",
+            "--model",
+            tiny_model,
+            "--weights",
+            q8,
+            "--data",
+            prepared,
+            "--out",
+            workdir / out,
+            "--live",
+            workdir / f"{out}-live",
+        )
         assert result.exit_code == 0, result.output
         assert f"training from {q8}" in result.output and live_summary(workdir, out)["steps"] == 2
     assert sorted(p.name for p in workdir.iterdir() if p.name.startswith(".dequantized")) == []  # QLoRA's copy is gone
@@ -109,11 +131,38 @@ def test_unknown_quantization_is_refused(workdir, tiny_model, prepared):
 
 def test_ddp_in_two_processes_trains_once_and_writes_once(workdir, tiny_model, prepared):
     """torchrun starts two ranks, as `accelerate launch` does on a two-GPU machine, checkpointing activations."""
-    set_params(workdir, lora={"top_layers": None}, train={"max_steps": 3, "batch_size": 2, "eval_steps": 3, "save_steps": 3,
-                                                          "logging_steps": 1, "gradient_checkpointing": True})
+    set_params(
+        workdir,
+        lora={"top_layers": None},
+        train={
+            "max_steps": 3,
+            "batch_size": 2,
+            "eval_steps": 3,
+            "save_steps": 3,
+            "logging_steps": 1,
+            "gradient_checkpointing": True,
+        },
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "edgetune.cli",
-           "train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "adapter-live"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "edgetune.cli",
+        "train",
+        "--model",
+        tiny_model,
+        "--data",
+        prepared,
+        "--out",
+        workdir / "adapter",
+        "--live",
+        workdir / "adapter-live",
+    ]
     proc = subprocess.run([str(c) for c in cmd], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = live_summary(workdir)

@@ -32,7 +32,11 @@ def test_clean_rejects_unknown_labels_and_single_class():
     with pytest.raises(EdgetuneError, match="'neutral' are not in data.labels"):
         clean([{"text": "a", "label": "neutral"}], DataParams(labels=LABELS), "x.jsonl")
     with pytest.raises(EdgetuneError, match="only 1 class"):
-        clean([{"text": "a", "label": "positive"}, {"text": "b", "label": "positive"}], DataParams(labels=LABELS), "x.jsonl")
+        clean(
+            [{"text": "a", "label": "positive"}, {"text": "b", "label": "positive"}],
+            DataParams(labels=LABELS),
+            "x.jsonl",
+        )
 
 
 def test_split_is_stratified_seeded_disjoint_and_capped(reviews):
@@ -72,7 +76,10 @@ def test_render_uses_the_models_chat_template(qwen_tokenizer):
     turns = messages("房间很干净", "正面", PromptParams(system="", instruction="情感："))
     assert turns[-1] == {"role": "assistant", "content": "正面"}
     prompt = render_prompt(turns[:-1], qwen_tokenizer)
-    assert prompt == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n情感：房间很干净<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        prompt
+        == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n情感：房间很干净<|im_end|>\n<|im_start|>assistant\n"
+    )
     default = render_prompt(messages("x", None, PromptParams(system=None)), qwen_tokenizer)
     assert default.startswith("<|im_start|>system\nYou are Qwen")  # the template's own default
 
@@ -123,7 +130,9 @@ def test_classification_metrics_match_hand_counts():
     assert m["unparsed"] == 1 and m["n_samples"] == 5
 
 
-@pytest.mark.parametrize("answers", [LABELS, {"negative": "负面评价", "positive": "正面评价"}], ids=["one-token", "multi-token"])
+@pytest.mark.parametrize(
+    "answers", [LABELS, {"negative": "负面评价", "positive": "正面评价"}], ids=["one-token", "multi-token"]
+)
 def test_batched_scoring_matches_a_plain_full_evaluation(tiny_gguf, qwen_tokenizer, answers):
     """Shared-prefix, batched scoring gives the log-probabilities of a fresh one-at-a-time evaluation."""
     from llama_cpp import Llama
@@ -159,27 +168,46 @@ def test_the_recommended_variant_is_the_smallest_close_enough_to_f16():
         v = {"model_bytes": mb * 10**6, "accuracy": accuracy}
         return v if kld is None else v | {"kld_mean": kld}
 
-    variants = {"tfidf": {"accuracy": 0.80}, "base": variant(491, 0.70), "f16": variant(1266, 0.826),
-                "q8_0": variant(676, 0.826, 0.002), "q5_k_m": variant(560, 0.820, 0.01),
-                "q4_k_m": variant(491, 0.800, 0.03) | {"vs_f16": {"lost": 20, "gained": 7, "p_value": 0.019}},
-                "q4_0": variant(470, 0.824, 0.09)}
+    variants = {
+        "tfidf": {"accuracy": 0.80},
+        "base": variant(491, 0.70),
+        "f16": variant(1266, 0.826),
+        "q8_0": variant(676, 0.826, 0.002),
+        "q5_k_m": variant(560, 0.820, 0.01),
+        "q4_k_m": variant(491, 0.800, 0.03) | {"vs_f16": {"lost": 20, "gained": 7, "p_value": 0.019}},
+        "q4_0": variant(470, 0.824, 0.09),
+    }
     choice = recommend(variants, RecommendParams(accuracy_tolerance=0.01, max_kld=0.05))
     assert choice["variant"] == "q5_k_m"  # q4_k_m loses 2.6 points; q4_0 keeps accuracy but drifts (KLD 0.09)
-    assert "q4_k_m loses 2.6 points of accuracy (allowed 1.0; 20 examples lost and 7 gained, p = 0.019)" in choice["reason"] and "q4_0 mean KLD 0.0900" in choice["reason"]
+    assert (
+        "q4_k_m loses 2.6 points of accuracy (allowed 1.0; 20 examples lost and 7 gained, p = 0.019)"
+        in choice["reason"]
+        and "q4_0 mean KLD 0.0900" in choice["reason"]
+    )
     assert recommend(variants, RecommendParams(accuracy_tolerance=0.03, max_kld=0.1))["variant"] == "q4_0"
     assert recommend(variants, RecommendParams(accuracy_tolerance=0.0, max_kld=0.001))["variant"] == "f16"
     assert choice["frontier"] == ["q4_0", "q8_0"]  # q4_k_m, q5_k_m, f16: a smaller variant scores as well
-    dialogue = {"f16": {"model_bytes": 10, "perplexity": 5.0}, "q8_0": {"model_bytes": 6, "perplexity": 5.1},
-                "q4_k_m": {"model_bytes": 4, "perplexity": 5.6}}
+    dialogue = {
+        "f16": {"model_bytes": 10, "perplexity": 5.0},
+        "q8_0": {"model_bytes": 6, "perplexity": 5.1},
+        "q4_k_m": {"model_bytes": 4, "perplexity": 5.6},
+    }
     assert recommend(dialogue, RecommendParams(perplexity_tolerance=0.05))["variant"] == "q8_0"
 
 
 def test_the_report_sets_each_imatrix_variant_beside_its_plain_twin():
     from edgetune.report import imatrix_table
 
-    variants = {"f16": {"accuracy": 0.826}, "q4_0": {"accuracy": 0.802, "kld_mean": 0.47},
-                "q4_0-imatrix": {"accuracy": 0.824, "kld_mean": 0.1486, "vs_plain": {"lost": 3, "gained": 14, "p_value": 0.0127}},
-                "iq2_xxs-imatrix": {"accuracy": 0.7}}
+    variants = {
+        "f16": {"accuracy": 0.826},
+        "q4_0": {"accuracy": 0.802, "kld_mean": 0.47},
+        "q4_0-imatrix": {
+            "accuracy": 0.824,
+            "kld_mean": 0.1486,
+            "vs_plain": {"lost": 3, "gained": 14, "p_value": 0.0127},
+        },
+        "iq2_xxs-imatrix": {"accuracy": 0.7},
+    }
     lines = imatrix_table(variants)
     assert "| q4_0 | 80.2 | 82.4 | +2.2 | 0.013 | 0.4700 | 0.1486 |" in lines
     assert not any(line.startswith("| iq2_xxs") for line in lines)  # no plain twin to compare with
@@ -191,13 +219,20 @@ def test_the_report_sets_each_imatrix_variant_beside_its_plain_twin():
 def test_the_report_sets_each_merged_type_beside_its_base_with_the_adapter():
     from edgetune.report import lora_table
 
-    variants = {"f16": {"accuracy": 0.826, "model_bytes": 1266e6},
-                "q4_k_m": {"accuracy": 0.796, "kld_mean": 0.0662, "model_bytes": 491e6},
-                "q4_k_m+lora": {"accuracy": 0.826, "kld_mean": 0.0012, "model_bytes": 500e6},
-                "q8_0+lora": {"accuracy": 0.824, "model_bytes": 685e6}}  # no merged twin in this run
-    bench = {"threads": [1, 2], "variants": {"q4_k_m": {"completion": {"tg_tokens_per_second": 59.3}},
-                                             "q4_k_m+lora": {"completion": {"tg_tokens_per_second": 52.5}}},
-             "adapter_cost": {"q4_k_m+lora": {"pp_cost": 0.07, "tg_cost": 0.1146}}}
+    variants = {
+        "f16": {"accuracy": 0.826, "model_bytes": 1266e6},
+        "q4_k_m": {"accuracy": 0.796, "kld_mean": 0.0662, "model_bytes": 491e6},
+        "q4_k_m+lora": {"accuracy": 0.826, "kld_mean": 0.0012, "model_bytes": 500e6},
+        "q8_0+lora": {"accuracy": 0.824, "model_bytes": 685e6},
+    }  # no merged twin in this run
+    bench = {
+        "threads": [1, 2],
+        "variants": {
+            "q4_k_m": {"completion": {"tg_tokens_per_second": 59.3}},
+            "q4_k_m+lora": {"completion": {"tg_tokens_per_second": 52.5}},
+        },
+        "adapter_cost": {"q4_k_m+lora": {"pp_cost": 0.07, "tg_cost": 0.1146}},
+    }
     lines = lora_table(variants, bench)
     assert "| q4_k_m | 79.6 | 82.6 | 0.0662 | 0.0012 | 491 | 500 | 59.3 | 52.5 | 7% | 11% |" in lines
     assert not any(line.startswith("| q8_0") for line in lines) and "llama-completion at 2 threads" in "".join(lines)
@@ -209,9 +244,11 @@ def test_charts_are_pngs_that_the_same_figures_draw_the_same(tmp_path):
 
     from edgetune import charts
 
-    variants = {"f16": {"accuracy": 0.826, "model_bytes": 1266e6, "bits_per_weight": 16.0},
-                "q4_k_m": {"accuracy": 0.796, "model_bytes": 491e6, "bits_per_weight": 6.16, "kld_mean": 0.0662},
-                "q4_k_m+lora": {"accuracy": 0.826, "model_bytes": 500e6, "bits_per_weight": 6.27, "kld_mean": 0.0012}}
+    variants = {
+        "f16": {"accuracy": 0.826, "model_bytes": 1266e6, "bits_per_weight": 16.0},
+        "q4_k_m": {"accuracy": 0.796, "model_bytes": 491e6, "bits_per_weight": 6.16, "kld_mean": 0.0662},
+        "q4_k_m+lora": {"accuracy": 0.826, "model_bytes": 500e6, "bits_per_weight": 6.27, "kld_mean": 0.0012},
+    }
     for name in ("a.png", "b.png"):
         assert charts.accuracy_vs_size(variants, ["q4_k_m", "q4_k_m+lora"], "q4_k_m+lora", tmp_path / name)
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()  # no date inside: DVC sees no change
@@ -220,7 +257,10 @@ def test_charts_are_pngs_that_the_same_figures_draw_the_same(tmp_path):
     bench = {"threads": [1, 2], "variants": {"q4_k_m": {"completion": {"tg_tokens_per_second": 62.0}}}}
     assert charts.speed(bench, tmp_path / "speed.png")
     # nothing to draw: no file, and the report shows no picture for it
-    assert not charts.kld_vs_bits({"f16": variants["f16"]}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+    assert (
+        not charts.kld_vs_bits({"f16": variants["f16"]}, tmp_path / "none.png")
+        and not (tmp_path / "none.png").exists()
+    )
     assert not charts.speed({}, tmp_path / "none.png")
 
 
@@ -276,10 +316,18 @@ def test_the_environment_line_names_the_gpu_and_a_cuda_build():
 
     env = describe()
     assert env["packages"]["torch"] and env["cpu_count"] >= 1 and env["cpu_features"]
-    env |= {"commit": "abc1234", "code_changed": False, "gpu": {"name": "NVIDIA H100 80GB HBM3", "count": 2, "cuda": "12.8"},
-            "llama_cpp_tools": {"source": "llama-cpp-python 0.3.36", "cmake_flags": "-DGGML_CUDA=ON -DGGML_NATIVE=OFF"}}
+    env |= {
+        "commit": "abc1234",
+        "code_changed": False,
+        "gpu": {"name": "NVIDIA H100 80GB HBM3", "count": 2, "cuda": "12.8"},
+        "llama_cpp_tools": {"source": "llama-cpp-python 0.3.36", "cmake_flags": "-DGGML_CUDA=ON -DGGML_NATIVE=OFF"},
+    }
     line = one_line(env)
     assert line.startswith("Made at commit abc1234 with torch ") and "2 × NVIDIA H100 80GB HBM3 (CUDA 12.8)" in line
     assert "llama.cpp tools built from llama-cpp-python 0.3.36's source with CUDA" in line
-    assert "an unknown build" in one_line(env | {"llama_cpp_tools": None}) and "commit unknown" in one_line(env | {"commit": None})
-    assert one_line(env | {"code_changed": True}).startswith("Made at commit abc1234 (with uncommitted changes to src/) with")
+    assert "an unknown build" in one_line(env | {"llama_cpp_tools": None}) and "commit unknown" in one_line(
+        env | {"commit": None}
+    )
+    assert one_line(env | {"code_changed": True}).startswith(
+        "Made at commit abc1234 (with uncommitted changes to src/) with"
+    )

@@ -11,22 +11,28 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import GOOD, make_tiny_model, report_files, run, set_params, write_jsonl
 from test_bad_input import failed
 
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under `root` (.git included) with the sha256 of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
 def repo(workdir):
     """The working directory as a git repository with a commit and a file of the user's."""
     (workdir / "notes.md").write_text("the user's notes\n")
-    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "start"]):
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "start"],
+    ):
         subprocess.run(["git", *args], cwd=workdir, check=True)
     return workdir
 
@@ -80,8 +86,10 @@ def adapter(workdir, tiny_model):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
-                           LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model),
+        LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     model.save_pretrained(workdir / "adapter-made")
     return workdir / "adapter-made"
 
@@ -100,7 +108,8 @@ def test_merge_refuses_a_folder_that_holds_its_inputs_or_the_users_files(repo, t
     result = run("merge", "--base", "models/base", "--adapter", "models/adapter", "--out", "models/merged")
     assert result.exit_code == 0, result.output
     assert (repo / "models" / "merged" / ".edgetune").is_file() and snapshot(repo / "models" / "gguf") == {
-        "model-q4_k_m.gguf": before["models/gguf/model-q4_k_m.gguf"]}
+        "model-q4_k_m.gguf": before["models/gguf/model-q4_k_m.gguf"]
+    }
 
 
 def test_quantize_refuses_to_overwrite_its_source(workdir, tiny_gguf):
@@ -173,8 +182,10 @@ def remote_code_model(tokenizer, folder: Path) -> Path:
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
     (folder / "config.json").write_text(json.dumps(config))
-    (folder / "evil.py").write_text(f"open({str(folder.parent / 'code-ran')!r}, 'w').write('it ran')\n"
-                                    "from transformers import Qwen2Config as EvilConfig, Qwen2ForCausalLM as EvilModel\n")
+    (folder / "evil.py").write_text(
+        f"open({str(folder.parent / 'code-ran')!r}, 'w').write('it ran')\n"
+        "from transformers import Qwen2Config as EvilConfig, Qwen2ForCausalLM as EvilModel\n"
+    )
     return folder
 
 

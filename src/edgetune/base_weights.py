@@ -13,8 +13,9 @@ from .dequantize import dequantized
 from .qlora import load_4bit
 
 
-def load(model: Path, weights: Path | None, qlora: bool, bf16: bool, device: str, gradient_checkpointing: bool,
-         trust: bool):
+def load(
+    model: Path, weights: Path | None, qlora: bool, bf16: bool, device: str, gradient_checkpointing: bool, trust: bool
+):
     """The base to put the adapter on: config from the checkpoint MODEL, weights from WEIGHTS (a GGUF)
     when given, in bf16 or fp32, or in nf4 for QLoRA."""
     import torch

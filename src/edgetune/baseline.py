@@ -25,13 +25,24 @@ class BaselineParams:
 
     def __post_init__(self):
         if self.ngram_max < self.ngram_min:
-            raise EdgetuneError(f"params.yaml: baseline.ngram_max ({self.ngram_max}) is below baseline.ngram_min "
-                                f"({self.ngram_min}).")
+            raise EdgetuneError(
+                f"params.yaml: baseline.ngram_max ({self.ngram_max}) is below baseline.ngram_min ({self.ngram_min})."
+            )
 
 
 @click.command("baseline")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("data/processed"), show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/eval/tfidf.json"), show_default=True)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("data/processed"),
+    show_default=True,
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("reports/eval/tfidf.json"),
+    show_default=True,
+)
 def baseline(data: Path, out: Path):
     """Train and test the TF-IDF + logistic regression baseline on DATA's splits."""
     from sklearn.feature_extraction.text import TfidfVectorizer

@@ -39,9 +39,27 @@ class BenchParams:
 
 
 def speed(gguf: Path, threads: int, p: BenchParams) -> dict:
-    out = llamacpp.run([llamacpp.tool("llama-bench"), "-m", gguf, "-p", p.prompt_tokens, "-n", p.gen_tokens,
-                        "-t", threads, "-r", p.repetitions, "-ngl", 0, "-o", "json"], f"llama-bench on {gguf}")
-    rows = json.loads(out[out.index("["): out.rindex("]") + 1])
+    out = llamacpp.run(
+        [
+            llamacpp.tool("llama-bench"),
+            "-m",
+            gguf,
+            "-p",
+            p.prompt_tokens,
+            "-n",
+            p.gen_tokens,
+            "-t",
+            threads,
+            "-r",
+            p.repetitions,
+            "-ngl",
+            0,
+            "-o",
+            "json",
+        ],
+        f"llama-bench on {gguf}",
+    )
+    rows = json.loads(out[out.index("[") : out.rindex("]") + 1])
     pp = next(r["avg_ts"] for r in rows if r["n_prompt"] > 0)
     tg = next(r["avg_ts"] for r in rows if r["n_gen"] > 0)
     return {"threads": threads, "pp_tokens_per_second": pp, "tg_tokens_per_second": tg}
@@ -51,16 +69,42 @@ def completion_speed(files: Files, threads: int, prompt: Path, p: BenchParams) -
     """Median pp and tg tokens/s of llama-completion (which takes --lora) over the repetitions."""
     runs = []
     for _ in range(p.repetitions):
-        log = llamacpp.run([llamacpp.tool("llama-completion"), "-m", files.gguf, *lora_flag(files), "-f", prompt,
-                            "-n", p.gen_tokens, "--ignore-eos", "--temp", 0, "-no-cnv", "-t", threads, "-ngl", 0,
-                            "-c", 2 * (p.prompt_tokens + p.gen_tokens)], f"llama-completion on {files.gguf}")
+        log = llamacpp.run(
+            [
+                llamacpp.tool("llama-completion"),
+                "-m",
+                files.gguf,
+                *lora_flag(files),
+                "-f",
+                prompt,
+                "-n",
+                p.gen_tokens,
+                "--ignore-eos",
+                "--temp",
+                0,
+                "-no-cnv",
+                "-t",
+                threads,
+                "-ngl",
+                0,
+                "-c",
+                2 * (p.prompt_tokens + p.gen_tokens),
+            ],
+            f"llama-completion on {files.gguf}",
+        )
         pp = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", log)
         tg = re.search(r"common_perf_print:\s+eval time =\s*([\d.]+) ms /\s*(\d+) runs", log)
         if not (pp and tg):
-            raise EdgetuneError(f"llama-completion on {files.gguf} printed no timings; its output ends with:\n{log[-800:]}")
+            raise EdgetuneError(
+                f"llama-completion on {files.gguf} printed no timings; its output ends with:\n{log[-800:]}"
+            )
         runs.append((1000 * int(pp[2]) / float(pp[1]), 1000 * int(tg[2]) / float(tg[1]), int(pp[2])))
-    return {"threads": threads, "prompt_tokens": runs[0][2], "pp_tokens_per_second": statistics.median(r[0] for r in runs),
-            "tg_tokens_per_second": statistics.median(r[1] for r in runs)}
+    return {
+        "threads": threads,
+        "prompt_tokens": runs[0][2],
+        "pp_tokens_per_second": statistics.median(r[0] for r in runs),
+        "tg_tokens_per_second": statistics.median(r[1] for r in runs),
+    }
 
 
 def lora_flag(files: Files) -> list:
@@ -69,21 +113,49 @@ def lora_flag(files: Files) -> list:
 
 def peak_rss(files: Files, context: int, p: BenchParams) -> int:
     """Peak resident bytes of llama-completion answering one prompt at this context length."""
-    cmd = [str(c) for c in (llamacpp.tool("llama-completion"), "-m", files.gguf, *lora_flag(files), "-c", context,
-                            "-n", p.gen_tokens, "-p", "你好", "-no-cnv", "--temp", "0", "--no-warmup", "-ngl", 0)]
+    cmd = [
+        str(c)
+        for c in (
+            llamacpp.tool("llama-completion"),
+            "-m",
+            files.gguf,
+            *lora_flag(files),
+            "-c",
+            context,
+            "-n",
+            p.gen_tokens,
+            "-p",
+            "你好",
+            "-no-cnv",
+            "--temp",
+            "0",
+            "--no-warmup",
+            "-ngl",
+            0,
+        )
+    ]
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty tool cannot block on a full pipe
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
-            raise EdgetuneError(f"llama-completion on {files.gguf} at context {context} failed: {err.read().decode()[-800:]}")
+            raise EdgetuneError(
+                f"llama-completion on {files.gguf} at context {context} failed: {err.read().decode()[-800:]}"
+            )
     return usage.ru_maxrss * 1024  # Linux reports KiB
 
 
 @click.command("bench")
-@click.option("--prefix", type=click.Path(path_type=Path), required=True, help="GGUF files are PREFIX-<variant>.gguf: f16, each quant type, base-<type> and lora.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/bench.json"), show_default=True)
+@click.option(
+    "--prefix",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="GGUF files are PREFIX-<variant>.gguf: f16, each quant type, base-<type> and lora.",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/bench.json"), show_default=True
+)
 def bench(prefix: Path, out: Path):
     """Speed (pp, tg tokens/s) and peak memory per context length of every variant, and the adapter's cost."""
     p = params.load("bench", BenchParams)
@@ -96,17 +168,35 @@ def bench(prefix: Path, out: Path):
         prompt = Path(tmp) / "prompt.txt"
         prompt.write_text("你好" * p.prompt_tokens, encoding="utf-8")  # about one token each
         for variant, files in variants.items():
-            results[variant] = {"completion": completion_speed(files, threads[-1], prompt, p),
-                                "peak_rss_bytes": {str(c): peak_rss(files, c, p) for c in p.contexts}}
+            results[variant] = {
+                "completion": completion_speed(files, threads[-1], prompt, p),
+                "peak_rss_bytes": {str(c): peak_rss(files, c, p) for c in p.contexts},
+            }
             if not files.lora:
                 results[variant]["speed"] = [speed(files.gguf, t, p) for t in threads]
             else:  # the same base without the adapter, the same way: what the adapter costs
                 alone = completion_speed(Files(files.gguf), threads[-1], prompt, p)
-                costs[variant] = {"base": alone, **{f"{k}_cost": 1 - results[variant]["completion"][f"{k}_tokens_per_second"]
-                                                  / alone[f"{k}_tokens_per_second"] for k in ("pp", "tg")}}
+                costs[variant] = {
+                    "base": alone,
+                    **{
+                        f"{k}_cost": 1
+                        - results[variant]["completion"][f"{k}_tokens_per_second"] / alone[f"{k}_tokens_per_second"]
+                        for k in ("pp", "tg")
+                    },
+                }
             c = results[variant]["completion"]
-            click.echo(f"{variant}: pp {c['pp_tokens_per_second']:.0f}, tg {c['tg_tokens_per_second']:.1f} tok/s at "
-                       f"{c['threads']} threads (llama-completion), "
-                       + ", ".join(f"context {k}: {b / 2**30:.2f} GB" for k, b in results[variant]["peak_rss_bytes"].items()))
-    write_json(out, {"threads": threads, "prompt_tokens": p.prompt_tokens, "gen_tokens": p.gen_tokens, "variants": results,
-                     "adapter_cost": costs})
+            click.echo(
+                f"{variant}: pp {c['pp_tokens_per_second']:.0f}, tg {c['tg_tokens_per_second']:.1f} tok/s at "
+                f"{c['threads']} threads (llama-completion), "
+                + ", ".join(f"context {k}: {b / 2**30:.2f} GB" for k, b in results[variant]["peak_rss_bytes"].items())
+            )
+    write_json(
+        out,
+        {
+            "threads": threads,
+            "prompt_tokens": p.prompt_tokens,
+            "gen_tokens": p.gen_tokens,
+            "variants": results,
+            "adapter_cost": costs,
+        },
+    )

@@ -49,8 +49,13 @@ def accuracy_vs_size(variants: dict, frontier: list[str], recommended: str | Non
         ax.scatter(x, y, s=60 if name == recommended else 25, color="tab:red" if name == recommended else "tab:blue")
     _label(ax, xy)
     line = [points[n] for n in frontier if n in points]
-    ax.plot([v["model_bytes"] / 1e6 for v in line], [scale * v[metric] for v in line], color="tab:gray", lw=1,
-            label="frontier")
+    ax.plot(
+        [v["model_bytes"] / 1e6 for v in line],
+        [scale * v[metric] for v in line],
+        color="tab:gray",
+        lw=1,
+        label="frontier",
+    )
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel("accuracy (%)" if metric == "accuracy" else "perplexity (lower is better)")
     ax.set_title(f"{metric.capitalize()} against size (red: recommended)")
@@ -77,12 +82,16 @@ def kld_vs_bits(variants: dict, path: Path) -> bool:
 
 
 def speed(bench: dict, path: Path) -> bool:
-    rows = {n: v["completion"]["tg_tokens_per_second"] for n, v in bench.get("variants", {}).items() if "completion" in v}
+    rows = {
+        n: v["completion"]["tg_tokens_per_second"] for n, v in bench.get("variants", {}).items() if "completion" in v
+    }
     if not rows:
         return False
     plt, fig, ax = _figure()
     names = list(rows)
-    ax.barh(names, [rows[n] for n in names], color=["tab:orange" if n.endswith("+lora") else "tab:blue" for n in names])
+    ax.barh(
+        names, [rows[n] for n in names], color=["tab:orange" if n.endswith("+lora") else "tab:blue" for n in names]
+    )
     ax.invert_yaxis()
     ax.set_xlabel(f"generated tokens/s, llama-completion at {bench['threads'][-1]} threads, CPU only")
     ax.set_title("Decode speed (orange: base + adapter at run time)")

@@ -22,13 +22,24 @@ class GGUFChat:
     def __init__(self, path: Path, n_ctx: int, threads: int | None, gpu_layers: int, lora: Path | None = None):
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
-                         lora_path=str(lora) if lora else None, verbose=False)
+        self.llm = Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_gpu_layers=gpu_layers,
+            lora_path=str(lora) if lora else None,
+            verbose=False,
+        )
 
     def stream(self, turns: list[dict], s: dict):
         chunks = self.llm.create_chat_completion(
-            turns, stream=True, temperature=s["temperature"], top_p=s["top_p"],
-            repeat_penalty=s["repetition_penalty"], max_tokens=s["max_tokens"], seed=s["seed"],
+            turns,
+            stream=True,
+            temperature=s["temperature"],
+            top_p=s["top_p"],
+            repeat_penalty=s["repetition_penalty"],
+            max_tokens=s["max_tokens"],
+            seed=s["seed"],
         )
         for chunk in chunks:
             text = chunk["choices"][0]["delta"].get("content")
@@ -55,13 +66,19 @@ class HFChat:
         import torch
         from transformers import TextIteratorStreamer
 
-        inputs = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, return_tensors="pt",
-                                                    return_dict=True).to(self.model.device)
+        inputs = self.tokenizer.apply_chat_template(
+            turns, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         torch.manual_seed(s["seed"])
         sample = s["temperature"] > 0
-        options = dict(max_new_tokens=s["max_tokens"], repetition_penalty=s["repetition_penalty"], do_sample=sample,
-                       streamer=streamer, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        options = dict(
+            max_new_tokens=s["max_tokens"],
+            repetition_penalty=s["repetition_penalty"],
+            do_sample=sample,
+            streamer=streamer,
+            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        )
         if sample:
             options.update(temperature=s["temperature"], top_p=s["top_p"])
         worker = threading.Thread(target=self.model.generate, kwargs={**inputs, **options})
@@ -76,12 +93,16 @@ def open_model(model: Path, n_ctx: int, threads: int | None, gpu_layers: int, tr
             check_gguf(path)
         return GGUFChat(model, n_ctx, threads, gpu_layers, lora)
     if lora:
-        raise EdgetuneError(f"--lora {lora}: a GGUF LoRA runs on a GGUF model; {model} is not one. Point MODEL at the "
-                            "quantized base it was trained on (models/gguf/<name>-base-<type>.gguf).")
+        raise EdgetuneError(
+            f"--lora {lora}: a GGUF LoRA runs on a GGUF model; {model} is not one. Point MODEL at the "
+            "quantized base it was trained on (models/gguf/<name>-base-<type>.gguf)."
+        )
     if model.is_dir() and (model / "config.json").is_file():
         return HFChat(model, threads, trust)
-    raise EdgetuneError(f"{model}: neither a .gguf file nor an HF checkpoint folder (with config.json). "
-                        "Point it at models/merged or a file in models/gguf/.")
+    raise EdgetuneError(
+        f"{model}: neither a .gguf file nor an HF checkpoint folder (with config.json). "
+        "Point it at models/merged or a file in models/gguf/."
+    )
 
 
 @click.command("chat")
@@ -93,14 +114,30 @@ def open_model(model: Path, n_ctx: int, threads: int | None, gpu_layers: int, tr
 @click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Per reply.")
 @click.option("--n-ctx", type=click.IntRange(min=64), default=4096, show_default=True, help="Context length (GGUF).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Default: all cores.")
-@click.option("--gpu-layers", type=click.IntRange(min=-1), default=-1, show_default=True,
-              help="GGUF layers offloaded to the GPU, where llama.cpp has one: -1 all, 0 none.")
+@click.option(
+    "--gpu-layers",
+    type=click.IntRange(min=-1),
+    default=-1,
+    show_default=True,
+    help="GGUF layers offloaded to the GPU, where llama.cpp has one: -1 all, 0 none.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--trust-remote-code", is_flag=True, help="Let an HF checkpoint's own Python code (auto_map) run.")
-@click.option("--lora", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A GGUF LoRA applied at run time on the GGUF MODEL (a +lora variant: its base and models/gguf/<name>-lora.gguf).")
-def chat(model: Path, system: str | None, n_ctx: int, threads: int | None, gpu_layers: int, trust_remote_code: bool,
-         lora: Path | None, **sampling):
+@click.option(
+    "--lora",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A GGUF LoRA applied at run time on the GGUF MODEL (a +lora variant: its base and models/gguf/<name>-lora.gguf).",
+)
+def chat(
+    model: Path,
+    system: str | None,
+    n_ctx: int,
+    threads: int | None,
+    gpu_layers: int,
+    trust_remote_code: bool,
+    lora: Path | None,
+    **sampling,
+):
     """Chat with MODEL (models/merged, or a GGUF file, with --lora for an adapter). /reset starts over, /exit leaves."""
     bot = open_model(model, n_ctx, threads, gpu_layers, trust_remote_code, lora)
     interactive = sys.stdin.isatty()

@@ -10,6 +10,7 @@ from .bench import bench
 from .chat import chat
 from .convert import convert
 from .convert_lora import convert_lora
+from .errors import EdgetuneError
 from .evaluate import evaluate
 from .export import export
 from .fetch_model import fetch_model
@@ -19,7 +20,6 @@ from .prepare import prepare
 from .quality import quality
 from .quantize import quantize
 from .report import report
-from .errors import EdgetuneError
 from .train import train
 
 
@@ -32,8 +32,10 @@ class Stages(click.Group):
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise EdgetuneError(f"{e.filename or 'an output'}: {e.strerror}. Make that folder writable (or free space "
-                                "there), or choose another output path.") from None
+            raise EdgetuneError(
+                f"{e.filename or 'an output'}: {e.strerror}. Make that folder writable (or free space "
+                "there), or choose another output path."
+            ) from None
 
 
 @click.group(cls=Stages, context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +47,23 @@ def main():
     """
 
 
-for command in (fetch_model, prepare, train, merge, convert, convert_lora, imatrix, quantize, baseline, evaluate, quality, bench, report, export, chat):
+for command in (
+    fetch_model,
+    prepare,
+    train,
+    merge,
+    convert,
+    convert_lora,
+    imatrix,
+    quantize,
+    baseline,
+    evaluate,
+    quality,
+    bench,
+    report,
+    export,
+    chat,
+):
     main.add_command(command)
 
 

@@ -9,7 +9,12 @@ from .files import check_outputs
 
 
 @click.command("convert")
-@click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/merged"), show_default=True)
+@click.option(
+    "--model",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("models/merged"),
+    show_default=True,
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="f16 GGUF to write.")
 def convert(model: Path, out: Path):
     """Convert the merged HF checkpoint MODEL to an f16 GGUF."""

@@ -16,8 +16,19 @@ from .files import atomic_path, check_outputs
 
 
 @click.command("convert-lora")
-@click.option("--adapter", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/adapter"), show_default=True)
-@click.option("--base", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/base"), show_default=True, help="The HF base the adapter was trained on: its config names the tensors.")
+@click.option(
+    "--adapter",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("models/adapter"),
+    show_default=True,
+)
+@click.option(
+    "--base",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("models/base"),
+    show_default=True,
+    help="The HF base the adapter was trained on: its config names the tensors.",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="GGUF LoRA to write.")
 def convert_lora(adapter: Path, base: Path, out: Path):
     """Convert the PEFT ADAPTER to a 16-bit GGUF LoRA with llama.cpp's convert_lora_to_gguf.py."""
@@ -26,6 +37,18 @@ def convert_lora(adapter: Path, base: Path, out: Path):
         raise EdgetuneError(f"{adapter}: no adapter_config.json. Run the train stage first (`dvc repro train`).")
     src = llamacpp.source()
     with atomic_path(out, ".gguf") as tmp:
-        llamacpp.run([sys.executable, src / "convert_lora_to_gguf.py", adapter, "--base", base, "--outtype", "f16",
-                      "--outfile", tmp], f"convert_lora_to_gguf.py on {adapter}")
+        llamacpp.run(
+            [
+                sys.executable,
+                src / "convert_lora_to_gguf.py",
+                adapter,
+                "--base",
+                base,
+                "--outtype",
+                "f16",
+                "--outfile",
+                tmp,
+            ],
+            f"convert_lora_to_gguf.py on {adapter}",
+        )
     click.echo(f"{out}: GGUF LoRA, {out.stat().st_size / 1e6:.1f} MB")

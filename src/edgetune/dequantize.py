@@ -10,8 +10,9 @@ def dequantized(gguf: Path, config=None, dtype=None):
     from transformers import AutoModelForCausalLM
 
     # Dequantizing is exact into float32; the weights are then cast to the dtype asked for.
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent.resolve(), gguf_file=gguf.name, config=config,
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent.resolve(), gguf_file=gguf.name, config=config, dtype=torch.float32
+    )
     # The weights are plain tensors now, but the GGUF quantizer stays attached: a saved config would
     # say "quant_method: gguf" (llama.cpp's converter refuses it) and the Trainer refuses to train.
     if getattr(model, "hf_quantizer", None) is not None:

@@ -1,12 +1,12 @@
 """Dialogue data for supervised fine-tuning: ShareGPT and alpaca records -> checked conversations.
 
-  to_messages  ShareGPT {"messages": [{"role", "content"}]} (or {"conversations": [{"from",
-               "value"}]}) and alpaca {"instruction", "input", "output", "system"?} -> turns
-  clean        drop invalid records (unknown roles, roles out of order, no reply at the end),
-               empty replies, duplicates by their user + assistant text, and conversations
-               longer than the token cap; count each
-  tokenize     the conversation in the model's template, with a mask over the assistant turns:
-               the loss falls on the replies only
+to_messages  ShareGPT {"messages": [{"role", "content"}]} (or {"conversations": [{"from",
+             "value"}]}) and alpaca {"instruction", "input", "output", "system"?} -> turns
+clean        drop invalid records (unknown roles, roles out of order, no reply at the end),
+             empty replies, duplicates by their user + assistant text, and conversations
+             longer than the token cap; count each
+tokenize     the conversation in the model's template, with a mask over the assistant turns:
+             the loss falls on the replies only
 """
 
 import collections
@@ -18,8 +18,14 @@ from pathlib import Path
 from .errors import EdgetuneError
 from .files import read_text
 
-ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
-         "model": "assistant"}
+ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "model": "assistant",
+}
 
 
 def to_messages(record) -> list[dict] | None:
@@ -70,6 +76,7 @@ def tokenize(turns: list[dict], tokenizer) -> tuple[list[int], list[int]]:
     Each reply's span is found by rendering the conversation up to it (with the generation
     prompt) and through it; the template must render conversations as growing prefixes.
     """
+
     def render(part, prompt=False):
         return tokenizer.apply_chat_template(part, tokenize=False, add_generation_prompt=prompt)
 
@@ -79,8 +86,10 @@ def tokenize(turns: list[dict], tokenizer) -> tuple[list[int], list[int]]:
         if turn["role"] == "assistant":
             start, end = render(turns[:k], prompt=True), render(turns[: k + 1])
             if not (full.startswith(start) and full.startswith(end)):
-                raise EdgetuneError("the model's chat template does not render a conversation as growing prefixes; "
-                                    "edgetune cannot find the replies in it. Set model.chat_template.")
+                raise EdgetuneError(
+                    "the model's chat template does not render a conversation as growing prefixes; "
+                    "edgetune cannot find the replies in it. Set model.chat_template."
+                )
             spans.append((len(start), len(end)))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     mask = [int(any(a <= s < b for a, b in spans)) for s, _ in enc["offset_mapping"]]
@@ -102,7 +111,9 @@ def read_records(pattern: str) -> list[tuple[str, object]]:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as e:
-                raise EdgetuneError(f"{name}: not valid JSON ({e}). Fix it, or write one record a line as .jsonl.") from None
+                raise EdgetuneError(
+                    f"{name}: not valid JSON ({e}). Fix it, or write one record a line as .jsonl."
+                ) from None
             records += [(name, r) for r in (data if isinstance(data, list) else [data])]
         else:
             for line in text.splitlines():
@@ -136,7 +147,9 @@ def load_and_clean(sources: list[str], tokenizer, max_tokens: int) -> tuple[list
             if why:
                 counts[why] += 1
     if not kept:
-        raise EdgetuneError(f"data.source {', '.join(sources)}: no usable conversation "
-                            f"(dropped: {dict(counts) or 'none read'}). Check the files' format: ShareGPT JSONL "
-                            '({"messages": [{"role": ..., "content": ...}]}) or alpaca JSON.')
+        raise EdgetuneError(
+            f"data.source {', '.join(sources)}: no usable conversation "
+            f"(dropped: {dict(counts) or 'none read'}). Check the files' format: ShareGPT JSONL "
+            '({"messages": [{"role": ..., "content": ...}]}) or alpaca JSON.'
+        )
     return kept, {"raw": sum(per_file.values()), "files": dict(per_file), "dropped": dict(counts), "clean": len(kept)}

@@ -21,8 +21,18 @@ def launched() -> bool:
 
 
 def accelerate_command(processes: int, config: Path, argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-            "--num_processes", str(processes), "-m", "edgetune.cli", *argv]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--num_processes",
+        str(processes),
+        "-m",
+        "edgetune.cli",
+        *argv,
+    ]
 
 
 def relaunch_on_gpus(config: Path) -> None:
@@ -33,9 +43,11 @@ def relaunch_on_gpus(config: Path) -> None:
     if gpus < 2 or launched():
         return
     if not config.is_file():
-        raise EdgetuneError(f"{config}: no accelerate config, needed to train on the {gpus} visible GPUs. "
-                            "Restore configs/accelerate.yaml from the repository, or pass --accelerate-config, "
-                            "or make one GPU visible (CUDA_VISIBLE_DEVICES=0).")
+        raise EdgetuneError(
+            f"{config}: no accelerate config, needed to train on the {gpus} visible GPUs. "
+            "Restore configs/accelerate.yaml from the repository, or pass --accelerate-config, "
+            "or make one GPU visible (CUDA_VISIBLE_DEVICES=0)."
+        )
     command = accelerate_command(gpus, config, sys.argv[1:])
     click.echo(f"{gpus} GPUs visible: {' '.join(command)}")
     raise SystemExit(subprocess.call(command))

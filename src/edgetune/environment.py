@@ -14,8 +14,20 @@ import subprocess
 from . import llamacpp
 
 # The libraries whose versions move the figures: training, conversion, inference, metrics, DVC.
-PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets", "gguf",
-            "llama-cpp-python", "scikit-learn", "dvc", "dvclive")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "accelerate",
+    "bitsandbytes",
+    "datasets",
+    "gguf",
+    "llama-cpp-python",
+    "scikit-learn",
+    "dvc",
+    "dvclive",
+)
 
 
 def git(*args: str) -> str | None:
@@ -102,13 +114,23 @@ FOOTER = "\n---\n\n"  # sets the environment line off the end of summary.md (the
 
 def one_line(env: dict) -> str:
     """The environment in a sentence, for summary.md and the model card."""
-    versions = ", ".join(f"{name} {version}" for name, version in env["packages"].items()
-                         if version and name in ("torch", "transformers", "peft", "trl", "llama-cpp-python"))
-    accelerator = f"{env['gpu']['count']} × {env['gpu']['name']} (CUDA {env['gpu']['cuda']})" if env["gpu"] else "no GPU"
+    versions = ", ".join(
+        f"{name} {version}"
+        for name, version in env["packages"].items()
+        if version and name in ("torch", "transformers", "peft", "trl", "llama-cpp-python")
+    )
+    accelerator = (
+        f"{env['gpu']['count']} × {env['gpu']['name']} (CUDA {env['gpu']['cuda']})" if env["gpu"] else "no GPU"
+    )
     bf16 = " with AVX512_BF16" if "AVX512_BF16" in env["cpu_features"] else ""
     tools = env["llama_cpp_tools"]
-    built = (f"built from {tools['source']}'s source" + (" with CUDA" if "GGML_CUDA=ON" in tools["cmake_flags"] else "")
-             if tools else "of an unknown build")
+    built = (
+        f"built from {tools['source']}'s source" + (" with CUDA" if "GGML_CUDA=ON" in tools["cmake_flags"] else "")
+        if tools
+        else "of an unknown build"
+    )
     changes = " (with uncommitted changes to src/)" if env["code_changed"] else ""
-    return (f"Made at commit {env['commit'] or 'unknown'}{changes} with {versions} and llama.cpp tools {built}; "
-            f"Python {env['python']} on {env['cpu_count']} × {env['cpu']}{bf16}, {accelerator}.")
+    return (
+        f"Made at commit {env['commit'] or 'unknown'}{changes} with {versions} and llama.cpp tools {built}; "
+        f"Python {env['python']} on {env['cpu_count']} × {env['cpu']}{bf16}, {accelerator}."
+    )

@@ -49,8 +49,16 @@ class Scorer:
     tokens, `batch_size` prompts at a time, and answers greedily for them in parallel.
     """
 
-    def __init__(self, path: Path, prompts: list[list[int]], batch_size: int, max_new: int, threads: int,
-                 gpu_layers: int, lora: Path | None = None):
+    def __init__(
+        self,
+        path: Path,
+        prompts: list[list[int]],
+        batch_size: int,
+        max_new: int,
+        threads: int,
+        gpu_layers: int,
+        lora: Path | None = None,
+    ):
         import ctypes
 
         import llama_cpp
@@ -79,8 +87,11 @@ class Scorer:
         if lora:  # the GGUF LoRA applied at run time on the quantized base, as llama-cli --lora does
             self.adapter = llama_cpp.llama_adapter_lora_init(self.llm.model, str(lora).encode())
             if not self.adapter or llama_cpp.llama_set_adapters_lora(
-                    self.ctx, (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.adapter), 1, (ctypes.c_float * 1)(1.0)):
-                raise EdgetuneError(f"{lora}: llama.cpp could not apply this LoRA to {path}: was it trained on this base?")
+                self.ctx, (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.adapter), 1, (ctypes.c_float * 1)(1.0)
+            ):
+                raise EdgetuneError(
+                    f"{lora}: llama.cpp could not apply this LoRA to {path}: was it trained on this base?"
+                )
         self.batch = llama_cpp.llama_batch_init(cparams.n_batch, 0, 1)
         self.n_batch = cparams.n_batch
         self.memory = llama_cpp.llama_get_memory(self.ctx)
@@ -102,20 +113,26 @@ class Scorer:
                 self.batch.n_seq_id[i] = 1
                 self.batch.seq_id[i][0] = seq
             if self.lib.llama_decode(self.ctx, self.batch) != 0:
-                raise EdgetuneError("llama.cpp could not decode a batch: the context is too small for evaluate.batch_size.")
+                raise EdgetuneError(
+                    "llama.cpp could not decode a batch: the context is too small for evaluate.batch_size."
+                )
             for i, (*_, logits) in enumerate(chunk):
                 if logits:
                     row = self.lib.llama_get_logits_ith(self.ctx, i)
                     out.append(log_softmax(np.ctypeslib.as_array(row, shape=(self.n_vocab,))))
         return out
 
-    def run(self, prompts: list[list[int]], answers: dict[str, list[int]], free: bool, words: dict[str, str],
-            max_new: int) -> tuple[list[dict[str, float]], list[str]]:
+    def run(
+        self, prompts: list[list[int]], answers: dict[str, list[int]], free: bool, words: dict[str, str], max_new: int
+    ) -> tuple[list[dict[str, float]], list[str]]:
         """Label scores (log P(answer | prompt)) and, if `free`, greedy answers for up to batch_size prompts."""
         single = all(len(a) == 1 for a in answers.values())
         # One branch per prompt when every answer is one token; else one per (prompt, label) pair.
-        branches = [(i, None) for i in range(len(prompts))] if single else [
-            (i, label) for i in range(len(prompts)) for label in answers]
+        branches = (
+            [(i, None) for i in range(len(prompts))]
+            if single
+            else [(i, label) for i in range(len(prompts)) for label in answers]
+        )
         scores = [dict.fromkeys(answers, 0.0) for _ in prompts]
         texts = [""] * len(prompts)
         n = len(self.prefix)
@@ -208,8 +225,9 @@ def score_all(scorer: Scorer, prompts, answer_tokens, answers, p: EvaluateParams
     return scores, texts
 
 
-def evaluate_dialogues(files: Files, variant: str, rows: list[dict], threads: int, gpu_layers: int, out: Path,
-                       predictions: Path | None):
+def evaluate_dialogues(
+    files: Files, variant: str, rows: list[dict], threads: int, gpu_layers: int, out: Path, predictions: Path | None
+):
     result = gguf_perplexity(files.gguf, rows, threads, gpu_layers, f"perplexity {variant}", files.lora)
     result.update(variant=variant, **file_stats(files))
     if predictions:  # the confusion plot has nothing to show for conversations
@@ -220,12 +238,29 @@ def evaluate_dialogues(files: Files, variant: str, rows: list[dict], threads: in
 
 @click.command("evaluate")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), required=True, help="GGUF file.")
-@click.option("--lora", type=click.Path(dir_okay=False, path_type=Path), help="GGUF LoRA applied at run time (a +lora variant).")
+@click.option(
+    "--lora", type=click.Path(dir_okay=False, path_type=Path), help="GGUF LoRA applied at run time (a +lora variant)."
+)
 @click.option("--variant", required=True, help="Name in the reports: base, f16, q4_k_m, q4_k_m+lora, ...")
-@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=Path("data/processed/test.jsonl"), show_default=True)
-@click.option("--val", type=click.Path(dir_okay=False, path_type=Path), default=Path("data/processed/val.jsonl"), show_default=True, help="Validation split: fits the label-score offsets (evaluate.calibrate).")
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("data/processed/test.jsonl"),
+    show_default=True,
+)
+@click.option(
+    "--val",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("data/processed/val.jsonl"),
+    show_default=True,
+    help="Validation split: fits the label-score offsets (evaluate.calibrate).",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Metrics JSON.")
-@click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path), help="CSV of actual/predicted labels (dvc confusion plot).")
+@click.option(
+    "--predictions",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV of actual/predicted labels (dvc confusion plot).",
+)
 def evaluate(model: Path, lora: Path | None, variant: str, data: Path, val: Path, out: Path, predictions: Path | None):
     """Classify the test split with the GGUF MODEL, plus the LORA where given (or, for conversations, measure its
     perplexity) and write its metrics."""
@@ -240,8 +275,10 @@ def evaluate(model: Path, lora: Path | None, variant: str, data: Path, val: Path
         raise EdgetuneError(f"{data}: no examples to evaluate.")
     val_rows = read_jsonl(val) if p.calibrate and val.is_file() and "input_ids" not in rows[0] else []
     if p.calibrate and not val_rows and "input_ids" not in rows[0]:
-        raise EdgetuneError(f"{val}: no validation examples to calibrate on. Check data.max_val, or set "
-                            "evaluate.calibrate: false in params.yaml.")
+        raise EdgetuneError(
+            f"{val}: no validation examples to calibrate on. Check data.max_val, or set "
+            "evaluate.calibrate: false in params.yaml."
+        )
     threads = p.threads or os.cpu_count() or 1
     if "input_ids" in rows[0]:  # conversations (data.task: sft): perplexity on the replies
         evaluate_dialogues(files, variant, rows, threads, p.gpu_layers, out, predictions)
@@ -250,21 +287,28 @@ def evaluate(model: Path, lora: Path | None, variant: str, data: Path, val: Path
     from llama_cpp import Llama
 
     vocab = Llama(model_path=str(model), vocab_only=True, verbose=False)
-    prompts, val_prompts = ([vocab.tokenize(r["prompt"].encode("utf-8"), add_bos=False, special=True) for r in rs]
-                            for rs in (rows, val_rows))
-    answer_tokens = {label: vocab.tokenize(w.encode("utf-8"), add_bos=False, special=False) for label, w in answers.items()}
+    prompts, val_prompts = (
+        [vocab.tokenize(r["prompt"].encode("utf-8"), add_bos=False, special=True) for r in rs]
+        for rs in (rows, val_rows)
+    )
+    answer_tokens = {
+        label: vocab.tokenize(w.encode("utf-8"), add_bos=False, special=False) for label, w in answers.items()
+    }
     free = variant in p.free_answer
     scorer = Scorer(model, prompts + val_prompts, p.batch_size, p.max_answer_tokens, threads, p.gpu_layers, lora)
     template_ok = check_template(scorer, rows[0], model)
 
     start = time.perf_counter()
-    scores, texts = score_all(scorer, prompts, answer_tokens, answers, p, free,
-                              f"evaluate {variant}" + (" (+ free answer)" if free else ""))
+    scores, texts = score_all(
+        scorer, prompts, answer_tokens, answers, p, free, f"evaluate {variant}" + (" (+ free answer)" if free else "")
+    )
     seconds = time.perf_counter() - start - scorer.answer_seconds  # label scoring alone
     evaluated = scorer.prompt_evaluated  # test prompt tokens computed (before calibration adds more)
     offsets = dict.fromkeys(answers, 0.0)
     if val_rows:
-        val_scores, _ = score_all(scorer, val_prompts, answer_tokens, answers, p, False, f"calibrate {variant} on {val}")
+        val_scores, _ = score_all(
+            scorer, val_prompts, answer_tokens, answers, p, False, f"calibrate {variant} on {val}"
+        )
         offsets = fit_offsets(val_scores, [r["label"] for r in val_rows], list(answers))
     scorer.close()
 
@@ -302,5 +346,7 @@ def evaluate(model: Path, lora: Path | None, variant: str, data: Path, val: Path
         write_predictions(predictions, y_true, y_pred)
     write_json(out, result)
     free_note = f", free answer {result['free_answer']['accuracy']:.3f}" if "free_answer" in result else ""
-    click.echo(f"{variant}: accuracy {result['accuracy']:.3f}, f1 {result['f1']:.3f}{free_note}, "
-               f"{result['seconds_per_sample']:.3f} s/sample")
+    click.echo(
+        f"{variant}: accuracy {result['accuracy']:.3f}, f1 {result['f1']:.3f}{free_note}, "
+        f"{result['seconds_per_sample']:.3f} s/sample"
+    )

@@ -1,14 +1,14 @@
 """Stage export: the recommended variant as a folder ready for a phone or a server.
 
-  <model>-<variant>.gguf   the file the report recommends (recommend.py), and SHA256SUMS; for a
-                           +lora variant the quantized base <model>-base-<type>.gguf and the
-                           adapter <model>-lora.gguf, applied at run time (`export.merged: true`
-                           ships the merged file of that type instead, for runtimes without LoRA)
-  chat_template.jinja      the template it was trained with (also inside the GGUF)
-  generation.json          sampling settings and the token a turn ends with
-  Modelfile                for `ollama create` (Ollama reads the template from the GGUF; ADAPTER)
-  llama-server.sh          llama.cpp's server with the same settings (and --lora), OpenAI-compatible API
-  README.md                the model card: metrics of every variant, and how the model was made
+<model>-<variant>.gguf   the file the report recommends (recommend.py), and SHA256SUMS; for a
+                         +lora variant the quantized base <model>-base-<type>.gguf and the
+                         adapter <model>-lora.gguf, applied at run time (`export.merged: true`
+                         ships the merged file of that type instead, for runtimes without LoRA)
+chat_template.jinja      the template it was trained with (also inside the GGUF)
+generation.json          sampling settings and the token a turn ends with
+Modelfile                for `ollama create` (Ollama reads the template from the GGUF; ADAPTER)
+llama-server.sh          llama.cpp's server with the same settings (and --lora), OpenAI-compatible API
+README.md                the model card: metrics of every variant, and how the model was made
 """
 
 import dataclasses
@@ -62,15 +62,18 @@ def tables(summary: str) -> str:
 def model_card(name: str, variant: str, metrics: dict, summary: str, settings: dict, env: dict, files: Files) -> str:
     made = portable({section: settings.get(section, {}) for section in CARD_SECTIONS})
     recommended = metrics.get("recommended") or {}
-    how = ("trained on the dequantized weights of the quantized base that ships here, converted to a GGUF LoRA and "
-           "applied at run time (`--lora`): the base is rounded once, the adapter not at all."
-           if files.lora else "merged into the 16-bit base, converted to GGUF and quantized with llama.cpp.")
+    how = (
+        "trained on the dequantized weights of the quantized base that ships here, converted to a GGUF LoRA and "
+        "applied at run time (`--lora`): the base is rounded once, the adapter not at all."
+        if files.lora
+        else "merged into the 16-bit base, converted to GGUF and quantized with llama.cpp."
+    )
     return f"""# {name} ({variant})
 
-Fine-tuned with LoRA from `{made['model'].get('source')}` on `{made['data'].get('source')}` by edgetune,
+Fine-tuned with LoRA from `{made["model"].get("source")}` on `{made["data"].get("source")}` by edgetune,
 {how}
 
-**{variant}**: {recommended['reason'] if recommended.get('variant') == variant else 'chosen by export.variant or export.merged.'}
+**{variant}**: {recommended["reason"] if recommended.get("variant") == variant else "chosen by export.variant or export.merged."}
 
 ## Run it
 
@@ -96,11 +99,39 @@ llama-completion -m {files.gguf.name}{lora_args(files)} --chat-template-file cha
 
 
 @click.command("export")
-@click.option("--metrics", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("reports/metrics.json"), show_default=True)
-@click.option("--summary", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("reports/summary.md"), show_default=True)
-@click.option("--environment", "environment_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("reports/environment.json"), show_default=True, help="What the report was made with (report stage).")
-@click.option("--merged", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/merged"), show_default=True, help="Tokenizer, chat template and generation config.")
-@click.option("--prefix", type=click.Path(path_type=Path), required=True, help="GGUF files are PREFIX-<variant>.gguf, PREFIX-base-<type>.gguf and PREFIX-lora.gguf.")
+@click.option(
+    "--metrics",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=Path("reports/metrics.json"),
+    show_default=True,
+)
+@click.option(
+    "--summary",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=Path("reports/summary.md"),
+    show_default=True,
+)
+@click.option(
+    "--environment",
+    "environment_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=Path("reports/environment.json"),
+    show_default=True,
+    help="What the report was made with (report stage).",
+)
+@click.option(
+    "--merged",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("models/merged"),
+    show_default=True,
+    help="Tokenizer, chat template and generation config.",
+)
+@click.option(
+    "--prefix",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="GGUF files are PREFIX-<variant>.gguf, PREFIX-base-<type>.gguf and PREFIX-lora.gguf.",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("deploy"), show_default=True)
 def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, prefix: Path, out: Path):
     """Bundle the recommended GGUF with its template, settings, Modelfile, server command and model card."""
@@ -110,15 +141,22 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, p
     report = json.loads(metrics.read_text())
     variant = p.variant or (report.get("recommended") or {}).get("variant")
     if not variant or variant not in report["variants"]:
-        raise EdgetuneError(f"params.yaml: export.variant is {variant!r}; use one of "
-                            f"{', '.join(v for v in report['variants'] if v not in ('base', 'tfidf'))}, or null for the recommended one.")
+        raise EdgetuneError(
+            f"params.yaml: export.variant is {variant!r}; use one of "
+            f"{', '.join(v for v in report['variants'] if v not in ('base', 'tfidf'))}, or null for the recommended one."
+        )
     shipped = variant.removesuffix(LORA) if p.merged else variant  # the merged file for runtimes without LoRA
     files = existing_files(prefix, [shipped])[shipped]
     check_outputs(inputs=[metrics, summary, environment_file, merged, *files.paths], folders=[out])
     tokenizer = AutoTokenizer.from_pretrained(merged, trust_remote_code=trust_remote_code(merged))
     end_of_turn = tokenizer.eos_token
-    settings = {"temperature": p.temperature, "top_p": p.top_p, "repetition_penalty": p.repetition_penalty,
-                "context": p.context, "stop": [end_of_turn]}
+    settings = {
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "repetition_penalty": p.repetition_penalty,
+        "context": p.context,
+        "stop": [end_of_turn],
+    }
     with atomic_dir(out, "export") as tmp:
         for path in files.paths:
             shutil.copyfile(path, tmp / path.name)
@@ -126,7 +164,8 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, p
         (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
         (tmp / "generation.json").write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n")
         (tmp / "Modelfile").write_text(
-            f"FROM ./{files.gguf.name}\n" + (f"ADAPTER ./{files.lora.name}\n" if files.lora else "")
+            f"FROM ./{files.gguf.name}\n"
+            + (f"ADAPTER ./{files.lora.name}\n" if files.lora else "")
             + f"PARAMETER temperature {p.temperature}\nPARAMETER top_p {p.top_p}\n"
             f"PARAMETER repeat_penalty {p.repetition_penalty}\nPARAMETER num_ctx {p.context}\n"
             f'PARAMETER stop "{end_of_turn}"\n'
@@ -140,8 +179,17 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, p
             '--host 127.0.0.1 --port 8080 "$@"\n'
         )
         (tmp / "llama-server.sh").chmod(0o755)
-        (tmp / "README.md").write_text(model_card(prefix.name, shipped, report, summary.read_text(), params.read_params(),
-                                                  json.loads(environment_file.read_text()), files))
+        (tmp / "README.md").write_text(
+            model_card(
+                prefix.name,
+                shipped,
+                report,
+                summary.read_text(),
+                params.read_params(),
+                json.loads(environment_file.read_text()),
+                files,
+            )
+        )
     click.echo(f"exported {shipped} to {out}/ ({files.bytes / 1e6:.0f} MB)")
 
 

@@ -54,15 +54,19 @@ def supply_template(tokenizer, p: ModelParams) -> None:
     if p.chat_template in TEMPLATES:
         end_of_turn = TEMPLATES[p.chat_template]
         if tokenizer.convert_tokens_to_ids(end_of_turn) in (None, tokenizer.unk_token_id):
-            raise EdgetuneError(f"params.yaml: model.chat_template is {p.chat_template}, but this tokenizer has no "
-                                f"{end_of_turn} token: the template belongs to another model family.")
+            raise EdgetuneError(
+                f"params.yaml: model.chat_template is {p.chat_template}, but this tokenizer has no "
+                f"{end_of_turn} token: the template belongs to another model family."
+            )
         tokenizer.chat_template = (Path(__file__).parent / "templates" / f"{p.chat_template}.jinja").read_text()
         tokenizer.eos_token = end_of_turn
     elif p.chat_template.endswith(".jinja") and Path(p.chat_template).is_file():
         tokenizer.chat_template = read_text(p.chat_template)
     else:
-        raise EdgetuneError(f"params.yaml: model.chat_template is {p.chat_template!r}: use null (the model's own), "
-                            f"{', '.join(TEMPLATES)}, or the path of a .jinja file.")
+        raise EdgetuneError(
+            f"params.yaml: model.chat_template is {p.chat_template!r}: use null (the model's own), "
+            f"{', '.join(TEMPLATES)}, or the path of a .jinja file."
+        )
 
 
 def package_file(spec: str) -> Path:
@@ -129,8 +133,14 @@ def download(p: ModelParams) -> Path:
     patterns = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt", "*.py"]
     fetch = functools.partial(snapshot_download, p.source, revision=p.revision, allow_patterns=patterns)
     try:
-        return Path(hub.call(f"model.source `{p.source}`", fetch, params.load("hub", hub.HubParams),
-                             "point model.source at a local folder or .gguf file"))
+        return Path(
+            hub.call(
+                f"model.source `{p.source}`",
+                fetch,
+                params.load("hub", hub.HubParams),
+                "point model.source at a local folder or .gguf file",
+            )
+        )
     except EdgetuneError:
         raise  # the hub did not answer, as hub.call said
     except Exception as e:  # the hub client raises many kinds; all mean the same to the user
@@ -162,8 +172,10 @@ def load_hf(folder: Path, out: Path, p: ModelParams) -> None:
 def save_checkpoint(model, tokenizer, out: Path, p: ModelParams) -> None:
     supply_template(tokenizer, p)
     if not tokenizer.chat_template:
-        raise EdgetuneError("the model's tokenizer has no chat template; edgetune renders every prompt with it. "
-                            f"Set model.chat_template ({', '.join(TEMPLATES)} or a .jinja file) in params.yaml.")
+        raise EdgetuneError(
+            "the model's tokenizer has no chat template; edgetune renders every prompt with it. "
+            f"Set model.chat_template ({', '.join(TEMPLATES)} or a .jinja file) in params.yaml."
+        )
     # Answers end at the template's end-of-turn token: make generation stop there too.
     eos = tokenizer.eos_token_id
     model.generation_config.eos_token_id = eos

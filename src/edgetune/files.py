@@ -19,7 +19,6 @@ from pathlib import Path
 
 from .errors import EdgetuneError
 
-
 MARKER = ".edgetune"  # in every folder edgetune writes: the proof that it may replace that folder
 
 
@@ -55,8 +54,9 @@ def _mkdir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise EdgetuneError(f"{folder}: a file stands where an output folder should go. Move it, or choose another "
-                            "output path.") from None
+        raise EdgetuneError(
+            f"{folder}: a file stands where an output folder should go. Move it, or choose another output path."
+        ) from None
 
 
 def read_text(path) -> str:
@@ -66,8 +66,10 @@ def read_text(path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise EdgetuneError(f"{path}, line {line}: not UTF-8 text (byte {e.object[e.start]:#04x}). Convert the file "
-                            f"to UTF-8, e.g. `iconv -f GBK -t UTF-8 {path} > utf8.{path.suffix.lstrip('.')}`.") from None
+        raise EdgetuneError(
+            f"{path}, line {line}: not UTF-8 text (byte {e.object[e.start]:#04x}). Convert the file "
+            f"to UTF-8, e.g. `iconv -f GBK -t UTF-8 {path} > utf8.{path.suffix.lstrip('.')}`."
+        ) from None
 
 
 def write_text(path, text: str) -> None:
@@ -138,9 +140,11 @@ def check_outputs(inputs=(), files=(), folders=(), shared=()) -> None:
         for out in (Path(p) for p in paths if p is not None):
             where = out.resolve()
             if str(out) in ("", ".") or cwd.is_relative_to(where) or where == Path.home().resolve():
-                raise EdgetuneError(f"output `{out}` is the working directory, a folder above it or the home folder; "
-                                    "edgetune writes only into a folder of its own. Choose a new folder, e.g. "
-                                    "--out deploy.")
+                raise EdgetuneError(
+                    f"output `{out}` is the working directory, a folder above it or the home folder; "
+                    "edgetune writes only into a folder of its own. Choose a new folder, e.g. "
+                    "--out deploy."
+                )
             if where in seen:
                 raise EdgetuneError(f"output `{out}` is given twice; each output needs a path of its own.")
             seen.add(where)
@@ -148,8 +152,10 @@ def check_outputs(inputs=(), files=(), folders=(), shared=()) -> None:
                 continue
             for i, given in ins.items():
                 if where == i or (kind == "folder" and i.is_relative_to(where)):
-                    raise EdgetuneError(f"output `{out}` {'is' if where == i else 'holds'} the input `{given}`; writing "
-                                        "there would replace it. Choose another output path.")
+                    raise EdgetuneError(
+                        f"output `{out}` {'is' if where == i else 'holds'} the input `{given}`; writing "
+                        "there would replace it. Choose another output path."
+                    )
             if kind == "file" and out.is_dir():
                 raise EdgetuneError(f"output `{out}` is a folder; give the path of a file.")
             if kind == "folder":
@@ -161,9 +167,11 @@ def check_own_folder(folder: Path) -> None:
     if folder.is_file() or folder.is_symlink():
         raise EdgetuneError(f"output `{folder}` is a file or a link, not a folder. Choose another output path.")
     if folder.is_dir() and not (folder / MARKER).is_file() and any(folder.iterdir()):
-        raise EdgetuneError(f"output folder `{folder}` holds files edgetune did not write (it has no {MARKER} "
-                            "marker), and replacing it would delete them. Move them away, or choose another output "
-                            "folder.")
+        raise EdgetuneError(
+            f"output folder `{folder}` holds files edgetune did not write (it has no {MARKER} "
+            "marker), and replacing it would delete them. Move them away, or choose another output "
+            "folder."
+        )
 
 
 def mark(folder: Path, command: str) -> None:
@@ -209,18 +217,25 @@ def check_gguf(path: Path) -> None:
     from gguf import GGUFReader
 
     if not path.is_file():
-        raise EdgetuneError(f"{path}: GGUF file not found. Run the stage that makes it (`dvc repro`), or fix the path.")
+        raise EdgetuneError(
+            f"{path}: GGUF file not found. Run the stage that makes it (`dvc repro`), or fix the path."
+        )
     with path.open("rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
-        raise EdgetuneError(f"{path}: not a GGUF file (it begins with {magic!r}, not b'GGUF'). Fetch or make it again, "
-                            "or fix the path.")
+        raise EdgetuneError(
+            f"{path}: not a GGUF file (it begins with {magic!r}, not b'GGUF'). Fetch or make it again, "
+            "or fix the path."
+        )
     size = path.stat().st_size
     try:
         end = max((int(t.data_offset) + int(t.n_bytes) for t in GGUFReader(path).tensors), default=0)
     except Exception as e:  # the reader raises what numpy or struct raise on a short or damaged file
-        raise EdgetuneError(f"{path}: truncated or damaged GGUF file ({size:,} bytes; {type(e).__name__}: "
-                            f"{str(e)[:200]}). Fetch or make it again.") from None
+        raise EdgetuneError(
+            f"{path}: truncated or damaged GGUF file ({size:,} bytes; {type(e).__name__}: "
+            f"{str(e)[:200]}). Fetch or make it again."
+        ) from None
     if end > size:
-        raise EdgetuneError(f"{path}: truncated GGUF file ({size:,} bytes; its tensors need {end:,}). Fetch or make "
-                            "it again.")
+        raise EdgetuneError(
+            f"{path}: truncated GGUF file ({size:,} bytes; its tensors need {end:,}). Fetch or make it again."
+        )

@@ -52,8 +52,10 @@ class Attempt:
         if url in self.failed:  # the library's own retry
             raise OfflineModeIsEnabled(f"Cannot reach {url}: it did not answer earlier in this try.")
         # The client gave every request a timeout per step (connect, read, ...): None, or the library's choice.
-        timeout = {step: self.timeout if seconds is None else min(seconds, self.timeout)
-                   for step, seconds in request.extensions["timeout"].items()}
+        timeout = {
+            step: self.timeout if seconds is None else min(seconds, self.timeout)
+            for step, seconds in request.extensions["timeout"].items()
+        }
         request.extensions = {**request.extensions, "timeout": timeout, "trace": functools.partial(self.trace, url)}
 
     def trace(self, url: str, event: str, info: dict) -> None:

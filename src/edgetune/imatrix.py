@@ -32,9 +32,18 @@ class ImatrixParams:
 
 
 @click.command("imatrix")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="The base GGUF.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("data/processed/train.jsonl"), show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The importance matrix (GGUF).")
+@click.option(
+    "--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="The base GGUF."
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=Path("data/processed/train.jsonl"),
+    show_default=True,
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The importance matrix (GGUF)."
+)
 def imatrix(model: Path, data: Path, out: Path):
     """Compute an importance matrix for MODEL on the training text with llama-imatrix."""
     check_outputs(inputs=[model, data], files=[out])
@@ -45,9 +54,27 @@ def imatrix(model: Path, data: Path, out: Path):
         # same inputs give the same bytes, and DVC reruns nothing downstream.
         corpus = Path(tmp) / f"{data.stem}.txt"
         corpus.write_text(text, encoding="utf-8")
-        log = llamacpp.run([llamacpp.tool("llama-imatrix"), "-m", model.resolve(), "-f", corpus.name, "-o", matrix.resolve(),
-                            "--output-format", "gguf", "-c", p.ctx, "--chunks", p.chunks, "--no-ppl",
-                            *(["-t", p.threads] if p.threads else [])], f"llama-imatrix on {model}", cwd=tmp)
+        log = llamacpp.run(
+            [
+                llamacpp.tool("llama-imatrix"),
+                "-m",
+                model.resolve(),
+                "-f",
+                corpus.name,
+                "-o",
+                matrix.resolve(),
+                "--output-format",
+                "gguf",
+                "-c",
+                p.ctx,
+                "--chunks",
+                p.chunks,
+                "--no-ppl",
+                *(["-t", p.threads] if p.threads else []),
+            ],
+            f"llama-imatrix on {model}",
+            cwd=tmp,
+        )
         if not matrix.stat().st_size:
             raise EdgetuneError(f"llama-imatrix wrote nothing for {model}; its output ends with:\n{log[-800:]}")
     chunks = re.search(r"computing over (\d+) chunks", log)  # fewer than asked when the text runs out

@@ -36,7 +36,9 @@ def bind_library() -> None:
 def source() -> Path:
     src = home() / "src"
     if not (src / "convert_hf_to_gguf.py").is_file():
-        raise EdgetuneError(f"{src}: llama.cpp source not found. Build it with scripts/build_llama_cpp.sh (make setup).")
+        raise EdgetuneError(
+            f"{src}: llama.cpp source not found. Build it with scripts/build_llama_cpp.sh (make setup)."
+        )
     return src
 
 
@@ -63,4 +65,7 @@ def convert_checkpoint(checkpoint: Path, out: Path, outtype: str = "f16") -> Non
     print(f"converting {checkpoint} -> {out} ({outtype}) with {script}", flush=True)
     with atomic_path(out, ".gguf") as tmp:
         # The script puts its own gguf-py first on sys.path, so converter and format match.
-        run([sys.executable, script, checkpoint, "--outtype", outtype, "--outfile", tmp], f"convert_hf_to_gguf.py on {checkpoint}")
+        run(
+            [sys.executable, script, checkpoint, "--outtype", outtype, "--outfile", tmp],
+            f"convert_hf_to_gguf.py on {checkpoint}",
+        )

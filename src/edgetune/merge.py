@@ -42,9 +42,21 @@ def merge_adapter(base: Path, adapter: Path, out: Path) -> None:
 
 
 @click.command("merge")
-@click.option("--base", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/base"), show_default=True)
-@click.option("--adapter", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/adapter"), show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("models/merged"), show_default=True)
+@click.option(
+    "--base",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("models/base"),
+    show_default=True,
+)
+@click.option(
+    "--adapter",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("models/adapter"),
+    show_default=True,
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("models/merged"), show_default=True
+)
 def merge(base: Path, adapter: Path, out: Path):
     """Merge the LoRA ADAPTER into the 16-bit BASE checkpoint and save it to OUT."""
     merge_adapter(base, adapter, out)

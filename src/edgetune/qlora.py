@@ -16,14 +16,18 @@ def require_bitsandbytes(device: str) -> None:
     """Quantize, multiply and backpropagate through a small nf4 matrix on `device`, or say why not."""
     import torch
 
-    hint = ("Train on a CUDA GPU (see the container in the README), or set lora.quantization: none "
-            "for LoRA on the 16-bit base.")
+    hint = (
+        "Train on a CUDA GPU (see the container in the README), or set lora.quantization: none "
+        "for LoRA on the 16-bit base."
+    )
     try:
         import bitsandbytes as bnb
         from bitsandbytes.functional import quantize_4bit
     except ImportError as e:
-        raise EdgetuneError(f"params.yaml: lora.quantization is 4bit, which needs bitsandbytes ({e}). "
-                            f"`pip install bitsandbytes`, or: {hint}") from None
+        raise EdgetuneError(
+            f"params.yaml: lora.quantization is 4bit, which needs bitsandbytes ({e}). "
+            f"`pip install bitsandbytes`, or: {hint}"
+        ) from None
     try:
         weight = torch.randn(128, 64, dtype=torch.bfloat16, device=device)
         packed, state = quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
@@ -31,8 +35,10 @@ def require_bitsandbytes(device: str) -> None:
         bnb.matmul_4bit(x, packed.t(), quant_state=state).sum().backward()
     except Exception as e:  # a backend without 4-bit kernels for this device raises its own types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise EdgetuneError(f"params.yaml: lora.quantization is 4bit, but bitsandbytes {bnb.__version__} cannot "
-                            f"run nf4 on {device}: {first}. {hint}") from None
+        raise EdgetuneError(
+            f"params.yaml: lora.quantization is 4bit, but bitsandbytes {bnb.__version__} cannot "
+            f"run nf4 on {device}: {first}. {hint}"
+        ) from None
 
 
 def load_4bit(model: Path, bf16: bool, device: str, gradient_checkpointing: bool, trust_remote_code: bool = False):
@@ -44,8 +50,12 @@ def load_4bit(model: Path, bf16: bool, device: str, gradient_checkpointing: bool
     require_bitsandbytes(device)
     compute = torch.bfloat16 if bf16 else torch.float32
     quant = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
     )
-    base = AutoModelForCausalLM.from_pretrained(model, quantization_config=quant, dtype=compute, device_map={"": device},
-                                                trust_remote_code=trust_remote_code)
+    base = AutoModelForCausalLM.from_pretrained(
+        model, quantization_config=quant, dtype=compute, device_map={"": device}, trust_remote_code=trust_remote_code
+    )
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)

@@ -46,7 +46,9 @@ def parse(output: str, where: str) -> dict:
     found = {name: re.search(pattern, output) for name, pattern in PATTERNS.items()}
     missing = [name for name, m in found.items() if m is None]
     if missing:
-        raise EdgetuneError(f"{where}: llama-perplexity printed no {', '.join(missing)}; its output ends with:\n{output[-800:]}")
+        raise EdgetuneError(
+            f"{where}: llama-perplexity printed no {', '.join(missing)}; its output ends with:\n{output[-800:]}"
+        )
     values = {name: float(m.group(1)) for name, m in found.items()}
     values["same_top_token"] /= 100
     return values
@@ -61,19 +63,40 @@ def kl_divergence(f16: Path, variants: dict[str, Files], text: Path, p: QualityP
         results = {}
         for name, files in variants.items():
             adapter = ["--lora", files.lora] if files.lora else []
-            out = llamacpp.run([tool, "-m", files.gguf, *adapter, *common, "--kl-divergence-base", logits, "--kl-divergence"],
-                               f"llama-perplexity --kl-divergence on {name}")
+            out = llamacpp.run(
+                [tool, "-m", files.gguf, *adapter, *common, "--kl-divergence-base", logits, "--kl-divergence"],
+                f"llama-perplexity --kl-divergence on {name}",
+            )
             results[name] = parse(out, name)
-            click.echo(f"{name}: KLD {results[name]['kld_mean']:.4f} (p99 {results[name]['kld_p99']:.4f}), "
-                       f"PPL ratio {results[name]['ppl_ratio']:.4f}, same top token {results[name]['same_top_token']:.3f}")
+            click.echo(
+                f"{name}: KLD {results[name]['kld_mean']:.4f} (p99 {results[name]['kld_p99']:.4f}), "
+                f"PPL ratio {results[name]['ppl_ratio']:.4f}, same top token {results[name]['same_top_token']:.3f}"
+            )
     return results
 
 
 @click.command("quality")
-@click.option("--f16", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="The f16 GGUF: the reference.")
-@click.option("--prefix", type=click.Path(path_type=Path), required=True, help="Quant variants are PREFIX-<type>.gguf, one per quantize.types, and PREFIX-base-<type>.gguf + PREFIX-lora.gguf.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("data/processed/test.jsonl"), show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/quality.json"), show_default=True)
+@click.option(
+    "--f16",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The f16 GGUF: the reference.",
+)
+@click.option(
+    "--prefix",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Quant variants are PREFIX-<type>.gguf, one per quantize.types, and PREFIX-base-<type>.gguf + PREFIX-lora.gguf.",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=Path("data/processed/test.jsonl"),
+    show_default=True,
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/quality.json"), show_default=True
+)
 def quality(f16: Path, prefix: Path, data: Path, out: Path):
     """KL divergence, perplexity ratio and top-token agreement of each quant variant against F16."""
     p = params.load("quality", QualityParams)

@@ -46,8 +46,11 @@ def file_type(variant: str) -> tuple[str, bool]:
 def fallbacks(log: str) -> list[dict]:
     """Tensors whose width the wanted type's blocks do not divide, as llama-quantize reports them
     (896-wide Qwen 0.5B: every k-quant falls back to a 32-block type on many tensors)."""
-    found = re.finditer(r"warning: (\S+)\s+- ncols\s+\d+ not divisible by\s+\d+ \(required for type\s+(\S+)\).*?"
-                        r"falling back to\s+(\S+)", log)
+    found = re.finditer(
+        r"warning: (\S+)\s+- ncols\s+\d+ not divisible by\s+\d+ \(required for type\s+(\S+)\).*?"
+        r"falling back to\s+(\S+)",
+        log,
+    )
     return [{"tensor": m[1], "wanted": m[2], "got": m[3]} for m in found]
 
 
@@ -72,18 +75,37 @@ def overrides(p: QuantizeParams) -> list[str]:
 
 
 @click.command("quantize")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="GGUF to quantize: the merged f16, or the base.")
-@click.option("--type", "variant", required=True, help="llama.cpp quant type, e.g. q4_k_m; q4_k_m-imatrix: with --imatrix.")
-@click.option("--imatrix", "matrix", type=click.Path(dir_okay=False, path_type=Path), help="Importance matrix, for -imatrix variants.")
+@click.option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="GGUF to quantize: the merged f16, or the base.",
+)
+@click.option(
+    "--type", "variant", required=True, help="llama.cpp quant type, e.g. q4_k_m; q4_k_m-imatrix: with --imatrix."
+)
+@click.option(
+    "--imatrix",
+    "matrix",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Importance matrix, for -imatrix variants.",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--stats", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON: tensor types and bits per weight.")
+@click.option(
+    "--stats",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="JSON: tensor types and bits per weight.",
+)
 def quantize(model: Path, variant: str, matrix: Path | None, out: Path, stats: Path):
     """Quantize the GGUF MODEL to TYPE with llama-quantize (or copy it, if it already is of TYPE)."""
     check_outputs(inputs=[model, matrix], files=[out, stats])
     p = params.load("quantize", QuantizeParams)
     name, with_imatrix = file_type(variant)
     if with_imatrix and not (matrix and matrix.is_file()):
-        raise EdgetuneError(f"{variant}: needs an importance matrix; --imatrix {matrix} is not a file (`dvc repro imatrix`).")
+        raise EdgetuneError(
+            f"{variant}: needs an importance matrix; --imatrix {matrix} is not a file (`dvc repro imatrix`)."
+        )
     source_type, flags = file_type_of(model), overrides(p)
     with atomic_path(out, ".gguf") as tmp:
         if source_type == name and not (with_imatrix or flags):
@@ -92,18 +114,29 @@ def quantize(model: Path, variant: str, matrix: Path | None, out: Path, stats: P
         else:
             # A source that is itself quantized (another type than asked) can only be rounded again.
             again = [] if source_type in ("F32", "F16", "BF16") else ["--allow-requantize"]
-            log = run_quantize([*again, *flags, *(["--imatrix", matrix] if with_imatrix else []), model, tmp, name], variant)
-        result = {"type": variant.lower(), "source_type": source_type.lower(), "copied": not log,
-                  **tensor_stats(tmp), "fallbacks": fallbacks(log)}
+            log = run_quantize(
+                [*again, *flags, *(["--imatrix", matrix] if with_imatrix else []), model, tmp, name], variant
+            )
+        result = {
+            "type": variant.lower(),
+            "source_type": source_type.lower(),
+            "copied": not log,
+            **tensor_stats(tmp),
+            "fallbacks": fallbacks(log),
+        }
         if with_imatrix:  # llama-quantize: "loaded 168 importance matrix entries from ... computed on 16 chunks"
             found = re.search(r"loaded (\d+) importance matrix entries .* computed on (\d+) chunks", log)
             if not found:
-                raise EdgetuneError(f"llama-quantize did not report loading {matrix}; its output ends with:\n{log[-800:]}")
+                raise EdgetuneError(
+                    f"llama-quantize did not report loading {matrix}; its output ends with:\n{log[-800:]}"
+                )
             result["imatrix"] = {"entries": int(found[1]), "chunks": int(found[2])}
     write_json(stats, result)
     types = ", ".join(f"{k}: {v['tensors']}" for k, v in result["tensor_types"].items())
     how = f"copied from {model}" if result["copied"] else f"{source_type} -> {name}"
-    click.echo(f"{out}: {result['model_bytes'] / 1e6:.0f} MB, {result['bits_per_weight']:.2f} bits/weight, {how} ({types})")
+    click.echo(
+        f"{out}: {result['model_bytes'] / 1e6:.0f} MB, {result['bits_per_weight']:.2f} bits/weight, {how} ({types})"
+    )
 
 
 def run_quantize(args: list, variant: str) -> str:
@@ -111,6 +144,8 @@ def run_quantize(args: list, variant: str) -> str:
         return llamacpp.run([llamacpp.tool("llama-quantize"), *args, os.cpu_count() or 1], f"llama-quantize {variant}")
     except EdgetuneError as e:
         if "requires an imatrix" in str(e):  # the 1- to 3-bit IQ types, for instance
-            raise EdgetuneError(f"params.yaml: quantize.types: {variant} needs an importance matrix; "
-                                f"ask for {variant}{IMATRIX} instead.\n{e}") from None
+            raise EdgetuneError(
+                f"params.yaml: quantize.types: {variant} needs an importance matrix; "
+                f"ask for {variant}{IMATRIX} instead.\n{e}"
+            ) from None
         raise

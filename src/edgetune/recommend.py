@@ -38,6 +38,7 @@ def shortfall(v: dict, f16: dict, p: RecommendParams) -> str | None:
 def frontier(candidates: dict[str, dict]) -> list[str]:
     """The accuracy-vs-bytes frontier, smallest first: each variant on it scores better than every
     smaller one (accuracy higher, or for conversations perplexity lower)."""
+
     def score(v):
         return v["accuracy"] if "accuracy" in v else -v["perplexity"]
 
@@ -58,13 +59,22 @@ def recommend(variants: dict[str, dict], p: RecommendParams) -> dict | None:
     verdicts = {n: shortfall(v, f16, p) for n, v in candidates.items()}
     name = min((n for n, why in verdicts.items() if why is None), key=lambda n: candidates[n]["model_bytes"])
     v = candidates[name]
-    metric = (f"accuracy {100 * v['accuracy']:.1f} vs f16 {100 * f16['accuracy']:.1f}" if "accuracy" in v
-              else f"perplexity {v['perplexity']:.3f} vs f16 {f16['perplexity']:.3f}")
+    metric = (
+        f"accuracy {100 * v['accuracy']:.1f} vs f16 {100 * f16['accuracy']:.1f}"
+        if "accuracy" in v
+        else f"perplexity {v['perplexity']:.3f} vs f16 {f16['perplexity']:.3f}"
+    )
     kld = f", mean KLD {v['kld_mean']:.4f}" if "kld_mean" in v else ""
-    reason = (f"{name} ({v['model_bytes'] / 1e6:.0f} MB, {100 * v['model_bytes'] / f16['model_bytes']:.0f}% of f16) is "
-              f"the smallest variant within tolerance: {metric}{kld}.")
+    reason = (
+        f"{name} ({v['model_bytes'] / 1e6:.0f} MB, {100 * v['model_bytes'] / f16['model_bytes']:.0f}% of f16) is "
+        f"the smallest variant within tolerance: {metric}{kld}."
+    )
     smaller = [f"{n} {why}" for n, why in verdicts.items() if why and candidates[n]["model_bytes"] < v["model_bytes"]]
     if smaller:
         reason += " Smaller ones fall short: " + "; ".join(smaller) + "."
-    return {"variant": name, "reason": reason, "rejected": {n: why for n, why in verdicts.items() if why},
-            "frontier": frontier(candidates)}
+    return {
+        "variant": name,
+        "reason": reason,
+        "rejected": {n: why for n, why in verdicts.items() if why},
+        "frontier": frontier(candidates),
+    }

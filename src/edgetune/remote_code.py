@@ -22,7 +22,9 @@ def needs_code(checkpoint: Path) -> list[str]:
             if path.is_file() and "auto_map" in json.loads(path.read_text(encoding="utf-8")):
                 found.append(name)
         except (ValueError, UnicodeDecodeError):
-            raise EdgetuneError(f"{path}: not valid JSON. The checkpoint is damaged: fetch or make it again.") from None
+            raise EdgetuneError(
+                f"{path}: not valid JSON. The checkpoint is damaged: fetch or make it again."
+            ) from None
     return found
 
 
@@ -33,7 +35,9 @@ def allowed(checkpoint: Path, trust: bool | None = None, fix: str = f"set {PARAM
         trust = params.value(PARAM, bool)
     found = needs_code(checkpoint)
     if found and not trust:
-        raise EdgetuneError(f"{checkpoint}: this model needs its own Python code (an auto_map in "
-                            f"{' and '.join(found)}), which edgetune does not run unless told to. Read that code, "
-                            f"then {fix} to allow it.")
+        raise EdgetuneError(
+            f"{checkpoint}: this model needs its own Python code (an auto_map in "
+            f"{' and '.join(found)}), which edgetune does not run unless told to. Read that code, "
+            f"then {fix} to allow it."
+        )
     return trust

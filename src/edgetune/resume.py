@@ -63,8 +63,12 @@ def repair_summary(live_dir: Path) -> None:
         return
     except ValueError:
         pass
-    steps = [int(row["step"]) for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv")
-             for row in csv.DictReader(tsv.open(encoding="utf-8"), delimiter="\t") if (row.get("step") or "").isdigit()]
+    steps = [
+        int(row["step"])
+        for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv")
+        for row in csv.DictReader(tsv.open(encoding="utf-8"), delimiter="\t")
+        if (row.get("step") or "").isdigit()
+    ]
     write_json(summary, {"step": max(steps, default=0)})
 
 
@@ -78,5 +82,7 @@ def open_live(live_dir: Path, resume: bool):
     except Exception as e:  # scmrepo's SCMError: dvclive reads the current commit
         if "Empty git repo" not in str(e):
             raise
-        raise EdgetuneError("this git repository has no commit yet; dvclive needs one. Commit dvc.yaml and "
-                            "params.yaml (`git add -A && git commit`), then run again.") from None
+        raise EdgetuneError(
+            "this git repository has no commit yet; dvclive needs one. Commit dvc.yaml and "
+            "params.yaml (`git add -A && git commit`), then run again."
+        ) from None

@@ -14,7 +14,9 @@ def pick_label(scores: dict[str, float]) -> str:
     return max(scores, key=scores.get)
 
 
-def fit_offsets(scores: list[dict[str, float]], y_true: list[str], labels: list[str], rounds: int = 3) -> dict[str, float]:
+def fit_offsets(
+    scores: list[dict[str, float]], y_true: list[str], labels: list[str], rounds: int = 3
+) -> dict[str, float]:
     """Per-label offsets for the label scores that maximise accuracy on these (validation) scores.
 
     A tuned model's label scores can lean towards one label; offsets fitted on the validation

@@ -24,8 +24,10 @@ def paired(reference: Path, variant: Path) -> dict:
     """The variant against the reference on the same examples (evaluate's predictions CSVs)."""
     ref, var = read_predictions(reference), read_predictions(variant)
     if [actual for actual, _ in ref] != [actual for actual, _ in var]:
-        raise EdgetuneError(f"{variant}: its examples are not those of {reference}, so the two cannot be compared "
-                            "review by review. Evaluate both on the same test split (`dvc repro`).")
+        raise EdgetuneError(
+            f"{variant}: its examples are not those of {reference}, so the two cannot be compared "
+            "review by review. Evaluate both on the same test split (`dvc repro`)."
+        )
     lost = sum(r == actual != v for (actual, r), (_, v) in zip(ref, var))
     gained = sum(v == actual != r for (actual, r), (_, v) in zip(ref, var))
     p_value = binomtest(gained, lost + gained).pvalue if lost + gained else 1.0

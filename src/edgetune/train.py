@@ -14,8 +14,8 @@ import dataclasses
 import math
 import os
 import shutil
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated
 
 import click
@@ -43,8 +43,18 @@ class LoraParams:
 @dataclasses.dataclass
 class TrainParams:
     lr: Annotated[float, Range(above=0)] = 3e-4
-    scheduler: Annotated[str, OneOf("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                                    "constant_with_warmup", "inverse_sqrt")] = "linear"
+    scheduler: Annotated[
+        str,
+        OneOf(
+            "linear",
+            "cosine",
+            "cosine_with_restarts",
+            "polynomial",
+            "constant",
+            "constant_with_warmup",
+            "inverse_sqrt",
+        ),
+    ] = "linear"
     warmup_ratio: Annotated[float, Range(min=0, max=1)] = 0.05
     epochs: Annotated[float, Range(above=0)] = 1.0
     max_steps: Annotated[int, Range(min=1, also=(-1,))] = -1  # > 0 overrides epochs
@@ -139,15 +149,21 @@ def adapter_targets(lp: LoraParams, model) -> str | list[str]:
 
     n_layers = model.config.get_text_config().num_hidden_layers
     if not 0 < lp.top_layers <= n_layers:
-        raise EdgetuneError(f"params.yaml: lora.top_layers is {lp.top_layers}; the model has {n_layers} decoder "
-                            f"layers. Use 1..{n_layers}, or null for all.")
+        raise EdgetuneError(
+            f"params.yaml: lora.top_layers is {lp.top_layers}; the model has {n_layers} decoder "
+            f"layers. Use 1..{n_layers}, or null for all."
+        )
     top = {str(i) for i in range(n_layers - lp.top_layers, n_layers)}
     targets = []
     for name, module in model.named_modules():
         parts = name.split(".")
         if "layers" not in parts[:-1] or parts[parts.index("layers") + 1] not in top:
             continue
-        if isinstance(module, torch.nn.Linear) if lp.target_modules == "all-linear" else parts[-1] in lp.target_modules:
+        if (
+            isinstance(module, torch.nn.Linear)
+            if lp.target_modules == "all-linear"
+            else parts[-1] in lp.target_modules
+        ):
             targets.append(name)
     return targets
 
@@ -201,8 +217,10 @@ def check_settings(p: TrainParams, train_rows: list, val_rows: list, data: Path)
     if not train_rows:
         raise EdgetuneError(f"{data / 'train.jsonl'}: no training examples. Check data.max_train and the data source.")
     if p.best_checkpoint and val_rows and p.save_steps % p.eval_steps:
-        raise EdgetuneError(f"params.yaml: train.save_steps ({p.save_steps}) must be a multiple of train.eval_steps "
-                            f"({p.eval_steps}) to keep the best checkpoint; change one, or set train.best_checkpoint: false.")
+        raise EdgetuneError(
+            f"params.yaml: train.save_steps ({p.save_steps}) must be a multiple of train.eval_steps "
+            f"({p.eval_steps}) to keep the best checkpoint; change one, or set train.best_checkpoint: false."
+        )
 
 
 def label_choices(tokenizer, rows: list[dict]) -> list[int] | None:
@@ -254,8 +272,11 @@ def sft_config(p: TrainParams, checkpoints: Path, validate: bool, by_accuracy: b
 def run_summary(trainer, result, validate: bool, best: bool) -> dict:
     """The run's figures, with the validation metrics of the adapter that is saved (the best
     checkpoint's with train.best_checkpoint, else the last step's)."""
-    summary = {"train_loss": result.training_loss, "steps": trainer.state.global_step,
-               "tokens_seen": trainer.state.num_input_tokens_seen}
+    summary = {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+    }
     summary.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
     summary["tokens_per_second"] = summary["tokens_seen"] / max(result.metrics["train_runtime"], 1e-9)
     summary.update(peak_memory())
@@ -283,12 +304,41 @@ def save_adapter(model, out: Path) -> None:
 
 
 @click.command("train")
-@click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("models/base"), show_default=True)
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A quantized GGUF of the base: train on its dequantized weights (lora.train_on). Default: the checkpoint's.")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("data/processed"), show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("models/adapter"), show_default=True)
-@click.option("--live", "live_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/train"), show_default=True, help="dvclive folder: loss curves and training metrics.")
-@click.option("--accelerate-config", type=click.Path(dir_okay=False, path_type=Path), default=Path("configs/accelerate.yaml"), show_default=True, help="Launch settings used when several GPUs are visible.")
+@click.option(
+    "--model",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("models/base"),
+    show_default=True,
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A quantized GGUF of the base: train on its dequantized weights (lora.train_on). Default: the checkpoint's.",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("data/processed"),
+    show_default=True,
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("models/adapter"), show_default=True
+)
+@click.option(
+    "--live",
+    "live_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/train"),
+    show_default=True,
+    help="dvclive folder: loss curves and training metrics.",
+)
+@click.option(
+    "--accelerate-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("configs/accelerate.yaml"),
+    show_default=True,
+    help="Launch settings used when several GPUs are visible.",
+)
 def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Path, accelerate_config: Path):
     """Train a LoRA adapter on DATA/train.jsonl, validating on DATA/val.jsonl.
 
@@ -309,15 +359,28 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
 
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several under DDP
     checkpoints = out / "checkpoints"
-    made_from = [data / "train.jsonl", data / "val.jsonl", model / "config.json", *([weights] if weights else []), *CODE]
+    made_from = [
+        data / "train.jsonl",
+        data / "val.jsonl",
+        model / "config.json",
+        *([weights] if weights else []),
+        *CODE,
+    ]
     stamp = resume.fingerprint([p, lp], made_from)
     resume_from = resume.resume_point(checkpoints, stamp)
 
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust)
     choices = label_choices(tokenizer, train_rows)
-    base = base_weights.load(model, weights, lp.quantization == "4bit", bf16, str(state.device), p.gradient_checkpointing, trust)
-    lora = LoraConfig(r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=adapter_targets(lp, base),
-                      task_type="CAUSAL_LM")
+    base = base_weights.load(
+        model, weights, lp.quantization == "4bit", bf16, str(state.device), p.gradient_checkpointing, trust
+    )
+    lora = LoraConfig(
+        r=lp.r,
+        lora_alpha=lp.alpha,
+        lora_dropout=lp.dropout,
+        target_modules=adapter_targets(lp, base),
+        task_type="CAUSAL_LM",
+    )
     # Everything is checked and loaded: only now may checkpoints this run cannot use go.
     state.wait_for_everyone()  # every process has decided before the main one clears old checkpoints
     if state.is_main_process:
@@ -343,8 +406,12 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
     )
     trainer.choices = choices
     result = trainer.train(resume_from_checkpoint=resume_from)
-    summary = {**run_summary(trainer, result, validate=bool(val_rows), best=p.best_checkpoint and bool(val_rows)),
-               "bf16_weights": bf16, "qlora": lp.quantization == "4bit", "processes": state.num_processes}
+    summary = {
+        **run_summary(trainer, result, validate=bool(val_rows), best=p.best_checkpoint and bool(val_rows)),
+        "bf16_weights": bf16,
+        "qlora": lp.quantization == "4bit",
+        "processes": state.num_processes,
+    }
     if not state.is_main_process:
         return
     for key, value in summary.items():

@@ -22,8 +22,10 @@ IMATRIX = "-imatrix"
 LORA = "+lora"
 
 # A variant in params (evaluate.free_answer, export.variant): a Name, or a quant type with +lora.
-Variant = Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]*(\+lora)?", "a variant: f16, base, a quant type, or "
-                                                                        "a quant type with +lora")]
+Variant = Annotated[
+    str,
+    Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]*(\+lora)?", "a variant: f16, base, a quant type, or a quant type with +lora"),
+]
 
 
 @dataclasses.dataclass
@@ -92,8 +94,10 @@ def existing_files(prefix: Path, variants: list[str]) -> dict[str, Files]:
     missing = list(dict.fromkeys(p for f in found.values() for p in f.paths if not p.is_file()))
     if missing:
         stages = " ".join(dict.fromkeys(stage_of(prefix, p) for p in missing))
-        raise EdgetuneError(f"{', '.join(map(str, missing))}: not found. `dvc pull {stages}` fetches "
-                            f"them from the DVC remote; `dvc repro {stages}` builds them.")
+        raise EdgetuneError(
+            f"{', '.join(map(str, missing))}: not found. `dvc pull {stages}` fetches "
+            f"them from the DVC remote; `dvc repro {stages}` builds them."
+        )
     return found
 
 
@@ -122,5 +126,8 @@ def file_stats(files: Files) -> dict:
     over the base weights (the adapter adds bytes, not weights a phone multiplies by)."""
     stats = tensor_stats(files.gguf)
     extra = files.lora.stat().st_size if files.lora else 0
-    return {"model_bytes": files.bytes, "bits_per_weight": stats["bits_per_weight"] + 8 * extra / stats["n_weights"],
-            **({"adapter_bytes": extra} if files.lora else {})}
+    return {
+        "model_bytes": files.bytes,
+        "bits_per_weight": stats["bits_per_weight"] + 8 * extra / stats["n_weights"],
+        **({"adapter_bytes": extra} if files.lora else {}),
+    }
