@@ -196,7 +196,7 @@ def test_the_recommended_variant_is_the_smallest_close_enough_to_f16():
 
 
 def test_the_report_sets_each_imatrix_variant_beside_its_plain_twin():
-    from edgetune.report import imatrix_table
+    from edgetune.tables import imatrix_table
 
     variants = {
         "f16": {"accuracy": 0.826},
@@ -217,7 +217,7 @@ def test_the_report_sets_each_imatrix_variant_beside_its_plain_twin():
 
 
 def test_the_report_sets_each_merged_type_beside_its_base_with_the_adapter():
-    from edgetune.report import lora_table
+    from edgetune.tables import lora_table
 
     variants = {
         "f16": {"accuracy": 0.826, "model_bytes": 1266e6},
