@@ -137,7 +137,7 @@ def test_batched_scoring_matches_a_plain_full_evaluation(tiny_gguf, qwen_tokeniz
     """Shared-prefix, batched scoring gives the log-probabilities of a fresh one-at-a-time evaluation."""
     from llama_cpp import Llama
 
-    from edgetune.evaluate import Scorer
+    from edgetune.scorer import Scorer
 
     texts = ("质量很好，推荐", "太差了，退货", "一般般吧，还可以再便宜点", "物流快")
     prompts_text = [render_prompt(messages(t, None, PromptParams()), qwen_tokenizer) for t in texts]

@@ -7,7 +7,9 @@ Checkpoints go to <adapter>/checkpoints every `train.save_steps`; the stage's ou
 `persist: true` in dvc.yaml, so an interrupted `dvc repro` resumes from the last one (resume.py).
 Train and validation loss go through dvclive into `dvc plots`.
 `lora.quantization: 4bit` trains on a 4-bit base (QLoRA, qlora.py); several visible GPUs make
-the stage relaunch itself under DDP (distributed.py).
+the stage relaunch itself under DDP (distributed.py). The loss is in answer_loss.py. What stays
+here (the params, the adapter's targets, TRL's config and the command) is read together when a
+setting changes, hence one module a little over 300 lines.
 """
 
 import dataclasses
@@ -15,12 +17,12 @@ import math
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Annotated
 
 import click
 
 from . import base_weights, params, resume
+from .answer_loss import label_accuracy, make_trainer_class
 from .distributed import relaunch_on_gpus
 from .errors import EdgetuneError
 from .files import check_outputs, mark, read_jsonl
@@ -69,76 +71,6 @@ class TrainParams:
     save_steps: Positive = 50  # a multiple of eval_steps when best_checkpoint is on
     best_checkpoint: bool = False  # keep the checkpoint with the best validation accuracy, not the last
     seed: Annotated[int, Range(min=0)] = 0
-
-
-def answer_only_loss(model, inputs, num_items_in_batch=None, choices: list[int] | None = None):
-    """Causal-LM loss computed from the output layer at the labelled positions only.
-
-    The answer is a few tokens at the end of each example, but the output layer is 151,936 wide
-    for Qwen: building logits (and TRL's per-token entropy) for every position costs most of a
-    CPU step. The model's own `logits_to_keep` mask sends only the positions that predict a
-    labelled token through the output layer. The call goes through `model` itself, so under
-    DDP the wrapper's forward runs and gradients are synchronised.
-
-    With `choices` (the first token of each label answer) it also returns, per example, the
-    logits of those tokens where the answer begins: label scoring of the validation split for
-    the price of its loss.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    labels = inputs["labels"][:, 1:]
-    keep = labels != -100
-    logits = model(
-        input_ids=inputs["input_ids"],
-        attention_mask=inputs.get("attention_mask"),
-        position_ids=inputs.get("position_ids"),
-        use_cache=False,
-        logits_to_keep=F.pad(keep, (0, 1)),  # position t predicts token t + 1
-    ).logits.float()  # one row per labelled token, example by example
-    n = num_items_in_batch if num_items_in_batch is not None else keep.sum()
-    loss = F.cross_entropy(logits, labels[keep], reduction="sum") / torch.as_tensor(n).clamp(min=1).to(logits.device)
-    if choices is None:
-        return loss
-    counts = keep.sum(1)
-    first = counts.cumsum(0) - counts  # each example's first labelled row
-    return loss, logits[first][:, choices]
-
-
-def label_accuracy(choices: list[int]):
-    """compute_metrics for the Trainer: the label whose first token scores highest vs the truth."""
-    import numpy as np
-
-    def compute(pred) -> dict:
-        scores, labels = pred.predictions, pred.label_ids
-        truth = labels[np.arange(len(labels)), (labels != -100).argmax(1)]
-        return {"accuracy": float(np.mean(np.asarray(choices)[scores.argmax(1)] == truth))}
-
-    return compute
-
-
-def make_trainer_class():
-    from trl import SFTTrainer
-
-    class AnswerOnlySFTTrainer(SFTTrainer):
-        """TRL's SFTTrainer (data, collation, PEFT, checkpoints) with the answer-only loss above."""
-
-        choices: list[int] | None = None  # first tokens of the label answers, for validation accuracy
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not (return_outputs and self.choices):
-                loss = answer_only_loss(model, inputs, num_items_in_batch)
-                if return_outputs:
-                    return loss, SimpleNamespace(logits=None)
-                return loss if num_items_in_batch is None else loss * self.token_share()
-            loss, scores = answer_only_loss(model, inputs, num_items_in_batch, self.choices)
-            return loss, SimpleNamespace(logits=scores)
-
-        def token_share(self) -> int:
-            """As Trainer.compute_loss: the tokens counted are every process's, while DDP averages gradients."""
-            return self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
-
-    return AnswerOnlySFTTrainer
 
 
 def adapter_targets(lp: LoraParams, model) -> str | list[str]:
@@ -210,7 +142,7 @@ def to_dataset(rows: list[dict]):
 
 
 # A checkpoint made by other training code is not resumed.
-CODE = [Path(__file__), *(Path(__file__).with_name(m) for m in ("qlora.py", "base_weights.py"))]
+CODE = [Path(__file__), *(Path(__file__).with_name(m) for m in ("answer_loss.py", "qlora.py", "base_weights.py"))]
 
 
 def check_settings(p: TrainParams, train_rows: list, val_rows: list, data: Path) -> None:
