@@ -80,6 +80,73 @@ def evaluate_dialogues(
     click.echo(f"{variant}: perplexity {result['perplexity']:.3f} on {result['assistant_tokens']} reply tokens")
 
 
+def evaluate_labels(
+    files: Files, variant: str, rows: list, val_rows: list, val: Path, answers: dict, threads: int, p: EvaluateParams
+) -> tuple[dict, list, list]:
+    """Label scoring of the test rows (calibrated on the validation rows), and the free answer for
+    the variants in evaluate.free_answer: the metrics, the true labels and the predicted ones."""
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(files.gguf), vocab_only=True, verbose=False)
+    prompts, val_prompts = (
+        [vocab.tokenize(r["prompt"].encode("utf-8"), add_bos=False, special=True) for r in rs]
+        for rs in (rows, val_rows)
+    )
+    answer_tokens = {
+        label: vocab.tokenize(w.encode("utf-8"), add_bos=False, special=False) for label, w in answers.items()
+    }
+    free = variant in p.free_answer
+    scorer = Scorer(
+        files.gguf, prompts + val_prompts, p.batch_size, p.max_answer_tokens, threads, p.gpu_layers, files.lora
+    )
+    template_ok = check_template(scorer, rows[0], files.gguf)
+
+    start = time.perf_counter()
+    scores, texts = score_all(
+        scorer, prompts, answer_tokens, answers, p, free, f"evaluate {variant}" + (" (+ free answer)" if free else "")
+    )
+    seconds = time.perf_counter() - start - scorer.answer_seconds  # label scoring alone
+    evaluated = scorer.prompt_evaluated  # test prompt tokens computed (before calibration adds more)
+    offsets = dict.fromkeys(answers, 0.0)
+    if val_rows:
+        val_scores, _ = score_all(
+            scorer, val_prompts, answer_tokens, answers, p, False, f"calibrate {variant} on {val}"
+        )
+        offsets = fit_offsets(val_scores, [r["label"] for r in val_rows], list(answers))
+    scorer.close()
+
+    y_true = [r["label"] for r in rows]
+    y_pred = [pick_label(s) for s in apply_offsets(scores, offsets)]
+    result = classification_metrics(y_true, y_pred, list(answers))
+    result.pop("unparsed")
+    raw = classification_metrics(y_true, [pick_label(s) for s in scores], list(answers))
+    prompt_tokens = sum(map(len, prompts))
+    result.update(
+        variant=variant,
+        label_offsets=offsets,
+        uncalibrated={"accuracy": raw["accuracy"], "f1": raw["f1"]},
+        seconds_per_sample=seconds / len(rows),
+        samples_per_second=len(rows) / seconds,
+        prompt_tokens_per_second=prompt_tokens / seconds,
+        evaluated_tokens_per_second=evaluated / seconds,
+        prompt_tokens=prompt_tokens,
+        **file_stats(files),
+        chat_template_matches=template_ok,
+    )
+    if free:
+        parsed = [parse_answer(t, answers) for t in texts]
+        fm = classification_metrics(y_true, parsed, list(answers))
+        result["free_answer"] = {
+            "accuracy": fm["accuracy"],
+            "f1": fm["f1"],
+            "unparsed": fm["unparsed"],
+            "confusion_matrix": fm["confusion_matrix"],
+            "seconds_per_sample": (seconds + scorer.answer_seconds) / len(rows),
+            "examples": [{"label": y, "answer": a} for y, a in list(zip(y_true, texts))[:5]],
+        }
+    return result, y_true, y_pred
+
+
 @click.command("evaluate")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), required=True, help="GGUF file.")
 @click.option(
@@ -128,64 +195,7 @@ def evaluate(model: Path, lora: Path | None, variant: str, data: Path, val: Path
         evaluate_dialogues(files, variant, rows, threads, p.gpu_layers, out, predictions)
         return
 
-    from llama_cpp import Llama
-
-    vocab = Llama(model_path=str(model), vocab_only=True, verbose=False)
-    prompts, val_prompts = (
-        [vocab.tokenize(r["prompt"].encode("utf-8"), add_bos=False, special=True) for r in rs]
-        for rs in (rows, val_rows)
-    )
-    answer_tokens = {
-        label: vocab.tokenize(w.encode("utf-8"), add_bos=False, special=False) for label, w in answers.items()
-    }
-    free = variant in p.free_answer
-    scorer = Scorer(model, prompts + val_prompts, p.batch_size, p.max_answer_tokens, threads, p.gpu_layers, lora)
-    template_ok = check_template(scorer, rows[0], model)
-
-    start = time.perf_counter()
-    scores, texts = score_all(
-        scorer, prompts, answer_tokens, answers, p, free, f"evaluate {variant}" + (" (+ free answer)" if free else "")
-    )
-    seconds = time.perf_counter() - start - scorer.answer_seconds  # label scoring alone
-    evaluated = scorer.prompt_evaluated  # test prompt tokens computed (before calibration adds more)
-    offsets = dict.fromkeys(answers, 0.0)
-    if val_rows:
-        val_scores, _ = score_all(
-            scorer, val_prompts, answer_tokens, answers, p, False, f"calibrate {variant} on {val}"
-        )
-        offsets = fit_offsets(val_scores, [r["label"] for r in val_rows], list(answers))
-    scorer.close()
-
-    y_true = [r["label"] for r in rows]
-    y_pred = [pick_label(s) for s in apply_offsets(scores, offsets)]
-    result = classification_metrics(y_true, y_pred, list(answers))
-    result.pop("unparsed")
-    raw = classification_metrics(y_true, [pick_label(s) for s in scores], list(answers))
-    prompt_tokens = sum(map(len, prompts))
-    result.update(
-        variant=variant,
-        label_offsets=offsets,
-        uncalibrated={"accuracy": raw["accuracy"], "f1": raw["f1"]},
-        seconds_per_sample=seconds / len(rows),
-        samples_per_second=len(rows) / seconds,
-        prompt_tokens_per_second=prompt_tokens / seconds,
-        evaluated_tokens_per_second=evaluated / seconds,
-        prompt_tokens=prompt_tokens,
-        **file_stats(files),
-        chat_template_matches=template_ok,
-    )
-    if free:
-        parsed = [parse_answer(t, answers) for t in texts]
-        fm = classification_metrics(y_true, parsed, list(answers))
-        result["free_answer"] = {
-            "accuracy": fm["accuracy"],
-            "f1": fm["f1"],
-            "unparsed": fm["unparsed"],
-            "confusion_matrix": fm["confusion_matrix"],
-            "seconds_per_sample": (seconds + scorer.answer_seconds) / len(rows),
-            "examples": [{"label": y, "answer": a} for y, a in list(zip(y_true, texts))[:5]],
-        }
-
+    result, y_true, y_pred = evaluate_labels(files, variant, rows, val_rows, val, answers, threads, p)
     if predictions:
         write_predictions(predictions, y_true, y_pred)
     write_json(out, result)
