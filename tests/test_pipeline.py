@@ -109,7 +109,22 @@ def first_run(project) -> str:
     return dvc(project, "repro").stdout
 
 
-def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
+def read(project: Path, path: str) -> dict:
+    return json.loads((project / path).read_text())
+
+
+def f1_from_confusion(matrix: list[list[int]]) -> float:
+    """Macro F1 recomputed from the confusion matrix (rows: true, columns: predicted)."""
+    f1s = []
+    for k in range(len(matrix)):
+        tp = matrix[k][k]
+        fp = sum(row[k] for row in matrix) - tp
+        fn = sum(matrix[k]) - tp
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(f1s) / len(f1s)
+
+
+def test_repro_runs_every_stage_and_the_ggufs_give_real_logits(project, first_run):
     assert ran_stages(first_run) == STAGES
     from llama_cpp import Llama
 
@@ -117,64 +132,100 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
         gguf = project / "models" / "gguf" / f"tiny-{variant}.gguf"
         llm = Llama(model_path=str(gguf), n_ctx=64, verbose=False, logits_all=True, n_threads=2)
         llm.eval(llm.tokenize("房间很干净".encode()))
-        assert llm.scores[llm.n_tokens - 1].std() > 0  # real logits
+        assert llm.scores[llm.n_tokens - 1].std() > 0
+    assert "training from models/gguf/tiny-base-q4_k_m.gguf" in first_run  # lora.train_on: the base that ships
+    merged_gen = read(project, "models/merged/generation_config.json")
+    assert merged_gen["eos_token_id"] == 151645  # <|im_end|>: answers stop at the end of the turn
 
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+
+def test_every_variant_scores_the_whole_test_split_and_its_metrics_agree_with_its_predictions(project, first_run):
+    from edgetune.files import read_predictions
+
+    metrics = read(project, "reports/metrics.json")
     assert set(metrics["variants"]) == {"tfidf", "base", *VARIANTS}
-    for name, v in metrics["variants"].items():
-        assert 0 <= v["accuracy"] <= 1 and 0 <= v["f1"] <= 1 and v["n_samples"] == 12, name
-        assert set(v["per_class"]) == {"negative", "positive"}
     for name in ("base", *VARIANTS):
-        result = json.loads((project / "reports" / "eval" / f"{name}.json").read_text())
-        for key in (
-            "accuracy",
-            "precision",
-            "recall",
-            "f1",
-            "confusion_matrix",
-            "n_samples",
-            "seconds_per_sample",
-            "model_bytes",
-        ):
-            assert key in result, (name, key)
-        assert sum(map(sum, result["confusion_matrix"]["matrix"])) == 12
+        result = read(project, f"reports/eval/{name}.json")
+        matrix = result["confusion_matrix"]["matrix"]
+        rows = read_predictions(project / "reports" / "eval" / f"{name}.csv")
+        assert len(rows) == result["n_samples"] == 12 and sum(map(sum, matrix)) == 12
+        assert result["accuracy"] == sum(a == p for a, p in rows) / 12 == sum(matrix[k][k] for k in range(2)) / 12
+        assert result["f1"] == pytest.approx(f1_from_confusion(matrix))
+        assert metrics["variants"][name]["accuracy"] == result["accuracy"]
         assert result["seconds_per_sample"] > 0 and result["model_bytes"] > 0
         assert set(result["label_offsets"]) == {"negative", "positive"} and result["label_offsets"]["negative"] == 0
-        assert 0 <= result["uncalibrated"]["accuracy"] <= 1  # raw label scoring, beside the calibrated one
-    for name in ("base", "q4_k_m", "q4_k_m+lora"):
-        free = json.loads((project / "reports" / "eval" / f"{name}.json").read_text())["free_answer"]
-        assert 0 <= free["accuracy"] <= 1 and 0 <= free["unparsed"] <= 12
+        assert (result["uncalibrated"]["accuracy"] * 12).is_integer()  # raw label scoring, of the same 12 reviews
+    for name in ("base", "q4_k_m", "q4_k_m+lora"):  # a free answer that names no label is wrong, and counted
+        free = read(project, f"reports/eval/{name}.json")["free_answer"]
+        matrix = free["confusion_matrix"]["matrix"]
+        assert sum(map(sum, matrix)) == 12 - free["unparsed"]
+        assert free["accuracy"] == sum(matrix[k][k] for k in range(2)) / 12
     sizes = {v: metrics["variants"][v]["model_bytes"] for v in ("f16", "q8_0", "q4_k_m")}
     assert sizes["f16"] > sizes["q8_0"] > sizes["q4_k_m"]
 
-    quant = json.loads((project / "reports" / "quantize" / "q4_k_m.json").read_text())
+
+def test_each_difference_to_f16_is_the_net_of_the_reviews_lost_and_gained(project, first_run):
+    from edgetune.files import read_predictions
+
+    metrics = read(project, "reports/metrics.json")
+    f16 = metrics["variants"]["f16"]
+    reference = read_predictions(project / "reports" / "eval" / "f16.csv")
+    for name in VARIANTS[1:]:
+        v = metrics["variants"][name]
+        pairs = list(zip(reference, read_predictions(project / "reports" / "eval" / f"{name}.csv")))
+        lost = sum(r == a != q for (a, r), (_, q) in pairs)
+        gained = sum(q == a != r for (a, r), (_, q) in pairs)
+        n = lost + gained  # McNemar's exact test by hand: two-sided, the discordant reviews at one half
+        p_value = min(1.0, 2 * sum(math.comb(n, k) for k in range(min(lost, gained) + 1)) / 2**n) if n else 1.0
+        assert (v["vs_f16"]["lost"], v["vs_f16"]["gained"]) == (lost, gained)
+        assert v["vs_f16"]["p_value"] == pytest.approx(p_value)
+        assert (gained - lost) / 12 == pytest.approx(v["accuracy"] - f16["accuracy"])
+        z, acc = 1.959963984540054, v["accuracy"]  # Wilson's 95% interval, by hand
+        centre, half = acc + z * z / 24, z * math.sqrt(acc * (1 - acc) / 12 + z * z / 576)
+        assert v["accuracy_ci95"] == pytest.approx(
+            [(centre - half) / (1 + z * z / 12), (centre + half) / (1 + z * z / 12)]
+        )
+    assert "## Is the difference real?" in (project / "reports" / "summary.md").read_text()
+
+
+def test_the_quantizer_reports_what_each_file_holds(project, first_run):
+    quant = read(project, "reports/quantize/q4_k_m.json")
     assert sum(t["tensors"] for t in quant["tensor_types"].values()) > 0 and quant["bits_per_weight"] < 16
     # 64 columns: no 256-block k-quant fits, every such tensor falls back to a 32-block type
     assert quant["fallbacks"] and all(f["wanted"].startswith(("q4_K", "q6_K")) for f in quant["fallbacks"])
-    summary = (project / "reports" / "summary.md").read_text()
-    assert "| q4_k_m |" in summary and "| tfidf |" in summary
-    f16 = metrics["variants"]["f16"]
-    for name in VARIANTS[1:]:  # against f16 review by review: the net change is the accuracy difference
-        v = metrics["variants"][name]
-        assert (v["vs_f16"]["gained"] - v["vs_f16"]["lost"]) / 12 == pytest.approx(v["accuracy"] - f16["accuracy"])
-        assert 0 < v["vs_f16"]["p_value"] <= 1 and v["accuracy_ci95"][0] <= v["accuracy"] <= v["accuracy_ci95"][1]
-    assert "## Is the difference real?" in summary
-    quality = json.loads((project / "reports" / "quality.json").read_text())["variants"]
+    # the +lora variants ship the base quantized once (a file of that type) plus the adapter's bytes
+    metrics = read(project, "reports/metrics.json")
+    lora_bytes = (project / "models" / "gguf" / "tiny-lora.gguf").stat().st_size
+    for t in ("q8_0", "q4_k_m"):
+        base = project / "models" / "gguf" / f"tiny-base-{t}.gguf"
+        assert metrics["variants"][f"{t}+lora"]["model_bytes"] == base.stat().st_size + lora_bytes
+        stats = read(project, f"reports/quantize/{t}+lora.json")
+        assert stats["source_type"] == "f16" and stats["copied"] is False
+        assert stats["model_bytes"] == base.stat().st_size
+
+
+def test_quality_measures_each_variant_against_f16(project, first_run):
+    quality = read(project, "reports/quality.json")["variants"]
     for name in VARIANTS[1:]:  # llama-perplexity's KL divergence from f16, on the test split
         assert all(math.isfinite(quality[name][k]) for k in ("kld_mean", "kld_p99", "ppl", "ppl_ratio"))
         assert 0 <= quality[name]["same_top_token"] <= 1
     assert quality["q8_0"]["kld_mean"] < quality["q4_k_m"]["kld_mean"]
+
+
+def test_the_recommendation_sits_on_the_accuracy_size_frontier(project, first_run):
+    metrics = read(project, "reports/metrics.json")
+    summary = (project / "reports" / "summary.md").read_text()
     assert metrics["recommended"]["variant"] in VARIANTS and "## Recommended" in summary
-    line = json.loads((project / "reports" / "plots" / "frontier.json").read_text())  # the accuracy-size frontier
+    line = read(project, "reports/plots/frontier.json")
     assert line and [p["model_mb"] for p in line] == sorted(p["model_mb"] for p in line)
     assert [p["variant"] for p in line] == metrics["recommended"]["frontier"] and "The frontier" in summary
-    timed = json.loads((project / "reports" / "bench.json").read_text())
+
+
+def test_bench_times_every_variant_and_the_adapters_cost(project, first_run):
+    metrics = read(project, "reports/metrics.json")
+    timed = read(project, "reports/bench.json")
     bench = timed["variants"]
     assert set(bench) == set(VARIANTS)
-    for (
-        name,
-        v,
-    ) in bench.items():  # llama-bench and llama-completion speeds; llama-completion holds at least the weights
+    for name, v in bench.items():  # llama-completion holds at least the weights in memory
         speeds = [v["completion"], *v.get("speed", [])]
         assert all(s["pp_tokens_per_second"] > 0 and s["tg_tokens_per_second"] > 0 for s in speeds)
         assert ("speed" in v) == (not name.endswith("+lora"))  # llama-bench takes no adapter
@@ -182,42 +233,39 @@ def test_repro_runs_every_stage_and_writes_real_outputs(project, first_run):
         assert min(v["peak_rss_bytes"].values()) > metrics["variants"][name]["model_bytes"]
     for name in ("q8_0+lora", "q4_k_m+lora"):  # the adapter's cost: against its base alone, timed the same way
         cost = timed["adapter_cost"][name]
-        assert cost["tg_cost"] == pytest.approx(
-            1 - bench[name]["completion"]["tg_tokens_per_second"] / cost["base"]["tg_tokens_per_second"]
-        )
+        base_tg = cost["base"]["tg_tokens_per_second"]
+        assert cost["tg_cost"] == pytest.approx(1 - bench[name]["completion"]["tg_tokens_per_second"] / base_tg)
+    summary = (project / "reports" / "summary.md").read_text()
     assert "## On a device" in summary and "## The adapter at run time" in summary
+
+
+def test_the_summary_shows_its_pictures_and_says_what_made_it(project, first_run):
     import matplotlib.image
 
+    summary = (project / "reports" / "summary.md").read_text()
+    assert "| q4_k_m |" in summary and "| tfidf |" in summary
     for name in ("accuracy_vs_size", "kld_vs_bits", "speed", "loss"):  # pictures that open without a network
         assert f"](plots/{name}.png)" in summary
         assert matplotlib.image.imread(project / "reports" / "plots" / f"{name}.png").shape[:2] == (400, 640)
-    # the +lora variants ship the base quantized once (a file of that type) plus the adapter's bytes
-    lora_bytes = (project / "models" / "gguf" / "tiny-lora.gguf").stat().st_size
-    for t in ("q8_0", "q4_k_m"):
-        base = project / "models" / "gguf" / f"tiny-base-{t}.gguf"
-        assert metrics["variants"][f"{t}+lora"]["model_bytes"] == base.stat().st_size + lora_bytes
-        stats = json.loads((project / "reports" / "quantize" / f"{t}+lora.json").read_text())
-        assert (
-            stats["source_type"] == "f16" and stats["copied"] is False and stats["model_bytes"] == base.stat().st_size
-        )
-    env = json.loads((project / "reports" / "environment.json").read_text())  # what made the figures
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True
-    ).stdout.strip()
-    assert (
-        env["commit"] == head
-        and env["code_changed"] is False
-        and env["packages"]["trl"] == importlib.metadata.version("trl")
-    )
+    env = read(project, "reports/environment.json")
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    head = subprocess.run(git, cwd=project, capture_output=True, text=True).stdout.strip()
+    assert env["commit"] == head and env["code_changed"] is False
+    assert env["packages"]["trl"] == importlib.metadata.version("trl")
     assert env["llama_cpp_tools"]["source"] == f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
     assert summary.rstrip().endswith(environment.one_line(env)) and f"trl {env['packages']['trl']}" in summary
-    assert (project / "reports" / "train" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
-    assert "training from models/gguf/tiny-base-q4_k_m.gguf" in first_run  # lora.train_on: the base that ships
-    trained = json.loads((project / "reports" / "train" / "metrics.json").read_text())
-    assert 0 <= trained["eval_accuracy"] <= 1 and trained["chosen_step"] in (2, 4, 6)  # the best validated checkpoint
-    assert (project / "reports" / "train" / "plots" / "metrics" / "eval" / "accuracy.tsv").is_file()
-    merged_gen = json.loads((project / "models" / "merged" / "generation_config.json").read_text())
-    assert merged_gen["eos_token_id"] == 151645  # <|im_end|>: answers stop at the end of the turn
+
+
+def test_training_keeps_the_best_validated_checkpoint(project, first_run):
+    from edgetune.charts import loss_curves
+
+    trained = read(project, "reports/train/metrics.json")
+    live = project / "reports" / "train"
+    logged = loss_curves(live)
+    assert len(logged["training"]) == 6 and len(logged["validation"]) == 3  # every step, and every 2nd validated
+    accuracy = (live / "plots" / "metrics" / "eval" / "accuracy.tsv").read_text().split()[3::2]
+    assert trained["eval_accuracy"] == max(map(float, accuracy)) and trained["chosen_step"] in (2, 4, 6)
+    assert (trained["eval_accuracy"] * 8).is_integer()  # of the 8 validation reviews
 
 
 def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
