@@ -12,6 +12,8 @@ the same base (speed does not depend on the values), converted with llama.cpp's 
 """
 
 import argparse
+import dataclasses
+import json
 import os
 import re
 import statistics
@@ -20,10 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
-from edgetune import environment, llamacpp
+from edgetune import environment, llamacpp, params
 from edgetune.train import LoraParams, adapter_targets
+from edgetune.variants import Files
 
 SHAPES = {  # name: (target modules, adapted top layers or None for all, rank)
     "attention only, top 12, r16": (["q_proj", "k_proj", "v_proj", "o_proj"], 12, 16),
@@ -74,7 +75,8 @@ def random_adapter(base: Path, targets, top: int | None, r: int, out: Path) -> P
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
-    modules = adapter_targets(LoraParams(r=r, target_modules=targets, top_layers=top), model)  # as train picks them
+    shape = dataclasses.replace(params.load("lora", LoraParams), r=r, target_modules=targets, top_layers=top)
+    modules = adapter_targets(shape, model)  # as train picks them
     config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=modules, init_lora_weights=False, task_type="CAUSAL_LM")
     get_peft_model(model, config).save_pretrained(out / "peft")
     gguf = out / "lora.gguf"
@@ -104,8 +106,8 @@ def main():
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--repetitions", type=int, default=5)
     args = parser.parse_args()
-    name = yaml.safe_load(Path("params.yaml").read_text())["model"]["name"]
-    base = Path(f"models/gguf/{name}-base-{args.type}.gguf")
+    # the files evaluate measured for the <type>+lora variant: the quantized base and the trained adapter
+    base, trained = Files.recorded(json.loads(Path(f"reports/eval/{args.type}+lora.json").read_text())["files"]).paths
     print(environment.one_line(environment.describe()) + "\n")
     print(
         f"llama-completion on {base}, {args.threads} threads, pp{args.prompt_tokens} tg{args.gen_tokens}, "
@@ -117,7 +119,7 @@ def main():
 
         adapters = {
             "none (the base alone)": None,
-            "trained (lora.* of params.yaml)": Path(f"models/gguf/{name}-lora.gguf"),
+            "trained (lora.* of params.yaml)": trained,
         }
         for label, (targets, top, r) in SHAPES.items():
             folder = Path(tmp) / str(len(adapters))

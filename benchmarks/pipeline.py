@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from edgetune import environment, llamacpp
+from edgetune.variants import Files, names
 
 
 def stages_in_order() -> list[str]:
@@ -81,18 +82,19 @@ def main():
             f"{train['tokens_seen'] / train['train_runtime']:.0f} tokens/s (non-padding, evaluation included)"
         )
 
-    name = params["model"]["name"]
-    files = {"base": Path("models/base/model.gguf"), "f16": Path(f"models/gguf/{name}-f16.gguf")}
-    files.update({t: Path(f"models/gguf/{name}-{t}.gguf") for t in params["quantize"]["types"]})
     print(f"\nevaluation throughput ({threads} threads) vs llama-bench prompt processing of the same file:")
     print(
         f"  {'variant':<10} {'samples/s':>10} {'prompt tok/s':>13} {'computed tok/s':>15} {'llama-bench pp':>15} {'ratio':>6}"
     )
-    for variant, gguf in files.items():
+    for variant in ["base", *names(params["quantize"]["types"])]:
         result_file = Path(f"reports/eval/{variant}.json")
-        if not (gguf.is_file() and result_file.is_file()):
+        if not result_file.is_file():
             continue
         r = json.loads(result_file.read_text())
+        files = Files.recorded(r["files"])  # the file evaluate measured
+        if files.lora or not files.gguf.is_file():  # llama-bench takes no adapter
+            continue
+        gguf = files.gguf
         n_prompt = round(r["prompt_tokens"] / r["n_samples"])
         pp = llama_bench_pp(gguf, n_prompt, threads)
         print(

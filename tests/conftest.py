@@ -120,6 +120,15 @@ def set_params(folder: Path, **sections):
     (folder / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
 
 
+def committed(section: str, cls, **changes):
+    """A params section as conf/ composes it (the committed params.yaml), with `changes`: the code
+    holds no defaults of its own."""
+    from edgetune import params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())[section]
+    return params.parse(section, cls, {**raw, **changes})
+
+
 def run(*args):
     """The edgetune CLI in this process, as a user would call it."""
     from edgetune.cli import main
@@ -135,14 +144,16 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def report_files(folder: Path) -> list[str]:
-    """What the report stage hands export (metrics naming f16 as recommended, a summary, the
-    environment), written into `folder`; returns export's options for them."""
+def report_files(folder: Path, f16: Path) -> list[str]:
+    """What the report stage hands export (metrics naming f16, the GGUF at `f16`, as recommended, a
+    summary, the environment), written into `folder`; returns export's options for them."""
     from edgetune.environment import describe
+    from edgetune.variants import Files
 
     folder.mkdir(parents=True, exist_ok=True)
+    f16 = {"accuracy": 0.5, "files": Files(Path(f16)).record()}
     (folder / "metrics.json").write_text(
-        json.dumps({"variants": {"f16": {"accuracy": 0.5}}, "recommended": {"variant": "f16", "reason": "test"}})
+        json.dumps({"variants": {"f16": f16}, "recommended": {"variant": "f16", "reason": "test"}})
     )
     (folder / "summary.md").write_text("# Summary\n\n| variant |\n|---|\n| f16 |\n\n---\n\nMade.\n")
     (folder / "environment.json").write_text(json.dumps(describe()))

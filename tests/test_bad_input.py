@@ -1,5 +1,6 @@
 """Bad input: a clear message naming the input, a non-zero exit, and no partial output."""
 
+import json
 import os
 import re
 import shutil
@@ -83,33 +84,40 @@ def test_unknown_quant_type(workdir, tiny_gguf):
     assert not list(workdir.glob("*.gguf")) and not (workdir / "x.json").exists()
 
 
-def test_a_quantized_gguf_that_was_not_pulled(workdir, tiny_gguf):
-    """quality, bench and export read the quantized files without listing them in dvc.yaml: a
-    missing one is named with the stage that makes it, to pull or rebuild."""
-    set_params(workdir, quantize={"types": ["q8_0"]})
-    result = run("bench", "--prefix", workdir / "tiny", "--out", workdir / "bench.json")
-    assert failed(
-        result,
-        "tiny-f16.gguf",
-        "tiny-q8_0.gguf",
-        "tiny-base-q8_0.gguf",
-        "tiny-lora.gguf",
-        "dvc pull convert quantize@q8_0 quantize-base@q8_0 convert-lora",
-        "dvc repro",
-    )
+def test_a_gguf_that_was_not_pulled(workdir, tiny_gguf):
+    """A GGUF named on the command line but missing (not pulled, or not built yet) is named, with
+    the commands that fetch or build it, before any output is written."""
+    missing = workdir / "tiny-q8_0.gguf"
+    result = run("bench", "--model", missing, "--variant", "q8_0", "--out", workdir / "bench.json")
+    assert failed(result, f"{missing}: GGUF file not found", f"dvc pull {missing}", "dvc repro")
     result = run(
         "quality",
         "--f16",
         tiny_gguf,
-        "--prefix",
-        workdir / "tiny",
+        "--model",
+        tiny_gguf,
+        "--lora",
+        workdir / "tiny-lora.gguf",
+        "--variant",
+        "q8_0+lora",
         "--data",
         write_jsonl(workdir / "test.jsonl", GOOD),
         "--out",
         workdir / "quality.json",
     )
-    assert failed(result, "tiny-q8_0.gguf", "dvc pull quantize@q8_0")
+    assert failed(result, "tiny-lora.gguf: GGUF file not found", "dvc pull")
     assert not (workdir / "bench.json").exists() and not (workdir / "quality.json").exists()
+
+
+def test_export_ships_only_the_file_the_report_measured(workdir, tiny_model, tiny_gguf):
+    """metrics.json records the sha256 of every file evaluated: a GGUF replaced since is refused,
+    and no bundle is written."""
+    shutil.copy(tiny_gguf, workdir / "m-f16.gguf")
+    args = [*report_files(workdir / "reports", workdir / "m-f16.gguf"), "--merged", tiny_model, "--out", "deploy"]
+    with (workdir / "m-f16.gguf").open("ab") as f:
+        f.write(b"\0" * 32)  # the same name, other bytes
+    assert failed(run("export", *args), "m-f16.gguf: changed since the report measured it", "dvc repro")
+    assert not (workdir / "deploy").exists()
 
 
 def test_imatrix_variant_without_an_importance_matrix(workdir, tiny_gguf):
@@ -192,6 +200,31 @@ def test_training_checkpoints_that_skip_the_validation_steps(workdir, tiny_model
     )
     assert failed(result, "train.save_steps (3)", "train.eval_steps (2)", "train.best_checkpoint")
     assert not (workdir / "adapter").exists()
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate", "baseline"])
+def test_rows_made_for_another_task(workdir, tiny_model, tiny_gguf, prepared, stage):
+    """Labelled rows read while data.task says conversations: named by file and row, before any
+    output; no stage guesses the task from the rows."""
+    set_params(workdir, data={"task": "sft"})
+    out = workdir / "result"
+    args = {
+        "train": ["--model", tiny_model, "--data", prepared, "--out", out, "--live", workdir / "live"],
+        "evaluate": ["--model", tiny_gguf, "--variant", "f16", "--data", prepared / "test.jsonl", "--out", out],
+        "baseline": ["--data", prepared, "--out", out],
+    }[stage]
+    result = run(stage, *args)
+    if stage == "baseline":  # nothing to classify in conversations: it says so and measures nothing
+        assert result.exit_code == 0 and json.loads(out.read_text())["skipped"].startswith("data.task is sft")
+        return
+    split = "test" if stage == "evaluate" else "train"
+    assert failed(
+        result,
+        f"{prepared / split}.jsonl: row 1 has no input_ids, assistant_mask",
+        "it holds classify rows",
+        "dvc repro",
+    )
+    assert not out.exists() and not (workdir / "live").exists()
 
 
 def test_calibration_without_a_validation_split(workdir, tiny_gguf, prepared):
@@ -285,7 +318,7 @@ def test_names_and_choices_are_checked_at_load(workdir, section, value):
     command = (
         ["fetch-model", "--out", "base"]
         if section == "model"
-        else ["bench", "--prefix", "tiny", "--out", "bench.json"]
+        else ["report", "--out", "reports"]  # reads quantize.types first
     )
     key, bad = next(iter(value.items()))
     bad = bad[-1] if isinstance(bad, list) else bad
@@ -308,11 +341,9 @@ def test_the_server_script_quotes_the_file_name(workdir, tiny_model, tiny_gguf):
     shutil.copy(tiny_gguf, odd / "x $(touch pwned)-f16.gguf")
     result = run(
         "export",
-        *report_files(workdir / "reports"),
+        *report_files(workdir / "reports", odd / "x $(touch pwned)-f16.gguf"),
         "--merged",
         tiny_model,
-        "--prefix",
-        odd / "x $(touch pwned)",
         "--out",
         "deploy",
     )
@@ -338,7 +369,7 @@ def test_the_model_card_names_no_folder_of_this_machine(workdir, tiny_model, tin
     set_params(workdir, data={"source": str(workdir / "reviews.csv")}, model={"source": str(tiny_gguf)})
     shutil.copy(tiny_gguf, workdir / "m-f16.gguf")
     result = run(
-        "export", *report_files(workdir / "reports"), "--merged", tiny_model, "--prefix", "m", "--out", "deploy"
+        "export", *report_files(workdir / "reports", workdir / "m-f16.gguf"), "--merged", tiny_model, "--out", "deploy"
     )
     assert result.exit_code == 0, result.output
     card = (workdir / "deploy" / "README.md").read_text()

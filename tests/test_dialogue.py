@@ -166,6 +166,12 @@ def test_dialogue_stages_measure_perplexity(workdir, tiny_model, tiny_gguf, conv
     summary = (workdir / "reports" / "summary.md").read_text()
     assert "| f16 |" in summary and "perplexity" in summary
 
+    set_params(workdir, data={"task": "classify"})  # the rows on disk are conversations
+    test = workdir / "data" / "test.jsonl"
+    result = run("evaluate", "--model", tiny_gguf, "--variant", "base", "--data", test, "--out", workdir / "x.json")
+    assert result.exit_code != 0 and not (workdir / "x.json").exists()
+    assert f"{test}: row 1 has no text, label, answer, prompt" in result.output and "holds sft rows" in result.output
+
 
 def test_dialogue_presets_compose(tmp_path):
     from dvc.utils.hydra import compose_and_dump

@@ -40,12 +40,24 @@ STAGES = {
     "evaluate@q4_k_m",
     "evaluate-lora@q8_0",
     "evaluate-lora@q4_k_m",
-    "quality",
-    "bench",
+    "quality@q8_0",
+    "quality@q4_k_m",
+    "quality-lora@q8_0",
+    "quality-lora@q4_k_m",
+    "bench-f16",
+    "bench@q8_0",
+    "bench@q4_k_m",
+    "bench-lora@q8_0",
+    "bench-lora@q4_k_m",
     "report",
     "export",
 }
 VARIANTS = ("f16", "q8_0", "q4_k_m", "q8_0+lora", "q4_k_m+lora")
+
+
+def per_variant(stage: str, types: list[str]) -> set[str]:
+    """The stages dvc.yaml makes of a foreach stage and its -lora twin for these quant types."""
+    return {f"{stage}{s}@{t}" for t in types for s in ("", "-lora")}
 
 
 def dvc(project: Path, *args, check=True) -> subprocess.CompletedProcess:
@@ -204,11 +216,16 @@ def test_the_quantizer_reports_what_each_file_holds(project, first_run):
 
 
 def test_quality_measures_each_variant_against_f16(project, first_run):
-    quality = read(project, "reports/quality.json")["variants"]
-    for name in VARIANTS[1:]:  # llama-perplexity's KL divergence from f16, on the test split
-        assert all(math.isfinite(quality[name][k]) for k in ("kld_mean", "kld_p99", "ppl", "ppl_ratio"))
-        assert 0 <= quality[name]["same_top_token"] <= 1
-    assert quality["q8_0"]["kld_mean"] < quality["q4_k_m"]["kld_mean"]
+    metrics = read(project, "reports/metrics.json")["variants"]
+    for name in VARIANTS[1:]:  # llama-perplexity's KL divergence from f16, on the test split, one stage each
+        q = read(project, f"reports/quality/{name}.json")
+        assert q["variant"] == name and q["reference"] == "f16" and (q["ctx"], q["chunks"]) == (64, 4)
+        assert all(math.isfinite(q[k]) for k in ("kld_mean", "kld_p99", "ppl", "ppl_ratio"))
+        assert q["ppl_ratio"] == pytest.approx(q["ppl"] / q["ppl_f16"], rel=1e-3)
+        assert {k: metrics[name][k] for k in ("kld_mean", "ppl_ratio")} == {k: q[k] for k in ("kld_mean", "ppl_ratio")}
+    first = read(project, "reports/quality/q8_0.json")
+    assert all(read(project, f"reports/quality/{n}.json")["ppl_f16"] == first["ppl_f16"] for n in VARIANTS[1:])
+    assert first["kld_mean"] < read(project, "reports/quality/q4_k_m.json")["kld_mean"]
 
 
 def test_the_recommendation_sits_on_the_accuracy_size_frontier(project, first_run):
@@ -222,17 +239,16 @@ def test_the_recommendation_sits_on_the_accuracy_size_frontier(project, first_ru
 
 def test_bench_times_every_variant_and_the_adapters_cost(project, first_run):
     metrics = read(project, "reports/metrics.json")
-    timed = read(project, "reports/bench.json")
-    bench = timed["variants"]
-    assert set(bench) == set(VARIANTS)
+    bench = {name: read(project, f"reports/bench/{name}.json") for name in VARIANTS}  # one stage each
     for name, v in bench.items():  # llama-completion holds at least the weights in memory
+        assert v["variant"] == name and v["threads"] == sorted({1, os.cpu_count()})
         speeds = [v["completion"], *v.get("speed", [])]
         assert all(s["pp_tokens_per_second"] > 0 and s["tg_tokens_per_second"] > 0 for s in speeds)
         assert ("speed" in v) == (not name.endswith("+lora"))  # llama-bench takes no adapter
         assert set(v["peak_rss_bytes"]) == {"128", "512"}
         assert min(v["peak_rss_bytes"].values()) > metrics["variants"][name]["model_bytes"]
     for name in ("q8_0+lora", "q4_k_m+lora"):  # the adapter's cost: against its base alone, timed the same way
-        cost = timed["adapter_cost"][name]
+        cost = bench[name]["adapter_cost"]
         base_tg = cost["base"]["tg_tokens_per_second"]
         assert cost["tg_cost"] == pytest.approx(1 - bench[name]["completion"]["tg_tokens_per_second"] / base_tg)
     summary = (project / "reports" / "summary.md").read_text()
@@ -277,6 +293,11 @@ def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     assert base.read_bytes() == (project / "models" / "gguf" / base.name).read_bytes()
     sums = dict(reversed(line.split()) for line in (deploy / "SHA256SUMS").read_text().splitlines())
     assert sums == {base.name: sha256_file(base), lora.name: sha256_file(lora)}
+    measured = read(project, "reports/metrics.json")["variants"]["q4_k_m+lora"]["files"]  # as evaluate recorded them
+    assert [(Path(f["path"]).name, f["sha256"]) for f in measured] == [
+        (base.name, sums[base.name]),
+        (lora.name, sums[lora.name]),
+    ]
     assert {p.name for p in deploy.iterdir()} == {
         base.name,
         lora.name,
@@ -378,8 +399,8 @@ def test_new_quant_variant_reruns_only_quantize_evaluate_report(project, first_r
         "evaluate@q4_k_m-imatrix",
         "quantize-base@q4_k_m-imatrix",
         "evaluate-lora@q4_k_m-imatrix",
-        "quality",
-        "bench",
+        *per_variant("quality", ["q4_k_m-imatrix"]),  # the variants already measured are not measured again
+        *per_variant("bench", ["q4_k_m-imatrix"]),
         "report",
     }
     stats = json.loads((project / "reports" / "quantize" / "q4_k_m-imatrix.json").read_text())
@@ -413,7 +434,13 @@ def test_new_test_split_reruns_the_evaluations_never_training(project, first_run
     out = dvc(project, "repro").stdout
     types = yaml.safe_load((project / "params.yaml").read_text())["quantize"]["types"]
     evaluations = {"evaluate-base", "evaluate-f16", *(f"evaluate{s}@{t}" for t in types for s in ("", "-lora"))}
-    assert ran_stages(out) - {"export"} == {"prepare", "baseline", *evaluations, "quality", "report"}
+    assert ran_stages(out) - {"export"} == {
+        "prepare",
+        "baseline",
+        *evaluations,
+        *per_variant("quality", types),
+        "report",
+    }
     assert (project / "data" / "processed" / "train.jsonl").read_bytes() == before
     assert json.loads((project / "reports" / "eval" / "f16.json").read_text())["n_samples"] == 8
 
@@ -431,8 +458,9 @@ def test_new_lora_params_retrain_and_rerun_the_lora_variants_but_not_the_base_qu
         "convert-lora",
         "evaluate-f16",
         *downstream,
-        "quality",
-        "bench",
+        *per_variant("quality", types),
+        "bench-f16",
+        *per_variant("bench", types),
         "report",
     }
     assert bases and all(p.read_bytes() == b for p, b in bases.items())  # quantized once, before training

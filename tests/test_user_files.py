@@ -42,7 +42,7 @@ def export_inputs(repo, tiny_model, tiny_gguf):
     """What export reads: the report's files, a merged checkpoint and the f16 GGUF it ships."""
     shutil.copytree(tiny_model, repo / "models" / "merged")
     shutil.copy(tiny_gguf, repo / "models" / "tiny-f16.gguf")
-    return [*report_files(Path("reports")), "--merged", "models/merged", "--prefix", "models/tiny"]
+    return [*report_files(Path("reports"), Path("models/tiny-f16.gguf")), "--merged", "models/merged"]
 
 
 @pytest.mark.parametrize("out", [".", "", ".."])

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import click
 
-from . import params
+from . import params, tasks
 from .errors import EdgetuneError
 from .files import check_outputs, read_jsonl, write_json
 from .params import Positive, Range
@@ -19,9 +19,9 @@ from .scoring import classification_metrics
 
 @dataclasses.dataclass
 class BaselineParams:
-    ngram_min: Positive = 1
-    ngram_max: Positive = 2
-    C: Annotated[float, Range(above=0)] = 1.0  # inverse regularisation strength
+    ngram_min: Positive
+    ngram_max: Positive
+    C: Annotated[float, Range(above=0)]  # inverse regularisation strength
 
     def __post_init__(self):
         if self.ngram_max < self.ngram_min:
@@ -51,12 +51,12 @@ def baseline(data: Path, out: Path):
 
     check_outputs(inputs=[data], files=[out])
     p = params.load("baseline", BaselineParams)
-    labels = list(params.value("data.labels", dict[str, str]))
-    train, test = read_jsonl(data / "train.jsonl"), read_jsonl(data / "test.jsonl")
-    if train and "label" not in train[0]:  # conversations (data.task: sft)
+    if tasks.task() == "sft":
         write_json(out, {"variant": "tfidf", "skipped": "data.task is sft: no labels to classify"})
         click.echo("tfidf: skipped, the data are conversations")
         return
+    labels = list(params.value("data.labels", dict[str, str]))
+    train, test = (tasks.check_rows(read_jsonl(data / f), "classify", data / f) for f in ("train.jsonl", "test.jsonl"))
     model = make_pipeline(
         TfidfVectorizer(analyzer="char", ngram_range=(p.ngram_min, p.ngram_max), sublinear_tf=True),
         LogisticRegression(C=p.C, max_iter=1000),

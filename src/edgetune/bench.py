@@ -1,12 +1,14 @@
-"""Stage bench: how each variant runs on a device like a phone, measured with llama.cpp's own tools.
+"""Stage bench: how one variant runs on a device like a phone, measured with llama.cpp's own tools.
 
   speed       llama-bench prompt processing (pp) and generation (tg) tokens/s at 1, 2 and all
-              threads, for each single GGUF (llama-bench takes no adapter)
-  completion  pp and tg tokens/s of llama-completion at all threads for every variant, with its
-              adapter where it has one, and for each quantized base alone: the run-time adapter's
-              cost is the difference between those two
+              threads, for a single GGUF (llama-bench takes no adapter)
+  completion  pp and tg tokens/s of llama-completion at all threads, with the adapter where the
+              variant has one, and then its quantized base alone: the run-time adapter's cost is
+              the difference between those two
   memory      peak resident memory of llama-completion generating a short answer at each context length
               (the KV cache is allocated for the whole context up front)
+
+dvc.yaml runs it once per variant; report gathers the results.
 
 All run on the CPU alone (`-ngl 0`), as on a phone, also on a machine with a GPU.
 """
@@ -26,16 +28,16 @@ from . import llamacpp, params
 from .errors import EdgetuneError
 from .files import check_outputs, write_json
 from .params import Positive
-from .variants import Files, QuantizeParams, existing_files, names
+from .variants import Files
 
 
 @dataclasses.dataclass
 class BenchParams:
-    threads: list[Positive] = dataclasses.field(default_factory=lambda: [1, 2])  # plus all cores
-    prompt_tokens: Positive = 128
-    gen_tokens: Positive = 32
-    contexts: list[Positive] = dataclasses.field(default_factory=lambda: [512, 2048])
-    repetitions: Positive = 2
+    threads: list[Positive]  # plus all cores
+    prompt_tokens: Positive
+    gen_tokens: Positive
+    contexts: list[Positive]
+    repetitions: Positive
 
 
 def speed(gguf: Path, threads: int, p: BenchParams) -> dict:
@@ -74,7 +76,7 @@ def completion_speed(files: Files, threads: int, prompt: Path, p: BenchParams) -
                 llamacpp.tool("llama-completion"),
                 "-m",
                 files.gguf,
-                *lora_flag(files),
+                *files.lora_flag,
                 "-f",
                 prompt,
                 "-n",
@@ -107,10 +109,6 @@ def completion_speed(files: Files, threads: int, prompt: Path, p: BenchParams) -
     }
 
 
-def lora_flag(files: Files) -> list:
-    return ["--lora", files.lora] if files.lora else []
-
-
 def peak_rss(files: Files, context: int, p: BenchParams) -> int:
     """Peak resident bytes of llama-completion answering one prompt at this context length."""
     cmd = [
@@ -119,7 +117,7 @@ def peak_rss(files: Files, context: int, p: BenchParams) -> int:
             llamacpp.tool("llama-completion"),
             "-m",
             files.gguf,
-            *lora_flag(files),
+            *files.lora_flag,
             "-c",
             context,
             "-n",
@@ -147,56 +145,39 @@ def peak_rss(files: Files, context: int, p: BenchParams) -> int:
 
 
 @click.command("bench")
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The variant's GGUF.")
 @click.option(
-    "--prefix",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="GGUF files are PREFIX-<variant>.gguf: f16, each quant type, base-<type> and lora.",
+    "--lora", type=click.Path(dir_okay=False, path_type=Path), help="GGUF LoRA applied at run time (a +lora variant)."
 )
-@click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/bench.json"), show_default=True
-)
-def bench(prefix: Path, out: Path):
-    """Speed (pp, tg tokens/s) and peak memory per context length of every variant, and the adapter's cost."""
+@click.option("--variant", required=True, help="Its name in the reports: f16, q4_k_m, q4_k_m+lora, ...")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Its results (JSON).")
+def bench(model: Path, lora: Path | None, variant: str, out: Path):
+    """Speed (pp, tg tokens/s) and peak memory per context length of one variant (MODEL, plus LORA)."""
     p = params.load("bench", BenchParams)
-    types = params.load("quantize", QuantizeParams).types
     threads = sorted({*p.threads, os.cpu_count() or 1})
-    variants = existing_files(prefix, names(types))
-    check_outputs(inputs=[f for v in variants.values() for f in v.paths], files=[out])
-    results, costs = {}, {}
+    files = Files(model, lora)
+    check_outputs(inputs=files.paths, files=[out])
+    files.check(whole=False)  # llama.cpp's tools read them whole
+    result = {"variant": variant, "threads": threads, "prompt_tokens": p.prompt_tokens, "gen_tokens": p.gen_tokens}
     with tempfile.TemporaryDirectory() as tmp:
         prompt = Path(tmp) / "prompt.txt"
         prompt.write_text("你好" * p.prompt_tokens, encoding="utf-8")  # about one token each
-        for variant, files in variants.items():
-            results[variant] = {
-                "completion": completion_speed(files, threads[-1], prompt, p),
-                "peak_rss_bytes": {str(c): peak_rss(files, c, p) for c in p.contexts},
+        result["completion"] = c = completion_speed(files, threads[-1], prompt, p)
+        result["peak_rss_bytes"] = {str(n): peak_rss(files, n, p) for n in p.contexts}
+        if not files.lora:
+            result["speed"] = [speed(files.gguf, t, p) for t in threads]
+        else:  # the same base without the adapter, the same way: what the adapter costs
+            alone = completion_speed(Files(files.gguf), threads[-1], prompt, p)
+            result["adapter_cost"] = {
+                "base": alone,
+                **{
+                    f"{k}_cost": 1 - c[f"{k}_tokens_per_second"] / alone[f"{k}_tokens_per_second"]
+                    for k in ("pp", "tg")
+                },
             }
-            if not files.lora:
-                results[variant]["speed"] = [speed(files.gguf, t, p) for t in threads]
-            else:  # the same base without the adapter, the same way: what the adapter costs
-                alone = completion_speed(Files(files.gguf), threads[-1], prompt, p)
-                costs[variant] = {
-                    "base": alone,
-                    **{
-                        f"{k}_cost": 1
-                        - results[variant]["completion"][f"{k}_tokens_per_second"] / alone[f"{k}_tokens_per_second"]
-                        for k in ("pp", "tg")
-                    },
-                }
-            c = results[variant]["completion"]
-            click.echo(
-                f"{variant}: pp {c['pp_tokens_per_second']:.0f}, tg {c['tg_tokens_per_second']:.1f} tok/s at "
-                f"{c['threads']} threads (llama-completion), "
-                + ", ".join(f"context {k}: {b / 2**30:.2f} GB" for k, b in results[variant]["peak_rss_bytes"].items())
-            )
-    write_json(
-        out,
-        {
-            "threads": threads,
-            "prompt_tokens": p.prompt_tokens,
-            "gen_tokens": p.gen_tokens,
-            "variants": results,
-            "adapter_cost": costs,
-        },
+    click.echo(
+        f"{variant}: pp {c['pp_tokens_per_second']:.0f}, tg {c['tg_tokens_per_second']:.1f} tok/s at "
+        f"{c['threads']} threads (llama-completion), "
+        + ", ".join(f"context {k}: {b / 2**30:.2f} GB" for k, b in result["peak_rss_bytes"].items())
     )
+    write_json(out, result)

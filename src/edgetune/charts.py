@@ -37,8 +37,7 @@ def _label(ax, xy: dict) -> None:
         ax.annotate(name, point, textcoords="offset points", xytext=(4, 5 if i % 2 == 0 else -11), fontsize=8)
 
 
-def accuracy_vs_size(variants: dict, frontier: list[str], recommended: str | None, path: Path) -> bool:
-    metric = "accuracy" if any("accuracy" in v for v in variants.values()) else "perplexity"
+def accuracy_vs_size(variants: dict, metric: str, frontier: list[str], recommended: str | None, path: Path) -> bool:
     points = {n: v for n, v in variants.items() if v.get("model_bytes") and metric in v}
     if not points:
         return False

@@ -20,9 +20,9 @@ from typing import Annotated
 import click
 from tqdm import tqdm
 
-from . import params
+from . import params, tasks
 from .errors import EdgetuneError
-from .files import check_gguf, check_outputs, read_jsonl, write_json, write_predictions
+from .files import check_outputs, read_jsonl, write_json, write_predictions
 from .params import Positive, Range
 from .perplexity import gguf_perplexity
 from .scorer import Scorer
@@ -32,13 +32,13 @@ from .variants import Files, Variant, file_stats
 
 @dataclasses.dataclass
 class EvaluateParams:
-    free_answer: list[Variant] = dataclasses.field(default_factory=lambda: ["base", "q4_k_m"])
-    max_answer_tokens: Positive = 12
-    batch_size: Positive = 8  # prompts decoded together
-    threads: Positive | None = None  # None: all cores
-    gpu_layers: Annotated[int, Range(min=-1)] = -1  # offloaded to a GPU llama.cpp was built for: -1 all, 0 none
-    max_samples: Positive | None = None  # None: the whole test split
-    calibrate: bool = True  # label-score offsets fitted on the validation split, applied to the test split
+    free_answer: list[Variant]
+    max_answer_tokens: Positive
+    batch_size: Positive  # prompts decoded together
+    threads: Positive | None  # None: all cores
+    gpu_layers: Annotated[int, Range(min=-1)]  # offloaded to a GPU llama.cpp was built for: -1 all, 0 none
+    max_samples: Positive | None  # None: the whole test split
+    calibrate: bool  # label-score offsets fitted on the validation split, applied to the test split
 
 
 def check_template(scorer: Scorer, row: dict, where: Path) -> bool:
@@ -179,21 +179,21 @@ def evaluate(model: Path, lora: Path | None, variant: str, data: Path, val: Path
     answers = params.value("data.labels", dict[str, str])
     check_outputs(inputs=[model, lora, data, val], files=[out, predictions])
     files = Files(model, lora)
-    for path in files.paths:
-        check_gguf(path)
-    rows = read_jsonl(data)[: p.max_samples]
+    files.check()
+    task = tasks.task()
+    rows = tasks.check_rows(read_jsonl(data)[: p.max_samples], task, data)
     if not rows:
         raise EdgetuneError(f"{data}: no examples to evaluate.")
-    val_rows = read_jsonl(val) if p.calibrate and val.is_file() and "input_ids" not in rows[0] else []
-    if p.calibrate and not val_rows and "input_ids" not in rows[0]:
+    threads = p.threads or os.cpu_count() or 1
+    if task == "sft":  # perplexity on the replies
+        evaluate_dialogues(files, variant, rows, threads, p.gpu_layers, out, predictions)
+        return
+    val_rows = tasks.check_rows(read_jsonl(val), task, val) if p.calibrate and val.is_file() else []
+    if p.calibrate and not val_rows:
         raise EdgetuneError(
             f"{val}: no validation examples to calibrate on. Check data.max_val, or set "
             "evaluate.calibrate: false in params.yaml."
         )
-    threads = p.threads or os.cpu_count() or 1
-    if "input_ids" in rows[0]:  # conversations (data.task: sft): perplexity on the replies
-        evaluate_dialogues(files, variant, rows, threads, p.gpu_layers, out, predictions)
-        return
 
     result, y_true, y_pred = evaluate_labels(files, variant, rows, val_rows, val, answers, threads, p)
     if predictions:

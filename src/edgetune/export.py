@@ -25,17 +25,17 @@ from .errors import EdgetuneError
 from .files import atomic_dir, check_outputs, sha256_file
 from .params import Positive, Range
 from .remote_code import allowed as trust_remote_code
-from .variants import LORA, Files, Variant, existing_files
+from .variants import LORA, Files, Variant
 
 
 @dataclasses.dataclass
 class ExportParams:
-    variant: Variant | None = None  # null: the one the report recommends
-    merged: bool = False  # a +lora variant as the merged file of its type: for runtimes without LoRA support
-    temperature: Annotated[float, Range(min=0)] = 0.7
-    top_p: Annotated[float, Range(above=0, max=1)] = 0.9
-    repetition_penalty: Annotated[float, Range(above=0)] = 1.1
-    context: Positive = 2048
+    variant: Variant | None  # null: the one the report recommends
+    merged: bool  # a +lora variant as the merged file of its type: for runtimes without LoRA support
+    temperature: Annotated[float, Range(min=0)]
+    top_p: Annotated[float, Range(above=0, max=1)]
+    repetition_penalty: Annotated[float, Range(above=0)]
+    context: Positive
 
 
 CARD_SECTIONS = ("model", "data", "lora", "train", "quantize")  # declared as its params in dvc.yaml
@@ -126,15 +126,12 @@ llama-completion -m {files.gguf.name}{lora_args(files)} --chat-template-file cha
     show_default=True,
     help="Tokenizer, chat template and generation config.",
 )
-@click.option(
-    "--prefix",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="GGUF files are PREFIX-<variant>.gguf, PREFIX-base-<type>.gguf and PREFIX-lora.gguf.",
-)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("deploy"), show_default=True)
-def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, prefix: Path, out: Path):
-    """Bundle the recommended GGUF with its template, settings, Modelfile, server command and model card."""
+def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, out: Path):
+    """Bundle the recommended GGUF with its template, settings, Modelfile, server command and model card.
+
+    The GGUF files are the ones the report measured: evaluate recorded their paths and hashes in
+    METRICS, and a file that changed since is refused."""
     from transformers import AutoTokenizer
 
     p = params.load("export", ExportParams)
@@ -146,8 +143,12 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, p
             f"{', '.join(v for v in report['variants'] if v not in ('base', 'tfidf'))}, or null for the recommended one."
         )
     shipped = variant.removesuffix(LORA) if p.merged else variant  # the merged file for runtimes without LoRA
-    files = existing_files(prefix, [shipped])[shipped]
+    record = report["variants"][shipped].get("files")
+    if not record:
+        raise EdgetuneError(f"{metrics}: no files recorded for {shipped}; rerun the pipeline (`dvc repro`).")
+    files = Files.recorded(record)
     check_outputs(inputs=[metrics, summary, environment_file, merged, *files.paths], folders=[out])
+    files.check(whole=False)  # the copies are checked against the sha256 evaluate recorded
     tokenizer = AutoTokenizer.from_pretrained(merged, trust_remote_code=trust_remote_code(merged))
     end_of_turn = tokenizer.eos_token
     settings = {
@@ -158,9 +159,15 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, p
         "stop": [end_of_turn],
     }
     with atomic_dir(out, "export") as tmp:
-        for path in files.paths:
-            shutil.copyfile(path, tmp / path.name)
-        (tmp / "SHA256SUMS").write_text("".join(f"{sha256_file(tmp / f.name)}  {f.name}\n" for f in files.paths))
+        for f in record:
+            copy = tmp / Path(f["path"]).name
+            shutil.copyfile(f["path"], copy)
+            if sha256_file(copy) != f["sha256"]:
+                raise EdgetuneError(
+                    f"{f['path']}: changed since the report measured it (its sha256 is not the one in {metrics}). "
+                    "Rerun the pipeline (`dvc repro`) to measure the file you ship."
+                )
+        (tmp / "SHA256SUMS").write_text("".join(f"{f['sha256']}  {Path(f['path']).name}\n" for f in record))
         (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
         (tmp / "generation.json").write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n")
         (tmp / "Modelfile").write_text(
@@ -181,7 +188,7 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, p
         (tmp / "llama-server.sh").chmod(0o755)
         (tmp / "README.md").write_text(
             model_card(
-                prefix.name,
+                params.value("model.name", str),
                 shipped,
                 report,
                 summary.read_text(),

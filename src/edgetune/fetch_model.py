@@ -33,14 +33,14 @@ BASE_GGUF = "model.gguf"
 
 @dataclasses.dataclass
 class ModelParams:
-    name: Name = "model"
-    source: str = "packages"
-    packages: list[str] = dataclasses.field(default_factory=list)
-    sha256: str | None = None
-    revision: str = "main"
-    dtype: Annotated[str, OneOf("bfloat16", "float16", "float32")] = "bfloat16"
-    trust_remote_code: bool = False
-    chat_template: str | None = None  # gemma, chatml or a .jinja file: replaces the model's own
+    name: Name
+    source: str
+    packages: list[str]
+    sha256: str | None
+    revision: str
+    dtype: Annotated[str, OneOf("bfloat16", "float16", "float32")]
+    trust_remote_code: bool
+    chat_template: str | None  # gemma, chatml or a .jinja file: replaces the model's own
 
 
 # Chat templates edgetune ships, with the token that ends a turn in each: generation stops there.

@@ -211,14 +211,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_gguf(path: Path) -> None:
+def check_gguf(path: Path, whole: bool = True) -> None:
     """A complete GGUF file, or an error naming it: a truncated copy or download, or another format,
-    fails here in one line instead of deep inside llama.cpp or transformers."""
+    fails here in one line instead of deep inside llama.cpp or transformers. `whole=False` checks
+    only that it is there and is a GGUF: reading the header to check every tensor's bytes takes
+    seconds for a large vocabulary, and a stage that runs a llama.cpp tool on it learns as much."""
     from gguf import GGUFReader
 
     if not path.is_file():
         raise EdgetuneError(
-            f"{path}: GGUF file not found. Run the stage that makes it (`dvc repro`), or fix the path."
+            f"{path}: GGUF file not found. `dvc pull {path}` fetches it from the DVC remote; `dvc repro` "
+            "builds it. Or fix the path."
         )
     with path.open("rb") as f:
         magic = f.read(4)
@@ -227,6 +230,8 @@ def check_gguf(path: Path) -> None:
             f"{path}: not a GGUF file (it begins with {magic!r}, not b'GGUF'). Fetch or make it again, "
             "or fix the path."
         )
+    if not whole:
+        return
     size = path.stat().st_size
     try:
         end = max((int(t.data_offset) + int(t.n_bytes) for t in GGUFReader(path).tensors), default=0)

@@ -19,8 +19,8 @@ from .params import Range
 
 @dataclasses.dataclass
 class HubParams:
-    timeout: Annotated[float, Range(above=0)] = 10.0  # seconds a request may wait to connect or for its next byte
-    retries: Annotated[int, Range(min=0)] = 2  # tries after the first one, while the hub does not answer
+    timeout: Annotated[float, Range(above=0)]  # seconds a request may wait to connect or for its next byte
+    retries: Annotated[int, Range(min=0)]  # tries after the first one, while the hub does not answer
 
 
 def endpoint() -> str:

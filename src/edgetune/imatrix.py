@@ -26,9 +26,9 @@ from .prompts import plain_text
 
 @dataclasses.dataclass
 class ImatrixParams:
-    ctx: Annotated[int, Range(min=8)] = 256  # tokens per chunk
-    chunks: Positive = 16  # chunks of training text read (ctx x chunks tokens)
-    threads: Positive | None = None  # None: all cores
+    ctx: Annotated[int, Range(min=8)]  # tokens per chunk
+    chunks: Positive  # chunks of training text read (ctx x chunks tokens)
+    threads: Positive | None  # None: all cores
 
 
 @click.command("imatrix")

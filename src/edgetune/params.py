@@ -3,6 +3,9 @@
 A field's type may carry a rule with `typing.Annotated`: `Annotated[int, Range(min=1)]`,
 `Annotated[str, OneOf("bfloat16", "float32")]`, or `Name` for anything that becomes part of a
 file name or a command line (model.name, the quant types): letters, digits, `.`, `_` and `-`.
+
+The dataclasses name and check the keys; they hold no values. Every value lives in conf/ (Hydra
+composes params.yaml from it), so a default is written once, where a user looks for it.
 """
 
 import dataclasses
@@ -172,21 +175,31 @@ def _wrong(where, value, t) -> EdgetuneError:
 
 
 def load(section: str, cls, path=PARAMS_FILE):
-    """Read `section` of params.yaml into dataclass `cls`; unknown, mistyped or out-of-range keys are errors."""
+    """Read `section` of params.yaml into dataclass `cls`; unknown, missing, mistyped or out-of-range keys are errors."""
     params = read_params(path)
     if section not in params:
         raise EdgetuneError(f"{path}: no `{section}` section. Add it (conf/config.yaml has every section).")
-    raw = params[section]
+    return parse(section, cls, params[section], path)
+
+
+def parse(section: str, cls, raw, path=PARAMS_FILE):
+    """One section's values (a mapping) as dataclass `cls`, checked as `load` checks them."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise EdgetuneError(f"{path}: section `{section}` must be a mapping, got {raw!r}.")
     hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - fields)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise EdgetuneError(
             f"{path}: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; known: {', '.join(sorted(fields))}."
+        )
+    missing = [k for k in fields if k not in raw]
+    if missing:
+        raise EdgetuneError(
+            f"{path}: {', '.join(f'{section}.{k}' for k in missing)} missing. Every value lives in conf/ "
+            "(conf/config.yaml and its presets): add it there, or copy it from conf/ into this file."
         )
     values = {k: _check(v, hints[k], f"{section}.{k}") for k, v in raw.items()}
     try:

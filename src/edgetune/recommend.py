@@ -15,14 +15,14 @@ from .params import Range
 
 @dataclasses.dataclass
 class RecommendParams:
-    accuracy_tolerance: Annotated[float, Range(min=0, max=1)] = 0.01  # accuracy lost against f16 (0.01 = one point)
-    perplexity_tolerance: Annotated[float, Range(min=0)] = 0.05  # conversations: relative perplexity increase allowed
-    max_kld: Annotated[float, Range(min=0)] = 0.05  # mean KL divergence from f16 allowed
+    accuracy_tolerance: Annotated[float, Range(min=0, max=1)]  # accuracy lost against f16 (0.01 = one point)
+    perplexity_tolerance: Annotated[float, Range(min=0)]  # conversations: relative perplexity increase allowed
+    max_kld: Annotated[float, Range(min=0)]  # mean KL divergence from f16 allowed
 
 
-def shortfall(v: dict, f16: dict, p: RecommendParams) -> str | None:
-    """Why a variant is not close enough to f16, or None when it is."""
-    if "accuracy" in f16:
+def shortfall(v: dict, f16: dict, p: RecommendParams, metric: str) -> str | None:
+    """Why a variant is not close enough to f16 by `metric` (accuracy or perplexity), or None when it is."""
+    if metric == "accuracy":
         lost = f16["accuracy"] - v["accuracy"]
         if lost > p.accuracy_tolerance + 1e-9:
             vs = v.get("vs_f16")  # the report's review-by-review comparison, where it made one
@@ -35,12 +35,12 @@ def shortfall(v: dict, f16: dict, p: RecommendParams) -> str | None:
     return None
 
 
-def frontier(candidates: dict[str, dict]) -> list[str]:
+def frontier(candidates: dict[str, dict], metric: str) -> list[str]:
     """The accuracy-vs-bytes frontier, smallest first: each variant on it scores better than every
     smaller one (accuracy higher, or for conversations perplexity lower)."""
 
     def score(v):
-        return v["accuracy"] if "accuracy" in v else -v["perplexity"]
+        return v["accuracy"] if metric == "accuracy" else -v["perplexity"]
 
     names, best = [], None
     for name in sorted(candidates, key=lambda n: candidates[n]["model_bytes"]):
@@ -50,24 +50,24 @@ def frontier(candidates: dict[str, dict]) -> list[str]:
     return names
 
 
-def recommend(variants: dict[str, dict], p: RecommendParams) -> dict | None:
-    """The recommended variant among f16 and the quant types, with the reason in words."""
+def recommend(variants: dict[str, dict], p: RecommendParams, metric: str) -> dict | None:
+    """The recommended variant among f16 and the quant types by `metric` (tasks.METRIC), with the reason in words."""
     f16 = variants.get("f16")
     if not f16:
         return None
     candidates = {n: v for n, v in variants.items() if n not in ("base", "tfidf") and v.get("model_bytes")}
-    verdicts = {n: shortfall(v, f16, p) for n, v in candidates.items()}
+    verdicts = {n: shortfall(v, f16, p, metric) for n, v in candidates.items()}
     name = min((n for n, why in verdicts.items() if why is None), key=lambda n: candidates[n]["model_bytes"])
     v = candidates[name]
-    metric = (
+    score = (
         f"accuracy {100 * v['accuracy']:.1f} vs f16 {100 * f16['accuracy']:.1f}"
-        if "accuracy" in v
+        if metric == "accuracy"
         else f"perplexity {v['perplexity']:.3f} vs f16 {f16['perplexity']:.3f}"
     )
     kld = f", mean KLD {v['kld_mean']:.4f}" if "kld_mean" in v else ""
     reason = (
         f"{name} ({v['model_bytes'] / 1e6:.0f} MB, {100 * v['model_bytes'] / f16['model_bytes']:.0f}% of f16) is "
-        f"the smallest variant within tolerance: {metric}{kld}."
+        f"the smallest variant within tolerance: {score}{kld}."
     )
     smaller = [f"{n} {why}" for n, why in verdicts.items() if why and candidates[n]["model_bytes"] < v["model_bytes"]]
     if smaller:
@@ -76,5 +76,5 @@ def recommend(variants: dict[str, dict], p: RecommendParams) -> dict | None:
         "variant": name,
         "reason": reason,
         "rejected": {n: why for n, why in verdicts.items() if why},
-        "frontier": frontier(candidates),
+        "frontier": frontier(candidates, metric),
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from . import environment, params
+from . import environment, params, tasks
 from .errors import EdgetuneError
 from .files import check_outputs, write_json, write_text
 from .recommend import RecommendParams, recommend
@@ -75,9 +75,29 @@ def side_by_side(variants: dict[str, dict]) -> dict[str, dict]:
             row["uncalibrated_accuracy"] = v["uncalibrated"]["accuracy"]
         if "free_answer" in v:
             row["free_answer"] = {k: v["free_answer"][k] for k in ("accuracy", "f1", "unparsed")}
-        row |= {k: v[k] for k in ("accuracy_ci95", "vs_f16", "vs_plain") if k in v}
+        row |= {k: v[k] for k in ("accuracy_ci95", "vs_f16", "vs_plain", "files") if k in v}
         table[name] = row
     return table
+
+
+def read_each(folder: Path, variants: list[str]) -> dict[str, dict]:
+    """FOLDER/<variant>.json of each variant that has one (a stage per variant wrote them)."""
+    return {v: json.loads((folder / f"{v}.json").read_text()) for v in variants if (folder / f"{v}.json").is_file()}
+
+
+def gather_bench(runs: dict[str, dict]) -> dict:
+    """The bench stages' results as one table: the settings they share, each variant's figures,
+    and the adapter's cost on each +lora variant."""
+    if not runs:
+        return {}
+    first = next(iter(runs.values()))
+    return {
+        **{k: first[k] for k in ("threads", "prompt_tokens", "gen_tokens")},
+        "variants": {
+            v: {k: r[k] for k in ("completion", "peak_rss_bytes", "speed") if k in r} for v, r in runs.items()
+        },
+        "adapter_cost": {v: r["adapter_cost"] for v, r in runs.items() if "adapter_cost" in r},
+    }
 
 
 def add_quantize_stats(variants: dict, quantize_dir: Path) -> dict[str, dict]:
@@ -111,12 +131,11 @@ def add_significance(variants: dict, eval_dir: Path) -> None:
     "--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/eval"), show_default=True
 )
 @click.option(
-    "--quality",
-    "quality_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("reports/quality.json"),
+    "--quality-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/quality"),
     show_default=True,
-    help="KL divergence per variant (quality stage), where measured.",
+    help="KL divergence of each variant against f16 (quality stages), one file per variant.",
 )
 @click.option(
     "--quantize-dir",
@@ -126,12 +145,11 @@ def add_significance(variants: dict, eval_dir: Path) -> None:
     help="What llama-quantize made of each variant (quantize stage).",
 )
 @click.option(
-    "--bench",
-    "bench_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("reports/bench.json"),
+    "--bench-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/bench"),
     show_default=True,
-    help="Speed and memory per variant (bench stage), where measured.",
+    help="Speed and memory of each variant (bench stages), one file per variant.",
 )
 @click.option(
     "--data-stats",
@@ -149,24 +167,27 @@ def add_significance(variants: dict, eval_dir: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
 def report(
     eval_dir: Path,
-    quality_file: Path,
+    quality_dir: Path,
     quantize_dir: Path,
-    bench_file: Path,
+    bench_dir: Path,
     data_stats: Path,
     train_metrics: Path,
     out: Path,
 ):
     """Gather every variant's results into OUT/metrics.json, OUT/summary.md and plot data."""
     check_outputs(shared=[out])
-    variants = load_variants(eval_dir, [*ORDER, *names(params.load("quantize", QuantizeParams).types)[1:]])
-    if quality_file.is_file():
-        for name, q in json.loads(quality_file.read_text())["variants"].items():
-            variants.get(name, {}).update(q)
+    metric = tasks.METRIC[tasks.task()]  # what tells the variants apart
+    ggufs = names(params.load("quantize", QuantizeParams).types)
+    variants = load_variants(eval_dir, [*ORDER, *ggufs[1:]])
+    for name, q in read_each(quality_dir, ggufs).items():
+        variants.get(name, {}).update(
+            {k: v for k, v in q.items() if k not in ("variant", "reference", "ctx", "chunks")}
+        )
     stats = add_quantize_stats(variants, quantize_dir)
     add_significance(variants, eval_dir)
     data = json.loads(data_stats.read_text()) if data_stats.is_file() else {}
     train = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
-    choice = recommend(variants, params.load("recommend", RecommendParams))
+    choice = recommend(variants, params.load("recommend", RecommendParams), metric)
     write_json(out / "metrics.json", {"variants": side_by_side(variants), "recommended": choice, "train": train})
     on_frontier = choice["frontier"] if choice else []
     points = [
@@ -184,16 +205,16 @@ def report(
     write_json(
         out / "plots" / "frontier.json", sorted((p for p in points if p["frontier"]), key=lambda p: p["model_mb"])
     )
-    bench = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
-    text = summary_markdown(variants, data, train) + "\n".join(
-        [*lora_table(variants, bench), *tensors_table(stats), *imatrix_table(variants), ""]
+    bench = gather_bench(read_each(bench_dir, ggufs))
+    text = summary_markdown(variants, metric, data, train) + "\n".join(
+        [*lora_table(variants, metric, bench), *tensors_table(stats), *imatrix_table(variants, metric), ""]
     )
     if bench:
         text += device_table(bench)
     if choice:
         text += f"\n## Recommended\n\n**{choice['variant']}**: {choice['reason']}\n"
         text += frontier_line(variants, on_frontier)
-    text += pictures(variants, on_frontier, choice, bench, train_metrics.parent, out / "plots")
+    text += pictures(variants, metric, on_frontier, choice, bench, train_metrics.parent, out / "plots")
     env = environment.describe()
     write_json(out / "environment.json", env)
     text += f"{environment.FOOTER}{environment.one_line(env)}\n"

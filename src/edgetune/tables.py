@@ -49,12 +49,11 @@ def device_table(bench: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def lora_table(variants: dict, bench: dict) -> list[str]:
+def lora_table(variants: dict, metric: str, bench: dict) -> list[str]:
     """Each quant type merged and re-quantized beside its quantized base with the adapter at run time."""
     pairs = [(n.removesuffix(LORA), n) for n in variants if n.endswith(LORA) and n.removesuffix(LORA) in variants]
     if not pairs:
         return []
-    metric = "accuracy" if "accuracy" in variants[pairs[0][0]] else "perplexity"
     speed = {n: v["completion"] for n, v in bench.get("variants", {}).items() if "completion" in v}
     costs = bench.get("adapter_cost", {})
     lines = [
@@ -139,12 +138,11 @@ def tensors_table(stats: dict[str, dict]) -> list[str]:
     return lines
 
 
-def imatrix_table(variants: dict) -> list[str]:
+def imatrix_table(variants: dict, metric: str) -> list[str]:
     """Each <type>-imatrix variant beside its plain twin: what the importance matrix bought."""
     pairs = [(plain_twin(n), n) for n in variants if plain_twin(n) != n and plain_twin(n) in variants]
     if not pairs:
         return []
-    metric = "accuracy" if "accuracy" in variants[pairs[0][0]] else "perplexity"
 
     def show(x, sign=""):  # accuracy in points, perplexity as it is
         return f"{100 * x:{sign}.1f}" if metric == "accuracy" else f"{x:{sign}.3f}"
@@ -224,8 +222,8 @@ def dialogue_table(variants: dict, data: dict) -> list[str]:
     return lines
 
 
-def summary_markdown(variants: dict, data: dict, train: dict) -> str:
-    if data.get("task") == "sft":
+def summary_markdown(variants: dict, metric: str, data: dict, train: dict) -> str:
+    if metric == "perplexity":  # conversations
         lines = ["# edgetune report", "", *dialogue_table(variants, data)]
         lines += training_table(train, ("train_loss", "eval_loss", "eval_perplexity", "steps", "train_runtime"))
         return "\n".join(lines) + "\n"
@@ -280,14 +278,16 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
 
 
 def pictures(
-    variants: dict, frontier: list[str], choice: dict | None, bench: dict, live_dir: Path, folder: Path
+    variants: dict, metric: str, frontier: list[str], choice: dict | None, bench: dict, live_dir: Path, folder: Path
 ) -> str:
     """The PNG charts (charts.py), as a section of summary.md that shows them."""
     drawn = [
         (
             "Accuracy against size",
             "accuracy_vs_size.png",
-            charts.accuracy_vs_size(variants, frontier, choice and choice["variant"], folder / "accuracy_vs_size.png"),
+            charts.accuracy_vs_size(
+                variants, metric, frontier, choice and choice["variant"], folder / "accuracy_vs_size.png"
+            ),
         ),
         (
             "KL divergence against bits per weight",

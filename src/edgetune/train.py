@@ -21,7 +21,7 @@ from typing import Annotated
 
 import click
 
-from . import base_weights, params, resume
+from . import base_weights, params, resume, tasks
 from .answer_loss import label_accuracy, make_trainer_class
 from .distributed import relaunch_on_gpus
 from .errors import EdgetuneError
@@ -33,18 +33,18 @@ from .remote_code import allowed as trust_remote_code
 
 @dataclasses.dataclass
 class LoraParams:
-    r: Positive = 16
-    alpha: Positive = 32
-    dropout: Annotated[float, Range(min=0, below=1)] = 0.0  # dropout costs a quarter of the CPU step time
-    target_modules: str | list[str] = "all-linear"
-    top_layers: Positive | None = None  # adapters in the last N decoder layers only: backward stops there
-    quantization: Annotated[str, OneOf(*CHOICES)] = "none"  # 4bit: QLoRA, the base in nf4 while training (qlora.py)
-    train_on: Name = "q4_k_m"  # the quant type whose dequantized base GGUF the adapter trains on (dvc.yaml)
+    r: Positive
+    alpha: Positive
+    dropout: Annotated[float, Range(min=0, below=1)]  # dropout costs a quarter of the CPU step time
+    target_modules: str | list[str]
+    top_layers: Positive | None  # adapters in the last N decoder layers only: backward stops there
+    quantization: Annotated[str, OneOf(*CHOICES)]  # 4bit: QLoRA, the base in nf4 while training (qlora.py)
+    train_on: Name  # the quant type whose dequantized base GGUF the adapter trains on (dvc.yaml)
 
 
 @dataclasses.dataclass
 class TrainParams:
-    lr: Annotated[float, Range(above=0)] = 3e-4
+    lr: Annotated[float, Range(above=0)]
     scheduler: Annotated[
         str,
         OneOf(
@@ -56,21 +56,21 @@ class TrainParams:
             "constant_with_warmup",
             "inverse_sqrt",
         ),
-    ] = "linear"
-    warmup_ratio: Annotated[float, Range(min=0, max=1)] = 0.05
-    epochs: Annotated[float, Range(above=0)] = 1.0
-    max_steps: Annotated[int, Range(min=1, also=(-1,))] = -1  # > 0 overrides epochs
-    batch_size: Positive = 8
-    grad_accum: Positive = 1
-    max_length: Positive = 256
-    group_by_length: bool = True  # batches of similar length waste less compute on padding
-    gradient_checkpointing: bool = False  # saves activation memory for a third more compute
-    precision: Annotated[str, OneOf("auto", "bf16", "fp32")] = "auto"  # bf16 weights where the hardware has bf16
-    logging_steps: Positive = 5
-    eval_steps: Positive = 50
-    save_steps: Positive = 50  # a multiple of eval_steps when best_checkpoint is on
-    best_checkpoint: bool = False  # keep the checkpoint with the best validation accuracy, not the last
-    seed: Annotated[int, Range(min=0)] = 0
+    ]
+    warmup_ratio: Annotated[float, Range(min=0, max=1)]
+    epochs: Annotated[float, Range(above=0)]
+    max_steps: Annotated[int, Range(min=1, also=(-1,))]  # > 0 overrides epochs
+    batch_size: Positive
+    grad_accum: Positive
+    max_length: Positive
+    group_by_length: bool  # batches of similar length waste less compute on padding
+    gradient_checkpointing: bool  # saves activation memory for a third more compute
+    precision: Annotated[str, OneOf("auto", "bf16", "fp32")]  # bf16 weights where the hardware has bf16
+    logging_steps: Positive
+    eval_steps: Positive
+    save_steps: Positive  # a multiple of eval_steps when best_checkpoint is on
+    best_checkpoint: bool  # keep the checkpoint with the best validation accuracy, not the last
+    seed: Annotated[int, Range(min=0)]
 
 
 def adapter_targets(lp: LoraParams, model) -> str | list[str]:
@@ -128,7 +128,7 @@ def peak_memory() -> dict:
     return peak
 
 
-def to_dataset(rows: list[dict]):
+def to_dataset(rows: list[dict], task: str):
     """What TRL trains on, with the loss on the answer or the assistant turns only.
 
     Labelled examples go in TRL's conversational prompt-completion format; conversations come
@@ -136,7 +136,7 @@ def to_dataset(rows: list[dict]):
     """
     from datasets import Dataset
 
-    if rows and "input_ids" in rows[0]:
+    if task == "sft":
         return Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["assistant_mask"]} for r in rows])
     return Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
 
@@ -156,9 +156,9 @@ def check_settings(p: TrainParams, train_rows: list, val_rows: list, data: Path)
 
 
 def label_choices(tokenizer, rows: list[dict]) -> list[int] | None:
-    """The first token of each label answer, for validation accuracy by first-token label scoring;
-    None where those tokens do not tell the answers apart (or in conversations, data.task: sft)."""
-    answers = sorted({r["answer"] for r in rows if "answer" in r})
+    """The first token of each label answer (data.task: classify), for validation accuracy by
+    first-token label scoring; None where those tokens do not tell the answers apart."""
+    answers = sorted({r["answer"] for r in rows})
     choices = [tokenizer(a, add_special_tokens=False).input_ids[0] for a in answers]
     return choices if len(set(choices)) == len(choices) > 1 else None
 
@@ -285,7 +285,10 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
     check_outputs(inputs=[model, weights, data], folders=[out, live_dir])
     p, lp = params.load("train", TrainParams), params.load("lora", LoraParams)
     trust, bf16 = trust_remote_code(model), use_bf16(p)
-    train_rows, val_rows = read_jsonl(data / "train.jsonl"), read_jsonl(data / "val.jsonl")
+    task = tasks.task()
+    train_rows, val_rows = (
+        tasks.check_rows(read_jsonl(data / f), task, data / f) for f in ("train.jsonl", "val.jsonl")
+    )
     check_settings(p, train_rows, val_rows, data)
     relaunch_on_gpus(accelerate_config)
 
@@ -302,7 +305,7 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
     resume_from = resume.resume_point(checkpoints, stamp)
 
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust)
-    choices = label_choices(tokenizer, train_rows)
+    choices = label_choices(tokenizer, train_rows) if task == "classify" else None
     base = base_weights.load(
         model, weights, lp.quantization == "4bit", bf16, str(state.device), p.gradient_checkpointing, trust
     )
@@ -329,8 +332,8 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
     trainer = make_trainer_class()(
         model=base,
         args=sft_config(p, checkpoints, validate=bool(val_rows), by_accuracy=bool(choices)),
-        train_dataset=to_dataset(train_rows),
-        eval_dataset=to_dataset(val_rows) if val_rows else None,
+        train_dataset=to_dataset(train_rows, task),
+        eval_dataset=to_dataset(val_rows, task) if val_rows else None,
         processing_class=tokenizer,
         peft_config=lora,
         compute_metrics=label_accuracy(choices) if choices else None,

@@ -1,10 +1,12 @@
 """Variants and their GGUF files, and what a GGUF really holds.
 
-  f16              the merged model, converted         PREFIX-f16.gguf
-  q4_k_m           the merged model, quantized         PREFIX-q4_k_m.gguf
-  q4_k_m-imatrix   ... with the importance matrix      PREFIX-q4_k_m-imatrix.gguf
-  q4_k_m+lora      the base quantized once, and the    PREFIX-base-q4_k_m.gguf
-                   adapter applied at run time         + PREFIX-lora.gguf
+  f16              the merged model, converted         models/gguf/NAME-f16.gguf
+  q4_k_m           the merged model, quantized         models/gguf/NAME-q4_k_m.gguf
+  q4_k_m-imatrix   ... with the importance matrix      models/gguf/NAME-q4_k_m-imatrix.gguf
+  q4_k_m+lora      the base quantized once, and the    models/gguf/NAME-base-q4_k_m.gguf
+                   adapter applied at run time         + models/gguf/NAME-lora.gguf
+
+dvc.yaml names the files and hands each stage its paths; the code never builds a file name.
 
 A merged quant rounds the trained model a second time; a `+lora` variant ships the very base
 weights the adapter was trained on (lora.train_on) and keeps the adapter in 16 bits.
@@ -15,7 +17,7 @@ import dataclasses
 from pathlib import Path
 from typing import Annotated
 
-from .errors import EdgetuneError
+from .files import check_gguf, sha256_file
 from .params import Name, Pattern
 
 IMATRIX = "-imatrix"
@@ -30,11 +32,11 @@ Variant = Annotated[
 
 @dataclasses.dataclass
 class QuantizeParams:
-    types: list[Name] = dataclasses.field(default_factory=list)  # variants: quant types, <type>-imatrix
+    types: list[Name]  # variants: quant types, <type>-imatrix
     # llama-quantize's per-tensor overrides: a real 4-bit file where k-quant blocks do not fit a width
-    tensor_types: dict[str, Name] = dataclasses.field(default_factory=dict)  # name pattern -> type (ffn_down: q4_0)
-    output_tensor_type: Name | None = None
-    token_embedding_type: Name | None = None
+    tensor_types: dict[str, Name]  # name pattern -> type (ffn_down: q4_0)
+    output_tensor_type: Name | None
+    token_embedding_type: Name | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,53 +54,31 @@ class Files:
     def bytes(self) -> int:
         return sum(p.stat().st_size for p in self.paths)
 
+    @property
+    def lora_flag(self) -> list:
+        """The adapter as llama.cpp's tools take it."""
+        return ["--lora", self.lora] if self.lora else []
+
+    def check(self, whole: bool = True) -> None:
+        """Each file a GGUF (whole: complete), or an error naming it and how to get it."""
+        for path in self.paths:
+            check_gguf(path, whole)
+
+    def record(self) -> list[dict]:
+        """Each file's path and content hash, as evaluate records them and export checks them:
+        the file shipped is the file measured."""
+        return [{"path": str(p), "sha256": sha256_file(p)} for p in self.paths]
+
+    @classmethod
+    def recorded(cls, record: list[dict]) -> "Files":
+        return cls(*(Path(f["path"]) for f in record))
+
 
 def names(types: list[str]) -> list[str]:
-    """Every GGUF variant of a run: f16, each quant type merged, and each with the adapter at run time."""
+    """Every GGUF variant of a run, from quantize.types: f16, each quant type merged, and each with
+    the adapter at run time. The one place the variant list is made; dvc.yaml's foreach stages
+    make the same list, one stage per item."""
     return ["f16", *types, *(t + LORA for t in types)]
-
-
-def base_gguf(prefix: Path, quant_type: str) -> Path:
-    """The base model quantized to `quant_type` (quantize-base stage): PREFIX-base-<type>.gguf."""
-    return prefix.parent / f"{prefix.name}-base-{quant_type}.gguf"
-
-
-def lora_gguf(prefix: Path) -> Path:
-    """The adapter as a GGUF LoRA (convert-lora stage): PREFIX-lora.gguf."""
-    return prefix.parent / f"{prefix.name}-lora.gguf"
-
-
-def variant_files(prefix: Path, variant: str) -> Files:
-    """The files of one variant, named as dvc.yaml names them."""
-    if variant.endswith(LORA):
-        return Files(base_gguf(prefix, variant.removesuffix(LORA)), lora_gguf(prefix))
-    return Files(prefix.parent / f"{prefix.name}-{variant}.gguf")
-
-
-def stage_of(prefix: Path, path: Path) -> str:
-    """The dvc.yaml stage that writes one of the GGUF files above."""
-    name = path.name.removeprefix(f"{prefix.name}-").removesuffix(".gguf")
-    if name == "f16":
-        return "convert"
-    if name == "lora":
-        return "convert-lora"
-    return f"quantize-base@{name.removeprefix('base-')}" if name.startswith("base-") else f"quantize@{name}"
-
-
-def existing_files(prefix: Path, variants: list[str]) -> dict[str, Files]:
-    """Each variant's files, or an error naming the missing files and the stages that make them.
-
-    A stage that reads the quantized files declares them through reports/quantize (dvc.yaml can't
-    list a params-sized set of files), so `dvc exp run --pull` doesn't fetch them: say how to."""
-    found = {v: variant_files(prefix, v) for v in variants}
-    missing = list(dict.fromkeys(p for f in found.values() for p in f.paths if not p.is_file()))
-    if missing:
-        stages = " ".join(dict.fromkeys(stage_of(prefix, p) for p in missing))
-        raise EdgetuneError(
-            f"{', '.join(map(str, missing))}: not found. `dvc pull {stages}` fetches "
-            f"them from the DVC remote; `dvc repro {stages}` builds them."
-        )
-    return found
 
 
 def tensor_stats(path: Path) -> dict:
@@ -130,4 +110,5 @@ def file_stats(files: Files) -> dict:
         "model_bytes": files.bytes,
         "bits_per_weight": stats["bits_per_weight"] + 8 * extra / stats["n_weights"],
         **({"adapter_bytes": extra} if files.lora else {}),
+        "files": files.record(),
     }
