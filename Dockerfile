@@ -29,10 +29,10 @@ RUN LLAMA_CPP_DIR=/opt/llama.cpp PYTHON=/opt/venv/bin/python \
     /tmp/build_llama_cpp.sh \
     && rm -rf /opt/llama.cpp/cmake/CMakeFiles /opt/llama.cpp/*.tar.gz
 
-# Python dependencies (torch with CUDA from PyPI, DVC's remote plugins) before the code.
+# Python dependencies (torch with CUDA from PyPI, DVC's remote plugins, the dialogue corpus) before the code.
 COPY pyproject.toml /tmp/pyproject.toml
 RUN python -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['remote']))" > /tmp/requirements.txt \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['remote'] + p['optional-dependencies']['dialogue']))" > /tmp/requirements.txt \
     && pip install --no-cache-dir --find-links /opt/llama.cpp/wheels -r /tmp/requirements.txt
 
 # ---- runtime: the environment, the tools on PATH, a non-root user ----

@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml scripts/build_llama_cpp.sh scripts/plots_temp
 	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh
 	# the bindings packed from the pinned source, replacing any other build of the same version
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps build/llama.cpp/wheels/llama_cpp_python-*.whl
-	$(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test]'
+	$(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test,dialogue]'
 	scripts/plots_template.sh build/plots/template.html
 	$(BIN)/dvc config --local plots.html_template ../build/plots/template.html
 	touch $@

@@ -51,7 +51,7 @@ def test_dockerfile_builds_llama_cpp_with_cuda_by_the_host_script():
     assert "USER 1000:1000" in text and 'CMD ["dvc", "repro"]' in text and "VOLUME" in text
 
 
-def test_the_image_installs_the_dependencies_and_the_remote_plugins():
+def test_the_image_installs_the_dependencies_the_remote_plugins_and_the_dialogue_corpus():
     """The Dockerfile's requirements line, run here on pyproject.toml as the shell would pass it."""
     text = (REPO / "Dockerfile").read_text()
     snippet = re.search(r'python -c "(.*?)" > /tmp/requirements.txt', text, re.S).group(1)
@@ -62,9 +62,13 @@ def test_the_image_installs_the_dependencies_and_the_remote_plugins():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert "torch==2.13.0" in wanted and "llama-cpp-python==0.3.36" in wanted
     assert (
-        {"dvc-s3==3.3.0", "dvc-ssh==4.3.0"}
+        {"dvc-s3==3.3.0", "dvc-ssh==4.3.0", "chatterbot-corpus==1.3.3"}
         <= set(wanted)
-        == {*project["dependencies"], *project["optional-dependencies"]["remote"]}
+        == {
+            *project["dependencies"],
+            *project["optional-dependencies"]["remote"],
+            *project["optional-dependencies"]["dialogue"],
+        }
     )
 
 

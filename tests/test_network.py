@@ -99,3 +99,30 @@ def test_prepare_gives_up_on_a_silent_hub(workdir, tiny_model, silent_hub):
     # The dataset card's metadata, which huggingface_hub alone would send up to 6 more times, at 60 s each.
     asked_once_a_try(silent_hub, "HEAD /datasets/someone/some-dataset/resolve/main/README.md", tries=2)
     assert not (workdir / "out").exists() and not (workdir / "stats.json").exists()
+
+
+def test_a_hub_dialogue_set_offline_names_the_local_file_way(workdir, tiny_model, silent_hub):
+    """data.task: sft merges hub datasets with local files; a hub that does not answer says how to do without it."""
+    mine = workdir / "mine.jsonl"
+    mine.write_text(
+        '{"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好呀！"}]}\n'
+    )
+    set_params(
+        workdir,
+        hub={"timeout": 1, "retries": 1},
+        data={"task": "sft", "source": ["someone/some-dialogues", str(mine)]},
+    )
+    result, seconds = timed(
+        "prepare", "--model", tiny_model, "--out", workdir / "out", "--stats", workdir / "stats.json"
+    )
+    assert result.exit_code != 0
+    for needle in (
+        "data.source `someone/some-dialogues`",
+        silent_hub.url,
+        "hub.timeout",
+        "data/raw/dialogue/some-dialogues.jsonl",
+    ):
+        assert needle in result.output, result.output
+    assert seconds < 30, "the timeout did not bound the wait"
+    asked_once_a_try(silent_hub, "HEAD /datasets/someone/some-dialogues/resolve/main/README.md", tries=2)
+    assert not (workdir / "out").exists() and not (workdir / "stats.json").exists()

@@ -1,22 +1,28 @@
-"""Dialogue data for supervised fine-tuning: ShareGPT and alpaca records -> checked conversations.
+"""Dialogue data for supervised fine-tuning: raw records -> checked, cleaned conversations.
 
 to_messages  ShareGPT {"messages": [{"role", "content"}]} (or {"conversations": [{"from",
-             "value"}]}) and alpaca {"instruction", "input", "output", "system"?} -> turns
-clean        drop invalid records (unknown roles, roles out of order, no reply at the end),
-             empty replies, duplicates by their user + assistant text, and conversations
-             longer than the token cap; count each
+             "value"}]}), alpaca {"instruction", "input", "output", "system"?}, a list of
+             utterances (chatterbot) or {"dialog": [...]} (DailyDialog), and a list of
+             {"speaker", "utterance"} (EmotionLines) -> turns
+clean        drop invalid records (unknown roles, roles out of order, no reply at the end) and
+             conversations with a reply that is empty, too short to answer, the user's own words
+             again, a templated non-answer or holds a blocked word; then duplicates by their user
+             + assistant text, and conversations longer than the token cap; count each rule
 tokenize     the conversation in the model's template, with a mask over the assistant turns:
              the loss falls on the replies only
 """
 
 import collections
+import dataclasses
 import glob
 import hashlib
-import json
-from pathlib import Path
+import re
+import unicodedata
 
+import click
+
+from .dialogue_sources import read_records
 from .errors import EdgetuneError
-from .files import read_text
 
 ROLES = {
     "system": "system",
@@ -28,8 +34,34 @@ ROLES = {
 }
 
 
+def alternate(utterances: list[str]) -> list[dict]:
+    """Utterances that answer each other in turn: user, assistant, user, ... ending on a reply."""
+    turns = [{"role": ("user", "assistant")[i % 2], "content": u} for i, u in enumerate(utterances)]
+    return turns[: len(turns) // 2 * 2]
+
+
+def by_speaker(lines: list[dict]) -> list[str]:
+    """EmotionLines: a speaker's consecutive lines are one turn."""
+    merged, last = [], object()
+    for line in lines:
+        if line.get("speaker") == last:
+            merged[-1] += " " + line["utterance"]
+        else:
+            merged.append(line["utterance"])
+        last = line.get("speaker")
+    return merged
+
+
 def to_messages(record) -> list[dict] | None:
     """One record as chat turns, or None when it is not a conversation edgetune can read."""
+    if isinstance(record, dict) and isinstance(record.get("dialog"), list):
+        record = record["dialog"]  # DailyDialog
+    if isinstance(record, list):
+        if all(isinstance(u, str) for u in record):
+            return alternate(record)
+        if all(isinstance(u, dict) and isinstance(u.get("utterance"), str) for u in record):
+            return alternate(by_speaker(record))
+        return None
     if not isinstance(record, dict):
         return None
     if "instruction" in record and "output" in record:  # alpaca
@@ -50,8 +82,42 @@ def to_messages(record) -> list[dict] | None:
     return out
 
 
-def problem(turns: list[dict] | None) -> str | None:
-    """Why a conversation cannot be trained on, or None: invalid, or empty_reply."""
+@dataclasses.dataclass
+class ReplyRules:
+    """What makes a reply unfit to learn from (data.min_reply_chars, non_answers, blocked_words)."""
+
+    min_chars: int  # letters and digits, punctuation and spaces not counted
+    non_answers: list[str]  # regular expressions a whole reply may not match
+    blocked_words: list[str]
+
+    def __post_init__(self):
+        self.patterns = []
+        for pattern in self.non_answers:
+            try:
+                self.patterns.append(re.compile(pattern, re.IGNORECASE))
+            except re.error as e:
+                raise EdgetuneError(
+                    f"params.yaml: data.non_answers: `{pattern}` is not a regular expression ({e}). Fix it."
+                ) from None
+        self.words = [w.lower() for w in self.blocked_words]
+
+    def problem(self, reply: str, asked: str) -> str | None:
+        text = reply.strip()
+        if not text:
+            return "empty_reply"
+        if sum(unicodedata.category(c)[0] in "LN" for c in text) < self.min_chars:
+            return "too_short"
+        if " ".join(text.split()).lower() == " ".join(asked.split()).lower():
+            return "echo"  # the user's own words said back
+        if any(p.fullmatch(text) for p in self.patterns):
+            return "non_answer"
+        if any(w in text.lower() for w in self.words):
+            return "blocked_word"
+        return None
+
+
+def problem(turns: list[dict] | None, rules: ReplyRules) -> str | None:
+    """Why a conversation cannot be trained on, or None: invalid, or the first rule a reply breaks."""
     if not turns:
         return "invalid"
     body = turns[1:] if turns[0]["role"] == "system" else turns
@@ -59,8 +125,10 @@ def problem(turns: list[dict] | None) -> str | None:
         return "invalid"
     if any(t["role"] != ("user" if i % 2 == 0 else "assistant") for i, t in enumerate(body)):
         return "invalid"  # a system turn later on, two user turns in a row, ...
-    if any(not t["content"].strip() for t in body if t["role"] == "assistant"):
-        return "empty_reply"
+    for asked, reply in zip(body[::2], body[1::2]):
+        why = rules.problem(reply["content"], asked["content"])
+        if why:
+            return why
     return None
 
 
@@ -96,44 +164,20 @@ def tokenize(turns: list[dict], tokenizer) -> tuple[list[int], list[int]]:
     return enc["input_ids"], mask
 
 
-def read_records(pattern: str) -> list[tuple[str, object]]:
-    """(file, record) for every record in the files a pattern names; unreadable lines kept as None."""
-    files = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-    if not files:
-        raise EdgetuneError(f"data.source `{pattern}`: no file matches. Fix the pattern in params.yaml.")
-    records = []
-    for name in files:
-        path = Path(name)
-        if not path.is_file():
-            raise EdgetuneError(f"data.source `{name}`: file not found. Fix the path in params.yaml.")
-        text = read_text(path)
-        if path.suffix.lower() == ".json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise EdgetuneError(
-                    f"{name}: not valid JSON ({e}). Fix it, or write one record a line as .jsonl."
-                ) from None
-            records += [(name, r) for r in (data if isinstance(data, list) else [data])]
-        else:
-            for line in text.splitlines():
-                if line.strip():
-                    try:
-                        records.append((name, json.loads(line)))
-                    except json.JSONDecodeError:
-                        records.append((name, None))  # counted as invalid
-    return records
-
-
-def load_and_clean(sources: list[str], tokenizer, max_tokens: int) -> tuple[list[dict], dict]:
+def load_and_clean(
+    sources: list[str], tokenizer, max_tokens: int, rules: ReplyRules, revision: str = "main"
+) -> tuple[list[dict], dict]:
     """Every conversation in `sources`, cleaned and tokenized, with what was dropped and why."""
-    counts, per_file = collections.Counter(), collections.Counter()
+    counts, per_source = collections.Counter(), collections.Counter()
     seen, kept = set(), []
-    for pattern in sources:
-        for name, record in read_records(pattern):
-            per_file[name] += 1
+    unmatched = [s for s in sources if glob.has_magic(s) and not glob.glob(s)]
+    for pattern in unmatched:
+        click.echo(f"warning: data.source `{pattern}` matches no file; the other sources are read.")
+    for source in sources:
+        for where, record in read_records(source, revision):
+            per_source[where] += 1
             turns = to_messages(record)
-            why = problem(turns)
+            why = problem(turns, rules)
             if why is None:
                 key = fingerprint(turns)
                 why = "duplicate" if key in seen else None
@@ -149,7 +193,16 @@ def load_and_clean(sources: list[str], tokenizer, max_tokens: int) -> tuple[list
     if not kept:
         raise EdgetuneError(
             f"data.source {', '.join(sources)}: no usable conversation "
-            f"(dropped: {dict(counts) or 'none read'}). Check the files' format: ShareGPT JSONL "
-            '({"messages": [{"role": ..., "content": ...}]}) or alpaca JSON.'
+            f"(dropped: {dict(counts) or 'none read'}"
+            + (f"; no file matches {', '.join(unmatched)}" if unmatched else "")
+            + "). Check the paths and the files' format: ShareGPT JSONL "
+            '({"messages": [{"role": ..., "content": ...}]}) or alpaca JSON, and the cleaning rules '
+            "data.min_reply_chars, data.non_answers and data.blocked_words."
         )
-    return kept, {"raw": sum(per_file.values()), "files": dict(per_file), "dropped": dict(counts), "clean": len(kept)}
+    return kept, {
+        "raw": sum(per_source.values()),
+        "files": dict(per_source),
+        "unmatched": unmatched,
+        "dropped": dict(counts),
+        "clean": len(kept),
+    }

@@ -70,9 +70,12 @@ def score_all(scorer: Scorer, prompts, answer_tokens, answers, p: EvaluateParams
 
 
 def evaluate_dialogues(
-    files: Files, variant: str, rows: list[dict], threads: int, gpu_layers: int, out: Path, predictions: Path | None
+    files: Files, variant: str, rows: list[dict], threads: int, p: EvaluateParams, out: Path, predictions: Path | None
 ):
-    result = gguf_perplexity(files.gguf, rows, threads, gpu_layers, f"perplexity {variant}", files.lora)
+    """Perplexity on the held-out replies, and greedy replies (evaluate.max_answer_tokens) to a few."""
+    result = gguf_perplexity(
+        files.gguf, rows, threads, p.gpu_layers, f"perplexity {variant}", files.lora, p.max_answer_tokens
+    )
     result.update(variant=variant, **file_stats(files))
     if predictions:  # the confusion plot has nothing to show for conversations
         write_predictions(predictions, [], [])
@@ -186,7 +189,7 @@ def evaluate(model: Path, lora: Path | None, variant: str, data: Path, val: Path
         raise EdgetuneError(f"{data}: no examples to evaluate.")
     threads = p.threads or os.cpu_count() or 1
     if task == "sft":  # perplexity on the replies
-        evaluate_dialogues(files, variant, rows, threads, p.gpu_layers, out, predictions)
+        evaluate_dialogues(files, variant, rows, threads, p, out, predictions)
         return
     val_rows = tasks.check_rows(read_jsonl(val), task, val) if p.calibrate and val.is_file() else []
     if p.calibrate and not val_rows:

@@ -17,7 +17,7 @@ from typing import Annotated
 import click
 
 from . import params
-from .dialogue import load_and_clean
+from .dialogue import ReplyRules, load_and_clean
 from .errors import EdgetuneError
 from .files import atomic_dir, check_outputs, write_json, write_jsonl
 from .params import Positive, Range
@@ -34,6 +34,9 @@ class DataParams:
     task: Task  # classify | sft (tasks.py)
     source: str | list[str]  # a file, a folder of published splits, a dataset id (sources.py); sft: files or globs
     max_tokens: Positive  # sft: longer conversations are dropped, never cut mid-reply
+    min_reply_chars: Annotated[int, Range(min=0)]  # sft: shorter replies (letters and digits) cannot answer
+    non_answers: list[str]  # sft: regular expressions of templated replies that say nothing
+    blocked_words: list[str]  # sft: a reply holding one of these drops its conversation
     revision: str  # of a hub dataset
     modelscope_id: str | None  # when it differs from the hub id
     local_dir: str | None  # the published splits on disk, tried last for a dataset id
@@ -200,7 +203,8 @@ def prepare_dialogues(p: DataParams, tokenizer) -> tuple[dict, dict]:
     import numpy as np
 
     sources = [p.source] if isinstance(p.source, str) else p.source
-    rows, clean_stats = load_and_clean(sources, tokenizer, p.max_tokens)
+    rules = ReplyRules(p.min_reply_chars, p.non_answers, p.blocked_words)
+    rows, clean_stats = load_and_clean(sources, tokenizer, p.max_tokens, rules, p.revision)
     order = np.random.default_rng(p.seed).permutation(len(rows))
     fracs = np.cumsum([f / sum(p.split) for f in p.split])
     bounds = [0, *(int(round(f * len(rows))) for f in fracs)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from . import environment, params, tasks
+from . import dialogue_tables, environment, params, tables, tasks
 from .errors import EdgetuneError
 from .files import check_outputs, write_json, write_text
 from .recommend import RecommendParams, recommend
@@ -22,7 +22,6 @@ from .tables import (
     lora_table,
     pictures,
     plain_twin,
-    summary_markdown,
     tensors_table,
 )
 from .variants import QuantizeParams, names
@@ -206,7 +205,8 @@ def report(
         out / "plots" / "frontier.json", sorted((p for p in points if p["frontier"]), key=lambda p: p["model_mb"])
     )
     bench = gather_bench(read_each(bench_dir, ggufs))
-    text = summary_markdown(variants, metric, data, train) + "\n".join(
+    head = dialogue_tables if metric == "perplexity" else tables  # conversations, or labelled texts
+    text = head.summary_markdown(variants, data, train) + "\n".join(
         [*lora_table(variants, metric, bench), *tensors_table(stats), *imatrix_table(variants, metric), ""]
     )
     if bench:

@@ -203,30 +203,8 @@ def training_table(train: dict, keys: tuple[str, ...]) -> list[str]:
     ]
 
 
-def dialogue_table(variants: dict, data: dict) -> list[str]:
-    """Conversations (data.task: sft): perplexity on the replies of the test split, per variant."""
-    f16 = variants.get("f16", {}).get("perplexity")
-    lines = [
-        f"Test split: {next(iter(variants.values()))['n_samples']} conversations from `{data.get('source', '?')}`. "
-        "Perplexity and loss on the assistant replies only; Δ f16 in percent of the f16 perplexity.",
-        "",
-        "| variant | MB | bits/weight | perplexity | loss | KLD | PPL ratio | s/sample | tok/s | Δ f16 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, v in variants.items():
-        delta = f"{100 * (v['perplexity'] / f16 - 1):+.2f}%" if f16 else ""
-        lines.append(
-            f"| {name} | {v['model_bytes'] / 1e6:.0f} | {v['bits_per_weight']:.2f} | {v['perplexity']:.3f} | "
-            f"{v['loss']:.4f} | {quality_cells(v)} | {v['seconds_per_sample']:.3f} | {v['prompt_tokens_per_second']:.0f} | {delta} |"
-        )
-    return lines
-
-
-def summary_markdown(variants: dict, metric: str, data: dict, train: dict) -> str:
-    if metric == "perplexity":  # conversations
-        lines = ["# edgetune report", "", *dialogue_table(variants, data)]
-        lines += training_table(train, ("train_loss", "eval_loss", "eval_perplexity", "steps", "train_runtime"))
-        return "\n".join(lines) + "\n"
+def summary_markdown(variants: dict, data: dict, train: dict) -> str:
+    """The summary's head for labelled texts (dialogue_tables.py has the one for conversations)."""
     f16 = variants.get("f16", {}).get("accuracy")
     untuned = untuned_accuracy(variants)
     tfidf = variants.get("tfidf", {}).get("accuracy")

@@ -1,0 +1,121 @@
+"""Where conversations come from (data.task: sft): each entry of data.source gives raw records,
+which dialogue.to_messages turns into chat turns.
+
+  a file or glob         ShareGPT/messages JSONL, alpaca or ShareGPT JSON, chatterbot YAML,
+                         EmotionLines JSON (a list of dialogues, each a list of utterances)
+  chatterbot:LANG[/CAT]  the chatterbot-corpus package's YAML files (offline; `pip install
+                         edgetune[dialogue]`), for example chatterbot:chinese or chatterbot:chinese/emotion
+  owner/name[@revision]  a hub dataset (honours HF_ENDPOINT, HF_TOKEN), every split: the rows'
+                         messages, conversations or dialog columns
+"""
+
+import functools
+import glob
+import importlib.util
+import json
+from pathlib import Path
+
+from . import hub, params
+from .errors import EdgetuneError
+from .files import read_text
+
+CHATTERBOT = "chatterbot:"
+
+
+def read_records(source: str, revision: str) -> list[tuple[str, object]]:
+    """(where, record) for every record a data.source entry names; unreadable lines kept as None."""
+    if source.startswith(CHATTERBOT):
+        return [rec for path in chatterbot_files(source) for rec in read_file(path)]
+    if is_dataset_id(source):
+        return from_hub(source, revision)
+    files = sorted(glob.glob(source)) if glob.has_magic(source) else [source]
+    return [rec for name in files for rec in read_file(Path(name))]
+
+
+def is_dataset_id(source: str) -> bool:
+    """owner/name, optionally @revision: one slash, no file suffix, and no such path here."""
+    name = source.split("@")[0]
+    return name.count("/") == 1 and not Path(name).suffix and not glob.has_magic(name) and not Path(source).exists()
+
+
+def read_file(path: Path) -> list[tuple[str, object]]:
+    if not path.is_file():
+        raise EdgetuneError(f"data.source `{path}`: file not found. Fix the path in params.yaml.")
+    text, suffix = read_text(path), path.suffix.lower()
+    if suffix in (".yml", ".yaml"):
+        return chatterbot_records(path, text)
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise EdgetuneError(
+                f"{path}: not valid JSON ({e}). Fix it, or write one record a line as .jsonl."
+            ) from None
+        return [(str(path), r) for r in (data if isinstance(data, list) else [data])]
+    records = []
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                records.append((str(path), json.loads(line)))
+            except json.JSONDecodeError:
+                records.append((str(path), None))  # counted as invalid
+    return records
+
+
+def chatterbot_records(path: Path, text: str) -> list[tuple[str, object]]:
+    """A chatterbot YAML file: `conversations`, each a list of utterances, replies in turn."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise EdgetuneError(f"{path}: not valid YAML ({str(e).splitlines()[0]}). Fix it.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("conversations"), list):
+        raise EdgetuneError(f"{path}: no `conversations` list, as chatterbot corpus files have. Fix the file.")
+    return [
+        (str(path), [str(u) for u in c] if isinstance(c, list) else c)  # YAML reads a reply "42" as a number
+        for c in data["conversations"]
+    ]
+
+
+def chatterbot_files(source: str) -> list[Path]:
+    """The installed corpus' YAML files for chatterbot:LANG or chatterbot:LANG/CATEGORY."""
+    found = importlib.util.find_spec("chatterbot_corpus")
+    if found is None:
+        raise EdgetuneError(
+            f"data.source `{source}`: the chatterbot-corpus package is not installed. "
+            "Install it with `pip install 'edgetune[dialogue]'` (`make setup` does)."
+        )
+    data = Path(list(found.submodule_search_locations)[0]) / "data"
+    language, _, category = source[len(CHATTERBOT) :].partition("/")
+    folder = data / language
+    files = sorted(folder.glob(f"{category or '*'}.yml"))
+    if not files:
+        there = sorted(p.name for p in data.iterdir() if p.is_dir()) if folder.parent.is_dir() else []
+        what = (
+            f"categories: {', '.join(p.stem for p in sorted(folder.glob('*.yml')))}"
+            if folder.is_dir()
+            else f"languages: {', '.join(there)}"
+        )
+        raise EdgetuneError(f"data.source `{source}`: the installed corpus has no such files ({what}).")
+    return files
+
+
+def from_hub(source: str, revision: str) -> list[tuple[str, object]]:
+    """Every row of every split of a hub dataset; offline, an error naming the local-file way."""
+    import datasets
+
+    name, _, pinned = source.partition("@")
+    datasets.disable_progress_bars()
+    local = f"data/raw/dialogue/{name.split('/')[1]}.jsonl"
+    hint = f"download it where the hub answers, write it as ShareGPT JSONL (for example {local}) and list that file"
+    fetch = functools.partial(datasets.load_dataset, name, revision=pinned or revision)
+    try:
+        splits = hub.call(name, fetch, params.load("hub", hub.HubParams), hint)
+    except EdgetuneError as e:
+        raise EdgetuneError(f"data.source `{source}`: {e.message}") from None
+    except Exception as e:  # offline, unknown id, gated: the hub client raises many kinds
+        raise EdgetuneError(
+            f"data.source `{source}`: {type(e).__name__}: {str(e).splitlines()[0][:200]}. Or {hint}."
+        ) from None
+    return [(f"{name}[{split}]", row) for split, rows in splits.items() for row in rows]
