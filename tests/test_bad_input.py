@@ -63,6 +63,27 @@ def test_bad_data(workdir, tiny_model, name, content, needles):
     assert not (workdir / "out").exists() and not (workdir / "stats.json").exists()
 
 
+@pytest.mark.parametrize(
+    "source, change, needles",
+    [
+        ("talk.yml", {}, ["talk.yml", "no `conversations` list"]),
+        ("chatterbot:klingon", {}, ["chatterbot:klingon", "no such files", "chinese"]),
+        ("good.jsonl", {"non_answers": ["(不知道"]}, ["data.non_answers", "`(不知道` is not a regular expression"]),
+        ("*.none", {}, ["*.none", "matches no file", "no usable conversation"]),
+    ],
+)
+def test_bad_dialogue_data(workdir, tiny_model, source, change, needles):
+    (workdir / "talk.yml").write_text("categories: [chat]\nlines:\n- - 你好\n  - 你好呀\n", encoding="utf-8")
+    write_jsonl(
+        workdir / "good.jsonl",
+        [{"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好呀"}]}],
+    )
+    set_params(workdir, data={"task": "sft", "source": [source], **change})  # files relative to workdir, the cwd
+    result = run("prepare", "--model", tiny_model, "--out", workdir / "out", "--stats", workdir / "stats.json")
+    assert failed(result, *needles)
+    assert not (workdir / "out").exists() and not (workdir / "stats.json").exists()
+
+
 def test_good_data_prepares(workdir, tiny_model):
     result = prepare(workdir, tiny_model, write_jsonl(workdir / "good.jsonl", GOOD))
     assert result.exit_code == 0, result.output

@@ -127,7 +127,10 @@ def test_the_installed_chatterbot_corpus_loads_as_conversations(qwen_tokenizer):
     files = chatterbot_files("chatterbot:chinese")
     corpus = [c for f in files for c in yaml.safe_load(f.read_text(encoding="utf-8"))["conversations"]]
     assert len(files) == 17 and stats["raw"] == len(corpus) == 467
-    assert {Path(f).name for f in stats["files"]} == {f.name for f in files}
+    assert stats["files"] == {  # named by the corpus, not by this machine's paths
+        f"chatterbot:chinese/{f.name}": len(yaml.safe_load(f.read_text(encoding="utf-8"))["conversations"])
+        for f in files
+    }
     assert (
         stats["clean"] + sum(stats["dropped"].values()) == stats["raw"] == len(rows) + sum(stats["dropped"].values())
     )
@@ -296,26 +299,19 @@ def greedy(gguf, row: dict, n: int) -> str:
     return llm.detokenize(out).decode("utf-8", errors="ignore")
 
 
-def test_dialogue_presets_compose(tmp_path):
-    from dvc.utils.hydra import compose_and_dump
-
-    from edgetune import params
+def test_dialogue_presets_compose():
+    from edgetune.dialogue_sources import is_dataset_id
+    from edgetune.evaluate import EvaluateParams
     from edgetune.prepare import DataParams
     from edgetune.train import LoraParams, TrainParams
 
-    out = tmp_path / "params.yaml"
-    compose_and_dump(
-        out,
-        str(REPO / "conf"),
-        None,
-        "config",
-        str(REPO),
-        ["model=qwen2.5-1.5b-instruct", "data=sharegpt", "experiment=dialogue"],
+    out = compose(model="qwen2.5-1.5b-instruct", data="emotional-dialogue", experiment="dialogue")
+    data, train, lora, evaluate = (
+        params.load(s, c, out)
+        for s, c in (("data", DataParams), ("train", TrainParams), ("lora", LoraParams), ("evaluate", EvaluateParams))
     )
-    data, train, lora = (
-        params.load(s, c, out) for s, c in (("data", DataParams), ("train", TrainParams), ("lora", LoraParams))
-    )
-    assert data.task == "sft" and data.max_tokens == 2048
+    assert data.task == "sft" and data.max_tokens == 1024
+    assert [is_dataset_id(s) for s in data.source] == [True, True, False, False]  # two hub sets, then local files
     assert (lora.r, lora.dropout, lora.target_modules, lora.top_layers) == (16, 0.05, "all-linear", None)
     assert (train.lr, train.scheduler, train.warmup_ratio, train.epochs, train.batch_size, train.grad_accum) == (
         1e-4,
@@ -325,3 +321,4 @@ def test_dialogue_presets_compose(tmp_path):
         2,
         8,
     )
+    assert (train.precision, evaluate.max_answer_tokens) == ("auto", 64)

@@ -20,30 +20,37 @@ from .errors import EdgetuneError
 from .files import read_text
 
 CHATTERBOT = "chatterbot:"
+SUFFIXES = (".jsonl", ".json", ".yml", ".yaml")  # the files read_file reads
 
 
 def read_records(source: str, revision: str) -> list[tuple[str, object]]:
     """(where, record) for every record a data.source entry names; unreadable lines kept as None."""
     if source.startswith(CHATTERBOT):
-        return [rec for path in chatterbot_files(source) for rec in read_file(path)]
+        # named by the corpus, not by where this machine installed it
+        return [rec for f in chatterbot_files(source) for rec in read_file(f, f"{CHATTERBOT}{f.parent.name}/{f.name}")]
     if is_dataset_id(source):
         return from_hub(source, revision)
     files = sorted(glob.glob(source)) if glob.has_magic(source) else [source]
-    return [rec for name in files for rec in read_file(Path(name))]
+    return [rec for name in files for rec in read_file(Path(name), name)]
 
 
 def is_dataset_id(source: str) -> bool:
-    """owner/name, optionally @revision: one slash, no file suffix, and no such path here."""
+    """owner/name, optionally @revision: one slash, not a file name this reads, and no such path here."""
     name = source.split("@")[0]
-    return name.count("/") == 1 and not Path(name).suffix and not glob.has_magic(name) and not Path(source).exists()
+    return (
+        name.count("/") == 1
+        and Path(name).suffix.lower() not in SUFFIXES
+        and not glob.has_magic(name)
+        and not Path(source).exists()
+    )
 
 
-def read_file(path: Path) -> list[tuple[str, object]]:
+def read_file(path: Path, where: str) -> list[tuple[str, object]]:
     if not path.is_file():
         raise EdgetuneError(f"data.source `{path}`: file not found. Fix the path in params.yaml.")
     text, suffix = read_text(path), path.suffix.lower()
     if suffix in (".yml", ".yaml"):
-        return chatterbot_records(path, text)
+        return chatterbot_records(path, text, where)
     if suffix == ".json":
         try:
             data = json.loads(text)
@@ -51,18 +58,18 @@ def read_file(path: Path) -> list[tuple[str, object]]:
             raise EdgetuneError(
                 f"{path}: not valid JSON ({e}). Fix it, or write one record a line as .jsonl."
             ) from None
-        return [(str(path), r) for r in (data if isinstance(data, list) else [data])]
+        return [(where, r) for r in (data if isinstance(data, list) else [data])]
     records = []
     for line in text.splitlines():
         if line.strip():
             try:
-                records.append((str(path), json.loads(line)))
+                records.append((where, json.loads(line)))
             except json.JSONDecodeError:
-                records.append((str(path), None))  # counted as invalid
+                records.append((where, None))  # counted as invalid
     return records
 
 
-def chatterbot_records(path: Path, text: str) -> list[tuple[str, object]]:
+def chatterbot_records(path: Path, text: str, where: str) -> list[tuple[str, object]]:
     """A chatterbot YAML file: `conversations`, each a list of utterances, replies in turn."""
     import yaml
 
@@ -73,7 +80,7 @@ def chatterbot_records(path: Path, text: str) -> list[tuple[str, object]]:
     if not isinstance(data, dict) or not isinstance(data.get("conversations"), list):
         raise EdgetuneError(f"{path}: no `conversations` list, as chatterbot corpus files have. Fix the file.")
     return [
-        (str(path), [str(u) for u in c] if isinstance(c, list) else c)  # YAML reads a reply "42" as a number
+        (where, [str(u) for u in c] if isinstance(c, list) else c)  # YAML reads a reply "42" as a number
         for c in data["conversations"]
     ]
 

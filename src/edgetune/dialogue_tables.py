@@ -8,7 +8,8 @@ def dialogue_table(variants: dict, data: dict) -> list[str]:
     """Conversations (data.task: sft): perplexity on the replies of the test split, per variant."""
     f16 = variants.get("f16", {}).get("perplexity")
     lines = [
-        f"Test split: {next(iter(variants.values()))['n_samples']} conversations from `{data.get('source', '?')}`. "
+        f"Test split: {next(iter(variants.values()))['n_samples']} conversations from "
+        f"{', '.join(f'`{s}`' for s in data.get('source', ['?']))}. "
         "Perplexity and loss on the assistant replies only; Δ f16 in percent of the f16 perplexity.",
         "",
         "| variant | MB | bits/weight | perplexity | loss | KLD | PPL ratio | s/sample | tok/s | Δ f16 |",
