@@ -261,7 +261,7 @@ def pictures(
     """The PNG charts (charts.py), as a section of summary.md that shows them."""
     drawn = [
         (
-            "Accuracy against size",
+            f"{metric.capitalize()} against size",
             "accuracy_vs_size.png",
             charts.accuracy_vs_size(
                 variants, metric, frontier, choice and choice["variant"], folder / "accuracy_vs_size.png"
