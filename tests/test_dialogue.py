@@ -58,7 +58,11 @@ def test_sharegpt_and_alpaca_files_are_merged_and_cleaned(tmp_path, qwen_tokeniz
     )
 
     rows, stats = load_and_clean(
-        [str(tmp_path / "*.jsonl"), str(tmp_path / "c.json")], qwen_tokenizer, max_tokens=512, rules=KEEP_ALL
+        [str(tmp_path / "*.jsonl"), str(tmp_path / "c.json")],
+        qwen_tokenizer,
+        max_tokens=512,
+        rules=KEEP_ALL,
+        revision="main",
     )
     assert stats["raw"] == 12 and stats["clean"] == 4
     assert stats["dropped"] == {"duplicate": 1, "empty_reply": 2, "invalid": 4, "too_long": 1}
@@ -88,7 +92,7 @@ def test_each_reply_rule_drops_what_it_names(tmp_path, qwen_tokenizer):
             chat(("你是谁", "我是助手。"), ("你真傻", "你才傻。")),  # the second reply holds a blocked word
         ],
     )
-    rows, stats = load_and_clean([str(tmp_path / "a.jsonl")], qwen_tokenizer, 512, rules)
+    rows, stats = load_and_clean([str(tmp_path / "a.jsonl")], qwen_tokenizer, 512, rules, "main")
     assert stats["dropped"] == {"too_short": 1, "non_answer": 2, "echo": 1, "blocked_word": 1}
     assert [r["messages"][-1]["content"] for r in rows] == ["小助手。", "我不知道怎么办，我们一起想想。"]
     with pytest.raises(EdgetuneError, match=r"data.non_answers: `\(不知道` is not a regular expression"):
@@ -122,7 +126,7 @@ def test_the_installed_chatterbot_corpus_loads_as_conversations(qwen_tokenizer):
 
     p = params.load("data", DataParams, compose(data="chatterbot-zh"))
     rules = ReplyRules(p.min_reply_chars, p.non_answers, p.blocked_words)
-    rows, stats = load_and_clean(p.source, qwen_tokenizer, p.max_tokens, rules)
+    rows, stats = load_and_clean(p.source, qwen_tokenizer, p.max_tokens, rules, p.revision)
 
     files = chatterbot_files("chatterbot:chinese")
     corpus = [c for f in files for c in yaml.safe_load(f.read_text(encoding="utf-8"))["conversations"]]

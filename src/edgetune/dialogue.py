@@ -165,9 +165,10 @@ def tokenize(turns: list[dict], tokenizer) -> tuple[list[int], list[int]]:
 
 
 def load_and_clean(
-    sources: list[str], tokenizer, max_tokens: int, rules: ReplyRules, revision: str = "main"
+    sources: list[str], tokenizer, max_tokens: int, rules: ReplyRules, revision: str
 ) -> tuple[list[dict], dict]:
-    """Every conversation in `sources`, cleaned and tokenized, with what was dropped and why."""
+    """Every conversation in `sources` (hub datasets at `revision` unless pinned), cleaned and
+    tokenized, with what was dropped and why."""
     counts, per_source = collections.Counter(), collections.Counter()
     seen, kept = set(), []
     unmatched = [s for s in sources if glob.has_magic(s) and not glob.glob(s)]

@@ -98,11 +98,10 @@ def chatterbot_files(source: str) -> list[Path]:
     folder = data / language
     files = sorted(folder.glob(f"{category or '*'}.yml"))
     if not files:
-        there = sorted(p.name for p in data.iterdir() if p.is_dir()) if folder.parent.is_dir() else []
         what = (
             f"categories: {', '.join(p.stem for p in sorted(folder.glob('*.yml')))}"
             if folder.is_dir()
-            else f"languages: {', '.join(there)}"
+            else f"languages: {', '.join(sorted(p.name for p in data.iterdir() if p.is_dir()))}"
         )
         raise EdgetuneError(f"data.source `{source}`: the installed corpus has no such files ({what}).")
     return files
