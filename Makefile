@@ -1,14 +1,18 @@
 # make setup   venv, dependencies, the pinned llama.cpp (one build: tools + libllama), the
 #              offline `dvc plots` page template; cached
 # make repro   setup, then `dvc repro` on the committed params.yaml
-# make test    setup and a headless browser (Debian's chromium), then the test suite
+# make test    setup, a headless browser (Debian's chromium) and phone-setup, then the test suite
+# make phone-setup  the aarch64 cross compiler and qemu (Debian's), and the pinned llama.cpp built for
+#              an arm64 phone (build/llama.cpp/aarch64); cached
+# make phone-check  the exported bundle (deploy/) on that build under qemu-aarch64, against the x86
+#              build: reports/phone.json, then the report and bundle again (about 20 minutes)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test browser bench clean-build
+.PHONY: setup repro test browser phone-setup phone-check bench clean-build
 
 setup: $(VENV)/.installed
 
@@ -30,7 +34,7 @@ repro: setup
 	@echo "bundle:       deploy/ (its README.md says how to run it)"
 	@python -c 'import json; r = json.load(open("reports/metrics.json"))["recommended"]; print("recommended: ", r["variant"], "-", r["reason"])'
 
-test: setup browser
+test: setup browser phone-setup
 	ruff check .
 	ruff format --check .
 	pytest -q
@@ -39,6 +43,17 @@ test: setup browser
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
 		|| echo "chromium could not be installed (as root: apt-get install chromium); the browser tests will be skipped"
+
+# without a cross compiler (not root) the phone tests are skipped; with one, a failed build fails
+phone-setup: setup
+	@{ command -v aarch64-linux-gnu-g++ && command -v qemu-aarch64; } >/dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends g++-aarch64-linux-gnu qemu-user >/dev/null; } \
+		|| echo "the aarch64 cross compiler and qemu could not be installed (as root: apt-get install g++-aarch64-linux-gnu qemu-user); the phone tests will be skipped"
+	@! command -v aarch64-linux-gnu-g++ >/dev/null || scripts/build_llama_cpp.sh aarch64
+
+phone-check: phone-setup
+	edgetune phone-check --bundle deploy --data data/processed/test.jsonl --out reports/phone.json
+	dvc repro export   # summary.md's phone section and the bundle's card, from the new reports/phone.json
 
 bench: setup
 	python benchmarks/pipeline.py

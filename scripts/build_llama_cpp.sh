@@ -8,6 +8,8 @@
 #   scripts/build_llama_cpp.sh                       # CPU build on the host
 #   LLAMA_CMAKE_ARGS="-DGGML_CUDA=ON -DGGML_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=80;90" \
 #       scripts/build_llama_cpp.sh                   # CUDA build (the container does this)
+#   scripts/build_llama_cpp.sh aarch64               # the same source cross-built for arm64 phones,
+#                                                    # static, into $LLAMA_CPP_DIR/aarch64 (make phone-setup)
 #
 # Environment: PYTHON (default: python3), LLAMA_CPP_DIR (default: build/llama.cpp),
 # LLAMA_CMAKE_ARGS (extra CMake flags), JOBS (default: all cores).
@@ -28,6 +30,7 @@ JOBS=${JOBS:-$(nproc)}
 # llama-completion also answers in a chat (-cnv); llama-cli would add the server and 95 s to the compile
 TOOLS="llama-quantize llama-imatrix llama-perplexity llama-bench llama-completion"
 STAMP="$VERSION $CMAKE_FLAGS"
+TARGET_ARCH=${1:-host}
 
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
@@ -44,6 +47,43 @@ if [[ ! -f "$DIR/src/convert_hf_to_gguf.py" ]]; then
   tar xzf "$SDIST" -C "$DIR/unpack"
   mv "$DIR/unpack/llama_cpp_python-$VERSION/vendor/llama.cpp" "$DIR/src"
   rm -rf "$DIR/unpack"
+fi
+
+if [[ "$TARGET_ARCH" == aarch64 ]]; then
+  # A phone's CPU: armv8.2-a with the dot-product instructions (every arm64 phone since about
+  # 2018), one static binary per tool, no OpenMP and no llamafile kernels: the flags of the bundle's
+  # Android recipe (edgetune/export.py), so qemu-aarch64 runs here the kernels a phone runs.
+  command -v aarch64-linux-gnu-g++ >/dev/null || {
+    echo "no aarch64 cross compiler: run \`make phone-setup\` (as root: apt-get install g++-aarch64-linux-gnu qemu-user)" >&2
+    exit 1
+  }
+  OUT="$DIR/aarch64"
+  TOOLS="llama-perplexity llama-server"  # KL divergence; answers and log-probs over HTTP
+  FLAGS="-DCMAKE_TOOLCHAIN_FILE=$OUT/toolchain.cmake -DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod -DGGML_LLAMAFILE=OFF"
+  FLAGS="$FLAGS -DBUILD_SHARED_LIBS=OFF -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+  mkdir -p "$OUT"
+  cat > "$OUT/toolchain.cmake" <<'CMAKE'
+set(CMAKE_SYSTEM_NAME Linux)
+set(CMAKE_SYSTEM_PROCESSOR aarch64)
+set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)
+set(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)
+set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)
+set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
+set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
+set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)
+CMAKE
+  built=yes
+  for tool in $TOOLS; do [[ -x "$OUT/cmake/bin/$tool" ]] || built=no; done
+  if [[ "$(cat "$OUT/tools.stamp" 2>/dev/null)" != "$VERSION $FLAGS" || $built == no ]]; then
+    echo "== cross-building llama.cpp for aarch64: $TOOLS (about 8 minutes on 2 cores)"
+    # shellcheck disable=SC2086
+    cmake -S "$DIR/src" -B "$OUT/cmake" -DCMAKE_BUILD_TYPE=Release $FLAGS >/dev/null
+    # shellcheck disable=SC2086
+    cmake --build "$OUT/cmake" --config Release -j "$JOBS" --target $TOOLS
+    echo "$VERSION $FLAGS" > "$OUT/tools.stamp"
+  fi
+  echo "llama.cpp $VERSION for aarch64 ready in $OUT/cmake/bin: $TOOLS"
+  exit 0
 fi
 
 if [[ "$(cat "$DIR/wheel.stamp" 2>/dev/null)" != "$VERSION" ]] || ! ls "$DIR"/wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then

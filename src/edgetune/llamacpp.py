@@ -7,6 +7,7 @@ compiled code.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,22 @@ def tool(name: str) -> Path:
         if path.is_file():
             return path
     raise EdgetuneError(f"{name}: not found under {home()}. Build it with scripts/build_llama_cpp.sh (make setup).")
+
+
+# Debian's cross sysroot: the aarch64 libc and libstdc++ the cross-built tools link against
+QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
+
+
+def arm_tool(name: str) -> list:
+    """A tool of the aarch64 build (`scripts/build_llama_cpp.sh aarch64`), as the command line that
+    runs it here under user-mode emulation."""
+    path = home() / "aarch64" / "cmake" / "bin" / name
+    if not path.is_file() or shutil.which(QEMU[0]) is None:
+        raise EdgetuneError(
+            f"{name}: no aarch64 build under {path.parent}, or no {QEMU[0]}. Install the cross compiler and "
+            "qemu and build it with `make phone-setup`."
+        )
+    return [*QEMU, path]
 
 
 def run(cmd: list, what: str, cwd: Path | None = None) -> str:
