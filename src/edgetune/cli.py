@@ -16,6 +16,7 @@ from .export import export
 from .fetch_model import fetch_model
 from .imatrix import imatrix
 from .merge import merge
+from .phone import phone_check
 from .prepare import prepare
 from .quality import quality
 from .quantize import quantize
@@ -63,6 +64,7 @@ for command in (
     report,
     export,
     chat,
+    phone_check,
 ):
     main.add_command(command)
 

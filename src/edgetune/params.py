@@ -37,6 +37,7 @@ SECTIONS = (
     "bench",
     "recommend",
     "export",
+    "phone",
     "baseline",
 )
 
