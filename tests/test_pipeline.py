@@ -75,8 +75,9 @@ def ran_stages(output: str) -> set[str]:
 def project(tmp_path_factory, tiny_model, reviews) -> Path:
     """A fresh git + DVC project with the repo's pipeline, pointed at the tiny model and reviews."""
     root = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO / name, root / name)
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "reports/phone.json"):
+        (root / name).parent.mkdir(exist_ok=True)
+        shutil.copy(REPO / name, root / name)  # reports/phone.json: the repo's own, of other files
     shutil.copytree(REPO / "configs", root / "configs")
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     data = write_jsonl(root / "reviews.jsonl", reviews)
@@ -253,6 +254,17 @@ def test_bench_times_every_variant_and_the_adapters_cost(project, first_run):
         assert cost["tg_cost"] == pytest.approx(1 - bench[name]["completion"]["tg_tokens_per_second"] / base_tg)
     summary = (project / "reports" / "summary.md").read_text()
     assert "## On a device" in summary and "## The adapter at run time" in summary
+    # what decoding a token reads: every tensor of the tied tiny model (llama-quantize's own count),
+    # and 2 layers x 2 KV heads x (16 + 16) f16 values per token of context
+    for name in ("q8_0", "q4_k_m", "q8_0+lora", "q4_k_m+lora"):
+        read_per_token = bench[name]["bytes_read_per_token"]
+        quantized = read(project, f"reports/quantize/{name}.json")["tensor_types"].values()
+        assert read_per_token["weights"] == sum(t["bytes"] for t in quantized)
+        assert read_per_token["kv_cache_per_context_token"] == 2 * 2 * 2 * (16 + 16)
+        assert (read_per_token["adapter"] > 0) == name.endswith("+lora")
+    mb = (bench["q8_0"]["bytes_read_per_token"]["weights"]) / 1e6
+    assert f"| q8_0 | {mb:.0f} | {17 / mb * 1e3:.0f} / {51 / mb * 1e3:.0f} / {77 / mb * 1e3:.0f} |" in summary
+    assert "## On a phone" in summary and "reports/phone.json checked other files" in summary  # the repo's own
 
 
 def test_the_summary_shows_its_pictures_and_says_what_made_it(project, first_run):
@@ -320,6 +332,11 @@ def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     )
     assert run_it in card
     assert "## Pictures" not in card and ".png" not in card  # the bundle carries no pictures to link to
+    android = card.split("## On an Android phone")[1]  # the recipe: NDK build of the pinned source, adb, llama-cli
+    assert "-DANDROID_ABI=arm64-v8a -DANDROID_PLATFORM=android-28" in android
+    assert f"llama-cpp-python=={importlib.metadata.version('llama-cpp-python')}" in android
+    assert f"adb push path/to/build-android/bin/llama-cli {base.name} {lora.name} chat_template.jinja" in android
+    assert f"./llama-cli -m {base.name} --lora {lora.name}" in android
     made = environment.one_line(json.loads((project / "reports" / "environment.json").read_text()))
     assert card.count(made) == 1 and card.rstrip().endswith(made)  # under "How it was made", once
     # the card's own line, in the bundle, for one turn: the bundled template wraps the prompt
@@ -339,6 +356,63 @@ def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     proc = subprocess.run(cmd, cwd=deploy, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "user\n你好\nassistant\n" in proc.stdout and "apply lora adapter" in proc.stderr
+
+
+def arm_build() -> bool:
+    from edgetune import llamacpp
+
+    return bool(shutil.which("qemu-aarch64")) and all(
+        (llamacpp.home() / "aarch64" / "cmake" / "bin" / tool).is_file()
+        for tool in ("llama-perplexity", "llama-server")
+    )
+
+
+# The tiny model's logits are nearly flat, so rounding moves its KL divergence far less than the
+# real model's 0.001: aarch64 against x86 measured 0.0000 here. A build that computed a layer wrong
+# is what the bound is for: the same file without its adapter, x86 against x86, is 0.0004 away.
+ARM_KLD_BOUND = 1e-4
+
+
+@pytest.mark.skipif(not arm_build(), reason="no aarch64 build of llama.cpp or no qemu-aarch64: `make phone-setup`")
+def test_the_bundle_answers_alike_on_an_arm64_build(project, first_run):
+    """make phone-check on the tiny bundle: the aarch64 build under qemu answers as x86 does."""
+    from edgetune.scorer import Scorer
+
+    set_params(project, phone={"prompts": 6, "max_answer_tokens": 4, "ctx": 128, "chunks": 2})
+    proc = subprocess.run(["edgetune", "phone-check"], cwd=project, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    phone = read(project, "reports/phone.json")
+    deploy = project / "deploy"
+    sums = [line.split() for line in (deploy / "SHA256SUMS").read_text().splitlines()]
+    assert [(f["name"], f["sha256"]) for f in phone["files"]] == [(name, digest) for digest, name in sums]
+    kld, answers = phone["kld"], phone["answers"]
+    assert kld["tokens_scored"] == 2 * (128 - 64 - 1) and kld["kld_mean"] < ARM_KLD_BOUND
+    assert answers["prompts"] == 6 and answers["same_answer"] == 6  # the same greedy answers
+    # the x86 margins again, by evaluate's own scorer on the prepared prompts
+    rows = [json.loads(line) for line in (project / "data/processed/test.jsonl").read_text().splitlines()][:6]
+    base, lora = (deploy / name for _, name in sums)
+    scorer = Scorer(base, [[0]], 1, 4, 2, 0, lora)
+    vocab = scorer.llm
+    prompts = [vocab.tokenize(r["prompt"].encode(), add_bos=False, special=True) for r in rows]
+    words = {"positive": "正面", "negative": "负面"}
+    tokens = {k: vocab.tokenize(w.encode(), add_bos=False, special=False) for k, w in words.items()}
+    scorer.close()
+    scores, _ = Scorer(base, prompts, 1, 4, 2, 0, lora).run(prompts, tokens, False, words, 4)
+    for row, s in zip(answers["rows"], scores):
+        assert row["margin_x86"] == pytest.approx(s["positive"] - s["negative"], abs=1e-3)
+    # a label the builds disagree on sits closer to the boundary than the builds differ
+    measured = [r for r in answers["rows"] if r["margin_aarch64"] is not None]
+    flipped = [r for r in measured if (r["margin_x86"] > 0) != (r["margin_aarch64"] > 0)]
+    assert answers["margins_measured"] == len(measured) == 6 and answers["same_label"] == 6 - len(flipped)
+    widest = max(abs(r["margin_aarch64"] - r["margin_x86"]) for r in measured)
+    assert answers["max_margin_difference"] == widest
+    assert all(abs(r["margin_x86"]) <= widest for r in flipped) and answers["disagreements_explained"]
+    # the report shows it beside the variant it checked, and the card ships with it
+    assert ran_stages(dvc(project, "repro").stdout) == {"report", "export"}
+    summary = (project / "reports" / "summary.md").read_text()
+    assert "**q4_k_m+lora on an arm64 CPU's arithmetic**" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| q4_k_m+lora |") and "GB/s" not in line)
+    assert row.endswith(f"| {kld['kld_mean']:.4f} |")
 
 
 def test_the_bundle_can_ship_the_merged_file_for_runtimes_without_lora(project, first_run):

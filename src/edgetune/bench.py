@@ -7,6 +7,8 @@
               the difference between those two
   memory      peak resident memory of llama-completion generating a short answer at each context length
               (the KV cache is allocated for the whole context up front)
+  read        the bytes decoding one token reads: a phone's memory bandwidth divided by these is the
+              most tokens/s it can decode (the report's device table)
 
 dvc.yaml runs it once per variant; report gathers the results.
 
@@ -144,6 +146,32 @@ def peak_rss(files: Files, context: int, p: BenchParams) -> int:
     return usage.ru_maxrss * 1024  # Linux reports KiB
 
 
+def bytes_read_per_token(files: Files) -> dict:
+    """What decoding one token reads from memory: every weight tensor once (of the token embedding
+    a single row, unless the output layer is that same matrix) and the adapter's tensors; and, per
+    token already in the context, its keys and values in the KV cache (f16, llama.cpp's default)."""
+    from gguf import GGUFReader
+
+    model = GGUFReader(files.gguf)
+    tensors = {t.name: int(t.n_bytes) for t in model.tensors}
+    weights = sum(tensors.values())
+    if "output.weight" in tensors:  # untied: the embedding is only looked up
+        weights -= tensors.get("token_embd.weight", 0)
+    adapter = sum(int(t.n_bytes) for t in GGUFReader(files.lora).tensors) if files.lora else 0
+
+    def field(key: str, default=None):
+        f = model.fields.get(f"{arch}.{key}")
+        return f.contents() if f else default
+
+    arch = model.fields["general.architecture"].contents()
+    heads = field("attention.head_count")
+    key = field("attention.key_length", field("embedding_length") // heads)
+    value = field("attention.value_length", key)
+    kv_heads = field("attention.head_count_kv", heads)  # a list where layers differ
+    kv_heads = sum(kv_heads) if isinstance(kv_heads, list) else kv_heads * field("block_count")
+    return {"weights": weights, "adapter": adapter, "kv_cache_per_context_token": 2 * kv_heads * (key + value)}
+
+
 @click.command("bench")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The variant's GGUF.")
 @click.option(
@@ -159,6 +187,7 @@ def bench(model: Path, lora: Path | None, variant: str, out: Path):
     check_outputs(inputs=files.paths, files=[out])
     files.check(whole=False)  # llama.cpp's tools read them whole
     result = {"variant": variant, "threads": threads, "prompt_tokens": p.prompt_tokens, "gen_tokens": p.gen_tokens}
+    result["bytes_read_per_token"] = bytes_read_per_token(files)
     with tempfile.TemporaryDirectory() as tmp:
         prompt = Path(tmp) / "prompt.txt"
         prompt.write_text("你好" * p.prompt_tokens, encoding="utf-8")  # about one token each

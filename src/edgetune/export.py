@@ -8,7 +8,8 @@ chat_template.jinja      the template it was trained with (also inside the GGUF)
 generation.json          sampling settings and the token a turn ends with
 Modelfile                for `ollama create` (Ollama reads the template from the GGUF; ADAPTER)
 llama-server.sh          llama.cpp's server with the same settings (and --lora), OpenAI-compatible API
-README.md                the model card: metrics of every variant, and how the model was made
+README.md                the model card: metrics of every variant, how the model was made, and how to
+                         build the pinned llama.cpp for an Android phone and run it there
 """
 
 import dataclasses
@@ -196,8 +197,45 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, o
                 json.loads(environment_file.read_text()),
                 files,
             )
+            + android_recipe(files, json.loads(environment_file.read_text()), p)
         )
     click.echo(f"exported {shipped} to {out}/ ({files.bytes / 1e6:.0f} MB)")
+
+
+def android_recipe(files: Files, env: dict, p: ExportParams) -> str:
+    """The pinned llama.cpp built with the Android NDK (llama.cpp's docs/android.md), the files pushed
+    with adb, and llama-cli run on the phone: the arm kernels `make phone-check` ran under emulation."""
+    version = env["packages"].get("llama-cpp-python") or "<version>"
+    names = " ".join(shlex.quote(f.name) for f in files.paths)
+    return f"""
+## On an Android phone
+
+Not run by edgetune, which has no phone; `make phone-check` runs the same source, built for the same
+arm64 CPU (armv8.2-a with dot products), under emulation, and the report's *On a phone* section has
+what it found. Build the llama.cpp these files were made and measured with, with the Android NDK
+(`ANDROID_NDK` set to its root):
+
+```bash
+pip download --no-deps --no-binary :all: llama-cpp-python=={version}
+tar xzf llama_cpp_python-{version}.tar.gz && cd llama_cpp_python-{version}/vendor/llama.cpp
+cmake -B build-android -DCMAKE_TOOLCHAIN_FILE=$ANDROID_NDK/build/cmake/android.toolchain.cmake \\
+  -DANDROID_ABI=arm64-v8a -DANDROID_PLATFORM=android-28 -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF \\
+  -DGGML_LLAMAFILE=OFF -DLLAMA_OPENSSL=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod -DBUILD_SHARED_LIBS=OFF
+cmake --build build-android --config Release -j --target llama-cli
+```
+
+Then, from this folder, with the phone connected (`adb devices`):
+
+```bash
+adb shell mkdir -p /data/local/tmp/edgetune
+adb push path/to/build-android/bin/llama-cli {names} chat_template.jinja /data/local/tmp/edgetune/
+adb shell 'cd /data/local/tmp/edgetune && ./llama-cli -m {files.gguf.name}{lora_args(files)} \\
+  --jinja --chat-template-file chat_template.jinja -c {p.context} --temp {p.temperature} --top-p {p.top_p} \\
+  --repeat-penalty {p.repetition_penalty} -t 4'
+```
+
+`-t 4`: a phone's big cores; `-c`: keep the context small, a phone has little RAM to spare.
+"""
 
 
 def lora_args(files: Files) -> str:

@@ -13,6 +13,7 @@ import click
 from . import dialogue_tables, environment, params, tables, tasks
 from .errors import EdgetuneError
 from .files import check_outputs, write_json, write_text
+from .phone_tables import phone_table
 from .recommend import RecommendParams, recommend
 from .significance import accuracy_interval, paired
 from .tables import (
@@ -93,7 +94,8 @@ def gather_bench(runs: dict[str, dict]) -> dict:
     return {
         **{k: first[k] for k in ("threads", "prompt_tokens", "gen_tokens")},
         "variants": {
-            v: {k: r[k] for k in ("completion", "peak_rss_bytes", "speed") if k in r} for v, r in runs.items()
+            v: {k: r[k] for k in ("completion", "peak_rss_bytes", "speed", "bytes_read_per_token") if k in r}
+            for v, r in runs.items()
         },
         "adapter_cost": {v: r["adapter_cost"] for v, r in runs.items() if "adapter_cost" in r},
     }
@@ -163,6 +165,14 @@ def add_significance(variants: dict, eval_dir: Path) -> None:
     show_default=True,
     help="dvclive's summary; its folder holds the loss curves.",
 )
+@click.option(
+    "--phone",
+    "phone_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("reports/phone.json"),
+    show_default=True,
+    help="`make phone-check` on the exported bundle: the aarch64 build against x86 (when there is one).",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
 def report(
     eval_dir: Path,
@@ -171,6 +181,7 @@ def report(
     bench_dir: Path,
     data_stats: Path,
     train_metrics: Path,
+    phone_file: Path,
     out: Path,
 ):
     """Gather every variant's results into OUT/metrics.json, OUT/summary.md and plot data."""
@@ -210,7 +221,10 @@ def report(
         [*lora_table(variants, metric, bench), *tensors_table(stats), *imatrix_table(variants, metric), ""]
     )
     if bench:
-        text += device_table(bench)
+        phone = json.loads(phone_file.read_text()) if phone_file.is_file() else {}
+        text += device_table(bench) + phone_table(
+            variants, bench, phone, params.value("phone.bandwidths", list[float])
+        )
     if choice:
         text += f"\n## Recommended\n\n**{choice['variant']}**: {choice['reason']}\n"
         text += frontier_line(variants, on_frontier)
