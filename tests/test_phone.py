@@ -65,7 +65,9 @@ def test_the_phone_table_gives_each_variant_its_ceilings_and_the_checked_one_its
         "q8_0": {"files": [{"sha256": "a"}]},
         "q4_k_m+lora": {"files": [{"sha256": "b"}, {"sha256": "c"}]},
     }
-    answers = {"prompts": 20, "same_answer": 19}
+    rows = [{"text": "一二三四五六七八九十" * 3, "margin_x86": -0.0341}, {"text": "好", "margin_x86": 2.5}]
+    answers = {"prompts": 20, "same_answer": 19, "margin": "log P(负面) - log P(正面)", "margins_measured": 20}
+    answers |= {"same_label": 20, "max_margin_difference": 0.1, "fragile": [0], "rows": rows}
     phone = {
         "files": [{"name": "base", "sha256": "b"}, {"name": "lora", "sha256": "c"}],
         "aarch64_build": "an arm build",
@@ -78,7 +80,9 @@ def test_the_phone_table_gives_each_variant_its_ceilings_and_the_checked_one_its
     assert "| q8_0 | 500 | 34 / 102 / 154 | 10.0 |  |" in table
     assert "| q4_k_m+lora | 310 | 55 / 165 / 248 | 10.0 | 0.0012 |" in table
     assert "the KV cache adds 12 kB per token of context" in table
-    assert "**q4_k_m+lora on an arm64 CPU's arithmetic**" in table and "19 of 20 test prompts" in table
+    assert "**q4_k_m+lora on an arm64 CPU's arithmetic.**" in table and "19 of 20 test prompts" in table
+    assert "at most 0.100; 20 of 20 labels agree, and 1 prompt sits closer" in table
+    assert "on a phone: “一二三四五六七八九十一二三四五六七八九十一二三四…” (-0.034)." in table
 
     other = dict(phone, files=[{"name": "base", "sha256": "z"}])
     assert "checked other files" in phone_table(variants, bench, other, [17])

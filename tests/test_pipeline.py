@@ -376,6 +376,8 @@ ARM_KLD_BOUND = 1e-4
 @pytest.mark.skipif(not arm_build(), reason="no aarch64 build of llama.cpp or no qemu-aarch64: `make phone-setup`")
 def test_the_bundle_answers_alike_on_an_arm64_build(project, first_run):
     """make phone-check on the tiny bundle: the aarch64 build under qemu answers as x86 does."""
+    import llama_cpp
+
     from edgetune.scorer import Scorer
 
     set_params(project, phone={"prompts": 6, "max_answer_tokens": 4, "ctx": 128, "chunks": 2})
@@ -391,12 +393,10 @@ def test_the_bundle_answers_alike_on_an_arm64_build(project, first_run):
     # the x86 margins again, by evaluate's own scorer on the prepared prompts
     rows = [json.loads(line) for line in (project / "data/processed/test.jsonl").read_text().splitlines()][:6]
     base, lora = (deploy / name for _, name in sums)
-    scorer = Scorer(base, [[0]], 1, 4, 2, 0, lora)
-    vocab = scorer.llm
+    vocab = llama_cpp.Llama(model_path=str(base), vocab_only=True, verbose=False)
     prompts = [vocab.tokenize(r["prompt"].encode(), add_bos=False, special=True) for r in rows]
     words = {"positive": "正面", "negative": "负面"}
     tokens = {k: vocab.tokenize(w.encode(), add_bos=False, special=False) for k, w in words.items()}
-    scorer.close()
     scores, _ = Scorer(base, prompts, 1, 4, 2, 0, lora).run(prompts, tokens, False, words, 4)
     for row, s in zip(answers["rows"], scores):
         assert row["margin_x86"] == pytest.approx(s["positive"] - s["negative"], abs=1e-3)
@@ -410,7 +410,7 @@ def test_the_bundle_answers_alike_on_an_arm64_build(project, first_run):
     # the report shows it beside the variant it checked, and the card ships with it
     assert ran_stages(dvc(project, "repro").stdout) == {"report", "export"}
     summary = (project / "reports" / "summary.md").read_text()
-    assert "**q4_k_m+lora on an arm64 CPU's arithmetic**" in summary
+    assert "**q4_k_m+lora on an arm64 CPU's arithmetic.**" in summary
     row = next(line for line in summary.splitlines() if line.startswith("| q4_k_m+lora |") and "GB/s" not in line)
     assert row.endswith(f"| {kld['kld_mean']:.4f} |")
 

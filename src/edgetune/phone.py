@@ -250,9 +250,11 @@ def compare_answers(rows, x86, arm, words: dict[str, str] | None, llm) -> dict:
             row["label"] = r["label"]
             row["margin_x86"] = float(a["first"][tokens[0]] - a["first"][tokens[1]])
             row["margin_aarch64"] = None if None in b["labels"][:2] else b["labels"][0] - b["labels"][1]
-        measured = [r for r in table if r["margin_aarch64"] is not None]
+        measured = [r for r in table if r["margin_aarch64"] is not None]  # both labels in the server's top 20
         widest = max((abs(r["margin_aarch64"] - r["margin_x86"]) for r in measured), default=0.0)
-        flipped = [i for i, r in enumerate(measured) if (r["margin_x86"] > 0) != (r["margin_aarch64"] > 0)]
+        flipped = [
+            i for i, r in enumerate(table) if r in measured and (r["margin_x86"] > 0) != (r["margin_aarch64"] > 0)
+        ]
         fragile = [i for i, r in enumerate(table) if abs(r["margin_x86"]) <= widest]
         result.update(
             margin=f"log P({words[first]}) - log P({words[second]}) at the first answer token",

@@ -55,18 +55,23 @@ def phone_lines(phone: dict, checked: str | None) -> str:
         )
     k, a, speed = phone["kld"], phone["answers"], phone["tokens_per_second"]
     text = (
-        f"**{checked} on an arm64 CPU's arithmetic** ({phone['aarch64_build']}): against the x86 build, mean KLD "
+        f"**{checked} on an arm64 CPU's arithmetic.** The pinned llama.cpp built as the bundle's Android recipe "
+        f"builds it ({phone['aarch64_build']}); against the x86 build, mean KLD "
         f"{k['kld_mean']:.4f} (99th percentile {k['kld_p99']:.4f}, max {k['kld_max']:.4f}) over {k['tokens_scored']} "
         f"tokens of the test text, the same top token {k['same_top_token']:.1%} of the time; "
         f"{a['same_answer']} of {a['prompts']} test prompts answered identically (greedy)."
     )
     if "same_label" in a:
-        fragile = len(a["fragile"])
+        fragile = [a["rows"][i] for i in a["fragile"]]
         text += (
             f" Label margins ({a['margin']}) differ between the builds by at most {a['max_margin_difference']:.3f}; "
-            f"{a['same_label']} of {a['margins_measured']} labels agree, and {fragile} "
-            f"{'prompt sits' if fragile == 1 else 'prompts sit'} closer to the boundary than that (could answer "
-            "otherwise on a phone)."
+            f"{a['same_label']} of {a['margins_measured']} labels agree, and {len(fragile)} "
+            f"{'prompt sits' if len(fragile) == 1 else 'prompts sit'} closer to the boundary than that, so could be "
+            "answered otherwise on a phone"
+            + "".join(
+                f"{'; ' if i else ': '}“{r['text'][:24]}…” ({r['margin_x86']:+.3f})" for i, r in enumerate(fragile)
+            )
+            + "."
         )
     return text + (
         f" Emulated speed, not a phone's: prompt {speed['aarch64']['prompt']:.1f} tok/s on aarch64 under qemu "
