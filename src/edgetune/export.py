@@ -60,7 +60,9 @@ def tables(summary: str) -> str:
     return body.split("\n## Pictures\n")[0].strip()
 
 
-def model_card(name: str, variant: str, metrics: dict, summary: str, settings: dict, env: dict, files: Files) -> str:
+def model_card(
+    name: str, variant: str, metrics: dict, summary: str, settings: dict, env: dict, files: Files, p: ExportParams
+) -> str:
     made = portable({section: settings.get(section, {}) for section in CARD_SECTIONS})
     recommended = metrics.get("recommended") or {}
     how = (
@@ -84,7 +86,7 @@ ollama create {name} -f Modelfile && ollama run {name}
 sh llama-server.sh            # http://localhost:8080, OpenAI-compatible
 llama-completion -m {files.gguf.name}{lora_args(files)} --chat-template-file chat_template.jinja -cnv -p "你好"
 ```
-
+{android_recipe(files, env, p)}
 ## Every variant, measured in the same run
 
 {tables(summary)}
@@ -196,8 +198,8 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, o
                 params.read_params(),
                 json.loads(environment_file.read_text()),
                 files,
+                p,
             )
-            + android_recipe(files, json.loads(environment_file.read_text()), p)
         )
     click.echo(f"exported {shipped} to {out}/ ({files.bytes / 1e6:.0f} MB)")
 
