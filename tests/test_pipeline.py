@@ -367,10 +367,11 @@ def arm_build() -> bool:
     )
 
 
-# The tiny model's logits are nearly flat, so rounding moves its KL divergence far less than the
-# real model's 0.001: aarch64 against x86 measured 0.0000 here. A build that computed a layer wrong
-# is what the bound is for: the same file without its adapter, x86 against x86, is 0.0004 away.
-ARM_KLD_BOUND = 1e-4
+# The tiny model's next-token distributions are nearly flat (perplexity 153k of 152k tokens), so
+# rounding moves them far less than the real model's (0.0011): aarch64 against x86 measured below
+# llama-perplexity's last digit, 1e-6 (99th percentile 1e-6). The bound is set to catch a build
+# that leaves out a part of the model: the bundle's base without its adapter is 4.7e-5 from it.
+ARM_KLD_BOUND = 1e-5
 
 
 @pytest.mark.skipif(not arm_build(), reason="no aarch64 build of llama.cpp or no qemu-aarch64: `make phone-setup`")
@@ -395,23 +396,25 @@ def test_the_bundle_answers_alike_on_an_arm64_build(project, first_run):
     base, lora = (deploy / name for _, name in sums)
     vocab = llama_cpp.Llama(model_path=str(base), vocab_only=True, verbose=False)
     prompts = [vocab.tokenize(r["prompt"].encode(), add_bos=False, special=True) for r in rows]
-    words = {"positive": "正面", "negative": "负面"}
+    words = yaml.safe_load((project / "params.yaml").read_text())["data"]["labels"]
+    first, second = words
     tokens = {k: vocab.tokenize(w.encode(), add_bos=False, special=False) for k, w in words.items()}
     scores, _ = Scorer(base, prompts, 1, 4, 2, 0, lora).run(prompts, tokens, False, words, 4)
-    for row, s in zip(answers["rows"], scores):
-        assert row["margin_x86"] == pytest.approx(s["positive"] - s["negative"], abs=1e-3)
+    for row, s in zip(answers["rows"], scores, strict=True):  # decoded in other batches there: 0.001 apart
+        assert row["margin_x86"] == pytest.approx(s[first] - s[second], abs=5e-3)
     # a label the builds disagree on sits closer to the boundary than the builds differ
-    measured = [r for r in answers["rows"] if r["margin_aarch64"] is not None]
-    flipped = [r for r in measured if (r["margin_x86"] > 0) != (r["margin_aarch64"] > 0)]
-    assert answers["margins_measured"] == len(measured) == 6 and answers["same_label"] == 6 - len(flipped)
-    widest = max(abs(r["margin_aarch64"] - r["margin_x86"]) for r in measured)
+    table = answers["rows"]
+    flipped = [r for r in table if (r["margin_x86"] > 0) != (r["margin_aarch64"] > 0)]
+    assert answers["same_label"] == 6 - len(flipped)
+    widest = max(abs(r["margin_aarch64"] - r["margin_x86"]) for r in table)
     assert answers["max_margin_difference"] == widest
     assert all(abs(r["margin_x86"]) <= widest for r in flipped) and answers["disagreements_explained"]
     # the report shows it beside the variant it checked, and the card ships with it
     assert ran_stages(dvc(project, "repro").stdout) == {"report", "export"}
     summary = (project / "reports" / "summary.md").read_text()
     assert "**q4_k_m+lora on an arm64 CPU's arithmetic.**" in summary
-    row = next(line for line in summary.splitlines() if line.startswith("| q4_k_m+lora |") and "GB/s" not in line)
+    phone_section = summary.split("## On a phone")[1]
+    row = next(line for line in phone_section.splitlines() if line.startswith("| q4_k_m+lora |"))
     assert row.endswith(f"| {kld['kld_mean']:.4f} |")
 
 

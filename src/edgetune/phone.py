@@ -195,26 +195,33 @@ def arm_answers(
     """Greedy answers of the aarch64 build and the log-probs of the label tokens at the first
     answer token (softmax of the raw logits, as the server computes them for temperature < 0)."""
     out, timings = [], {"prompt_n": 0, "prompt_ms": 0.0, "predicted_n": 0, "predicted_ms": 0.0}
+
+    def complete(url: str, tokens: list[int], n_predict: int, n_probs: int) -> dict:
+        body = {
+            "prompt": tokens,
+            "n_predict": n_predict,
+            "temperature": -1,  # greedy
+            "n_probs": n_probs,
+            "cache_prompt": True,  # the template and instruction every prompt starts with: computed once
+            "return_tokens": True,
+        }
+        request = urllib.request.Request(
+            f"{url}/completion", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=900) as r:
+            return json.loads(r.read())
+
     with arm_server(files, ctx, p.threads) as url:
         for tokens in prompts:
-            body = {
-                "prompt": tokens,
-                "n_predict": max_new,
-                "temperature": -1,  # greedy
-                "n_probs": 20,
-                "cache_prompt": True,  # the template and instruction every prompt starts with: computed once
-                "return_tokens": True,
-            }
-            request = urllib.request.Request(
-                f"{url}/completion", json.dumps(body).encode(), {"Content-Type": "application/json"}
-            )
-            with urllib.request.urlopen(request, timeout=900) as r:
-                reply = json.loads(r.read())
-            top = {t["id"]: t["logprob"] for t in reply["completion_probabilities"][0]["top_logprobs"]}
-            answer = [t for t in reply["tokens"] if t not in end]  # the server keeps the end-of-turn token
-            out.append({"tokens": answer, "labels": [top.get(t) for t in labels]})
+            reply = complete(url, tokens, max_new, 20)
             for k in timings:
                 timings[k] += reply["timings"][k]
+            top = {t["id"]: t["logprob"] for t in reply["completion_probabilities"][0]["top_logprobs"]}
+            if any(t not in top for t in labels):  # a label outside the top 20: ask for the whole vocabulary
+                whole = complete(url, tokens, 1, 1 << 30)["completion_probabilities"][0]["top_logprobs"]
+                top = {t["id"]: t["logprob"] for t in whole}
+            answer = [t for t in reply["tokens"] if t not in end]  # the server keeps the end-of-turn token
+            out.append({"tokens": answer, "labels": [top[t] for t in labels]})
     return out, {
         "prompt": 1000 * timings["prompt_n"] / timings["prompt_ms"],
         "decode": 1000 * timings["predicted_n"] / timings["predicted_ms"] if timings["predicted_ms"] else None,
@@ -249,17 +256,13 @@ def compare_answers(rows, x86, arm, words: dict[str, str] | None, llm) -> dict:
         for row, r, a, b in zip(table, rows, x86, arm):
             row["label"] = r["label"]
             row["margin_x86"] = float(a["first"][tokens[0]] - a["first"][tokens[1]])
-            row["margin_aarch64"] = None if None in b["labels"][:2] else b["labels"][0] - b["labels"][1]
-        measured = [r for r in table if r["margin_aarch64"] is not None]  # both labels in the server's top 20
-        widest = max((abs(r["margin_aarch64"] - r["margin_x86"]) for r in measured), default=0.0)
-        flipped = [
-            i for i, r in enumerate(table) if r in measured and (r["margin_x86"] > 0) != (r["margin_aarch64"] > 0)
-        ]
+            row["margin_aarch64"] = b["labels"][0] - b["labels"][1]
+        widest = max(abs(r["margin_aarch64"] - r["margin_x86"]) for r in table)
+        flipped = [i for i, r in enumerate(table) if (r["margin_x86"] > 0) != (r["margin_aarch64"] > 0)]
         fragile = [i for i, r in enumerate(table) if abs(r["margin_x86"]) <= widest]
         result.update(
             margin=f"log P({words[first]}) - log P({words[second]}) at the first answer token",
-            margins_measured=len(measured),
-            same_label=len(measured) - len(flipped),
+            same_label=len(table) - len(flipped),
             max_margin_difference=widest,
             fragile=fragile,  # closer to the boundary than the builds differ: could answer otherwise on a phone
             disagreements_explained=set(flipped) <= set(fragile),
@@ -348,7 +351,7 @@ def summary_line(r: dict) -> str:
     )
     if "same_label" in a:
         line += (
-            f"; {a['same_label']}/{a['margins_measured']} labels agree, margins differ by at most "
+            f"; {a['same_label']}/{a['prompts']} labels agree, margins differ by at most "
             f"{a['max_margin_difference']:.3f}, {len(a['fragile'])} prompts closer to the boundary than that"
         )
     return line + f" ({r['seconds']:.0f} s)"

@@ -65,7 +65,7 @@ def phone_lines(phone: dict, checked: str | None) -> str:
         fragile = [a["rows"][i] for i in a["fragile"]]
         text += (
             f" Label margins ({a['margin']}) differ between the builds by at most {a['max_margin_difference']:.3f}; "
-            f"{a['same_label']} of {a['margins_measured']} labels agree, and {len(fragile)} "
+            f"{a['same_label']} of {a['prompts']} labels agree, and {len(fragile)} "
             f"{'prompt sits' if len(fragile) == 1 else 'prompts sit'} closer to the boundary than that, so could be "
             "answered otherwise on a phone"
             + "".join(
