@@ -352,6 +352,6 @@ def summary_line(r: dict) -> str:
     if "same_label" in a:
         line += (
             f"; {a['same_label']}/{a['prompts']} labels agree, margins differ by at most "
-            f"{a['max_margin_difference']:.3f}, {len(a['fragile'])} prompts closer to the boundary than that"
+            f"{a['max_margin_difference']:.3f}, fragile (closer to the boundary than that): {len(a['fragile'])}"
         )
     return line + f" ({r['seconds']:.0f} s)"
