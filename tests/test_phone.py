@@ -79,7 +79,7 @@ def test_the_phone_table_gives_each_variant_its_ceilings_and_the_checked_one_its
     # 17e9 / 5e8 = 34 tokens/s; the adapter's bytes count: 17e9 / 3.1e8 = 54.8
     assert "| q8_0 | 500 | 34 / 102 / 154 | 10.0 |  |" in table
     assert "| q4_k_m+lora | 310 | 55 / 165 / 248 | 10.0 | 0.0012 |" in table
-    assert "the KV cache adds 12 kB per token of context" in table
+    assert "the KV cache adds 12,288 bytes per token of context" in table
     assert "**q4_k_m+lora on an arm64 CPU's arithmetic.**" in table and "19 of 20 test prompts" in table
     assert "at most 0.100; 20 of 20 labels agree, and 1 prompt sits closer" in table
     assert "on a phone: “一二三四五六七八九十一二三四五六七八九十一二三四…” (-0.034)." in table

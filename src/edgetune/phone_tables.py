@@ -27,7 +27,7 @@ def phone_table(variants: dict, bench: dict, phone: dict, bandwidths: list[float
         "Decoding a token reads every weight once, so a phone's memory bandwidth bounds its decode speed: the "
         f"ceiling is bandwidth ÷ bytes read per token, here at {gbs} GB/s (entry, mid-range, flagship). Bytes: "
         f"the weights and the adapter (of the token embedding one row, unless it is also the output layer); "
-        f"the KV cache adds {kv / 1e3:.0f} kB per token of context. *x86 tg*: decode tokens/s measured here "
+        f"the KV cache adds {kv:,} bytes per token of context. *x86 tg*: decode tokens/s measured here "
         f"(llama-completion, {bench['threads'][-1]} threads). *KLD aarch64*: `make phone-check` on the exported "
         "bundle: llama.cpp built for an arm64 phone, run under emulation, against the x86 build on the same files.",
         "",
