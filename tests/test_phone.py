@@ -26,13 +26,14 @@ def bundle(folder, gguf, lora=None):
 
 
 def test_a_bundle_names_its_model_and_adapter_and_every_file_is_checked(tmp_path, tiny_gguf):
-    files, template = read_bundle(bundle(tmp_path / "with", tiny_gguf, lora=tiny_gguf))
+    files, template, sums = read_bundle(bundle(tmp_path / "with", tiny_gguf, lora=tiny_gguf))
+    assert sums == {name: sha256_file(tiny_gguf) for name in ("m-base-q8_0.gguf", "m-lora.gguf")}
     assert (files.gguf.name, files.lora.name, template) == (
         "m-base-q8_0.gguf",
         "m-lora.gguf",
         "{{ messages[0]['content'] }}",
     )
-    files, _ = read_bundle(bundle(tmp_path / "without", tiny_gguf))
+    files, _, _ = read_bundle(bundle(tmp_path / "without", tiny_gguf))
     assert files.gguf.name == "m-base-q8_0.gguf" and files.lora is None
 
     changed = bundle(tmp_path / "changed", tiny_gguf)

@@ -54,21 +54,22 @@ class PhoneParams:
     bandwidths: list[Annotated[float, Range(above=0)]]  # GB/s: the device table's decode ceilings
 
 
-def read_bundle(folder: Path) -> tuple[Files, str]:
-    """The model and adapter the bundle runs (its Modelfile's FROM and ADAPTER), every file checked
-    against its SHA256SUMS, and its chat template."""
+def read_bundle(folder: Path) -> tuple[Files, str, dict[str, str]]:
+    """The model and adapter the bundle runs (its Modelfile's FROM and ADAPTER), its chat template,
+    and its SHA256SUMS (name -> sha256), every file checked against them."""
     need = [folder / n for n in ("Modelfile", "SHA256SUMS", "chat_template.jinja")]
     for path in need:
         if not path.is_file():
             raise EdgetuneError(f"{path}: not found; is {folder} a bundle written by `edgetune export`?")
-    for line in need[1].read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
+    sums = {name: digest for digest, name in (line.split(maxsplit=1) for line in need[1].read_text().splitlines())}
+    for name, digest in sums.items():
         if not (folder / name).is_file() or sha256_file(folder / name) != digest:
             raise EdgetuneError(f"{folder / name}: missing or not the file SHA256SUMS names; export it again.")
     run = dict(re.findall(r"^(FROM|ADAPTER) \./(.+)$", need[0].read_text(), re.M))
     if "FROM" not in run:
         raise EdgetuneError(f"{need[0]}: no `FROM ./<file>.gguf` line; export the bundle again.")
-    return Files(folder / run["FROM"], folder / run["ADAPTER"] if "ADAPTER" in run else None), need[2].read_text()
+    files = Files(folder / run["FROM"], folder / run["ADAPTER"] if "ADAPTER" in run else None)
+    return files, need[2].read_text(), sums
 
 
 def kl_divergence(files: Files, text: Path, p: PhoneParams) -> dict:
@@ -190,7 +191,7 @@ def arm_server(files: Files, ctx: int, threads: int):
 
 
 def arm_answers(
-    files: Files, prompts: list[list[int]], ctx: int, max_new: int, labels: list[int], end: set[int], p: PhoneParams
+    files: Files, prompts: list[list[int]], ctx: int, max_new: int, labels: list[int], is_end, p: PhoneParams
 ):
     """Greedy answers of the aarch64 build and the log-probs of the label tokens at the first
     answer token (softmax of the raw logits, as the server computes them for temperature < 0)."""
@@ -220,7 +221,7 @@ def arm_answers(
             if any(t not in top for t in labels):  # a label outside the top 20: ask for the whole vocabulary
                 whole = complete(url, tokens, 1, 1 << 30)["completion_probabilities"][0]["top_logprobs"]
                 top = {t["id"]: t["logprob"] for t in whole}
-            answer = [t for t in reply["tokens"] if t not in end]  # the server keeps the end-of-turn token
+            answer = [t for t in reply["tokens"] if not is_end(t)]  # the server keeps the end-of-turn token
             out.append({"tokens": answer, "labels": [top[t] for t in labels]})
     return out, {
         "prompt": 1000 * timings["prompt_n"] / timings["prompt_ms"],
@@ -239,7 +240,7 @@ def label_tokens(llm, words: dict[str, str]) -> list[int]:
     return first
 
 
-def compare_answers(rows, x86, arm, words: dict[str, str] | None, llm) -> dict:
+def compare_answers(rows, x86, arm, words: dict[str, str] | None, labels: list[int], llm) -> dict:
     """Both builds' answers side by side; for labelled texts the margins and which are fragile."""
 
     def text(tokens: list[int]) -> str:
@@ -252,10 +253,9 @@ def compare_answers(rows, x86, arm, words: dict[str, str] | None, llm) -> dict:
     ]
     if words:
         first, second = list(words)[:2]
-        tokens = label_tokens(llm, words)
         for row, r, a, b in zip(table, rows, x86, arm):
             row["label"] = r["label"]
-            row["margin_x86"] = float(a["first"][tokens[0]] - a["first"][tokens[1]])
+            row["margin_x86"] = float(a["first"][labels[0]] - a["first"][labels[1]])
             row["margin_aarch64"] = b["labels"][0] - b["labels"][1]
         widest = max(abs(r["margin_aarch64"] - r["margin_x86"]) for r in table)
         flipped = [i for i, r in enumerate(table) if (r["margin_x86"] > 0) != (r["margin_aarch64"] > 0)]
@@ -294,7 +294,7 @@ def phone_check(bundle: Path, data: Path, out: Path):
     import llama_cpp
 
     p = params.load("phone", PhoneParams)
-    files, template = read_bundle(bundle)
+    files, template, sums = read_bundle(bundle)
     check_outputs(inputs=[data, *files.paths], files=[out])
     task = tasks.task()
     rows = tasks.check_rows(read_jsonl(data)[: p.prompts], task, data)
@@ -321,12 +321,13 @@ def phone_check(bundle: Path, data: Path, out: Path):
     click.echo(f"{len(prompts)} prompts through the bundle's template: x86, then aarch64 (llama-server, qemu) ...")
     x86, x86_speed = x86_answers(llm, prompts, p.max_answer_tokens)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    end = {t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
-    arm, arm_speed = arm_answers(files, prompts, ctx, p.max_answer_tokens, labels, end, p)
-    answers = compare_answers(rows, x86, arm, words, llm)
+    arm, arm_speed = arm_answers(
+        files, prompts, ctx, p.max_answer_tokens, labels, lambda t: llama_cpp.llama_vocab_is_eog(vocab, t), p
+    )
+    answers = compare_answers(rows, x86, arm, words, labels, llm)
     result = {
         "bundle": bundle.name,
-        "files": [{"name": f.name, "sha256": sha256_file(f)} for f in files.paths],
+        "files": [{"name": f.name, "sha256": sums[f.name]} for f in files.paths],  # checked by read_bundle
         "aarch64_build": "llama.cpp cross-built for armv8.2-a+dotprod (static, no OpenMP), run under qemu-aarch64",
         "kld": kld,
         "answers": answers,
