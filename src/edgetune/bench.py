@@ -26,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from . import llamacpp, params
+from . import gguf_header, llamacpp, params
 from .errors import EdgetuneError
 from .files import check_outputs, write_json
 from .params import Positive
@@ -150,20 +150,17 @@ def bytes_read_per_token(files: Files) -> dict:
     """What decoding one token reads from memory: every weight tensor once (of the token embedding
     a single row, unless the output layer is that same matrix) and the adapter's tensors; and, per
     token already in the context, its keys and values in the KV cache (f16, llama.cpp's default)."""
-    from gguf import GGUFReader
-
-    model = GGUFReader(files.gguf)
-    tensors = {t.name: int(t.n_bytes) for t in model.tensors}
+    model = gguf_header.read(files.gguf)
+    tensors = {t.name: t.n_bytes for t in model.tensors}
     weights = sum(tensors.values())
     if "output.weight" in tensors:  # untied: the embedding is only looked up
         weights -= tensors.get("token_embd.weight", 0)
-    adapter = sum(int(t.n_bytes) for t in GGUFReader(files.lora).tensors) if files.lora else 0
+    adapter = sum(t.n_bytes for t in gguf_header.read(files.lora).tensors) if files.lora else 0
 
     def field(key: str, default=None):
-        f = model.fields.get(f"{arch}.{key}")
-        return f.contents() if f else default
+        return model.fields.get(f"{arch}.{key}", default)
 
-    arch = model.fields["general.architecture"].contents()
+    arch = model.fields["general.architecture"]
     heads = field("attention.head_count")
     key = field("attention.key_length", field("embedding_length") // heads)
     value = field("attention.value_length", key)

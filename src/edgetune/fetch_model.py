@@ -21,7 +21,7 @@ from typing import Annotated
 import click
 from tqdm import tqdm
 
-from . import hub, llamacpp, params
+from . import gguf_header, hub, llamacpp, params
 from .dequantize import dequantized
 from .errors import EdgetuneError
 from .files import atomic_dir, check_gguf, check_outputs, read_text, sha256_file
@@ -120,10 +120,7 @@ def dequantize_gguf(gguf: Path, out: Path, p: ModelParams) -> None:
 
 
 def gguf_chat_template(gguf: Path) -> str | None:
-    from gguf import GGUFReader
-
-    field = GGUFReader(gguf).fields.get("tokenizer.chat_template")
-    return bytes(field.parts[field.data[0]]).decode() if field else None
+    return gguf_header.read(gguf).fields.get("tokenizer.chat_template")
 
 
 def download(p: ModelParams) -> Path:

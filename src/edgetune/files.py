@@ -216,7 +216,7 @@ def check_gguf(path: Path, whole: bool = True) -> None:
     fails here in one line instead of deep inside llama.cpp or transformers. `whole=False` checks
     only that it is there and is a GGUF: reading the header to check every tensor's bytes takes
     seconds for a large vocabulary, and a stage that runs a llama.cpp tool on it learns as much."""
-    from gguf import GGUFReader
+    from . import gguf_header
 
     if not path.is_file():
         raise EdgetuneError(
@@ -234,11 +234,10 @@ def check_gguf(path: Path, whole: bool = True) -> None:
         return
     size = path.stat().st_size
     try:
-        end = max((int(t.data_offset) + int(t.n_bytes) for t in GGUFReader(path).tensors), default=0)
-    except Exception as e:  # the reader raises what numpy or struct raise on a short or damaged file
+        end = gguf_header.read(path).end
+    except ValueError as e:
         raise EdgetuneError(
-            f"{path}: truncated or damaged GGUF file ({size:,} bytes; {type(e).__name__}: "
-            f"{str(e)[:200]}). Fetch or make it again."
+            f"{path}: truncated or damaged GGUF file ({size:,} bytes; {str(e)[:200]}). Fetch or make it again."
         ) from None
     if end > size:
         raise EdgetuneError(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from . import llamacpp, params
+from . import gguf_header, llamacpp, params
 from .errors import EdgetuneError
 from .files import atomic_path, check_outputs, write_json
 from .variants import IMATRIX, QuantizeParams, tensor_stats
@@ -56,12 +56,12 @@ def fallbacks(log: str) -> list[dict]:
 
 def file_type_of(gguf: Path) -> str:
     """The type a GGUF says it was quantized to (general.file_type): F16, Q4_K_M, ..."""
-    from gguf import GGUFReader, LlamaFileType
+    from gguf import LlamaFileType
 
-    field = GGUFReader(gguf).fields.get("general.file_type")
-    if field is None:
+    file_type = gguf_header.read(gguf).fields.get("general.file_type")
+    if file_type is None:
         return "unknown"
-    return LlamaFileType(int(field.contents())).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    return LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
 
 
 def overrides(p: QuantizeParams) -> list[str]:

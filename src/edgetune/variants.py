@@ -17,6 +17,7 @@ import dataclasses
 from pathlib import Path
 from typing import Annotated
 
+from . import gguf_header
 from .files import check_gguf, sha256_file
 from .params import Name, Pattern
 
@@ -83,14 +84,12 @@ def names(types: list[str]) -> list[str]:
 
 def tensor_stats(path: Path) -> dict:
     """Tensor-type histogram and real bits per weight of a GGUF file."""
-    from gguf import GGUFReader
-
     by_type = collections.defaultdict(lambda: {"tensors": 0, "weights": 0, "bytes": 0})
-    for t in GGUFReader(path).tensors:
-        entry = by_type[t.tensor_type.name.lower()]
+    for t in gguf_header.read(path).tensors:
+        entry = by_type[t.type.name.lower()]
         entry["tensors"] += 1
-        entry["weights"] += int(t.n_elements)
-        entry["bytes"] += int(t.n_bytes)
+        entry["weights"] += t.n_elements
+        entry["bytes"] += t.n_bytes
     weights = sum(e["weights"] for e in by_type.values())
     tensor_bytes = sum(e["bytes"] for e in by_type.values())
     return {
