@@ -8,14 +8,14 @@ accuracy on its own gets a 95% Wilson interval.
 
 from pathlib import Path
 
-from scipy.stats import binomtest
-
 from .errors import EdgetuneError
 from .files import read_predictions
 
 
 def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> list[float]:
     """The Wilson interval of an accuracy measured on n examples."""
+    from scipy.stats import binomtest  # a second to import: not in every stage's start-up
+
     ci = binomtest(round(accuracy * n), n).proportion_ci(confidence_level=level, method="wilson")
     return [ci.low, ci.high]
 
@@ -28,6 +28,8 @@ def paired(reference: Path, variant: Path) -> dict:
             f"{variant}: its examples are not those of {reference}, so the two cannot be compared "
             "review by review. Evaluate both on the same test split (`dvc repro`)."
         )
+    from scipy.stats import binomtest
+
     lost = sum(r == actual != v for (actual, r), (_, v) in zip(ref, var))
     gained = sum(v == actual != r for (actual, r), (_, v) in zip(ref, var))
     p_value = binomtest(gained, lost + gained).pvalue if lost + gained else 1.0
