@@ -2,10 +2,11 @@
 the model that was trained, i.e. PEFT's adapter on the same (dequantized) base weights."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
-from conftest import run, set_params
+from conftest import REPO, run, set_params
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -19,28 +20,36 @@ def kld(p_log: np.ndarray, q_log: np.ndarray) -> np.ndarray:
     return (np.exp(p_log) * (p_log - q_log)).sum(axis=-1)
 
 
-@pytest.fixture
-def quantized_base_and_adapter(workdir, tiny_model, tiny_gguf):
+@pytest.fixture(scope="module")
+def quantized_base_and_adapter(tiny_model, tiny_gguf, tmp_path_factory):
     """The tiny model's base quantized to q8_0, a random (nonzero) PEFT adapter on its dequantized
-    weights, and that adapter converted to a GGUF LoRA: all through edgetune's own commands."""
+    weights, and that adapter converted to a GGUF LoRA: all through edgetune's own commands. Made
+    once for the module; the tests only read it."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig
 
     from edgetune.dequantize import dequantized
 
-    base = workdir / "base-q8_0.gguf"
-    result = run("quantize", "--model", tiny_gguf, "--type", "q8_0", "--out", base, "--stats", workdir / "q8_0.json")
-    assert result.exit_code == 0, result.output
-    torch.manual_seed(0)
-    model = dequantized(base, AutoConfig.from_pretrained(tiny_model), torch.float32)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
-    peft_model.save_pretrained(workdir / "adapter")
-    lora = workdir / "lora.gguf"
-    result = run("convert-lora", "--adapter", workdir / "adapter", "--base", tiny_model, "--out", lora)
-    assert result.exit_code == 0, result.output
-    return base, lora, peft_model.eval()
+    workdir = tmp_path_factory.mktemp("base-and-adapter")
+    shutil.copy(REPO / "params.yaml", workdir / "params.yaml")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)  # the commands read params.yaml from the working directory
+        base = workdir / "base-q8_0.gguf"
+        result = run("quantize", "--model", tiny_gguf, "--type", "q8_0", "--out", base, "--stats", workdir / "q8.json")
+        assert result.exit_code == 0, result.output
+        torch.manual_seed(0)
+        model = dequantized(base, AutoConfig.from_pretrained(tiny_model), torch.float32)
+        lora = LoraConfig(
+            r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
+        )
+        peft_model = get_peft_model(model, lora)
+        peft_model.save_pretrained(workdir / "adapter")
+        result = run(
+            "convert-lora", "--adapter", workdir / "adapter", "--base", tiny_model, "--out", workdir / "lora.gguf"
+        )
+        assert result.exit_code == 0, result.output
+    return base, workdir / "lora.gguf", peft_model.eval()
 
 
 def test_llama_cpp_with_the_gguf_lora_gives_pefts_next_token_distribution(quantized_base_and_adapter, qwen_tokenizer):
@@ -96,13 +105,13 @@ def test_a_base_already_of_the_type_is_shipped_byte_for_byte(workdir, tiny_gguf)
 
 
 def test_per_tensor_overrides_reach_llama_quantize(workdir, tiny_gguf):
-    from gguf import GGUFReader
+    from edgetune import gguf_header
 
     set_params(workdir, quantize={"tensor_types": {"ffn_down": "q8_0"}, "token_embedding_type": "q8_0"})
     out = workdir / "q4_0.gguf"
     result = run("quantize", "--model", tiny_gguf, "--type", "q4_0", "--out", out, "--stats", workdir / "s.json")
     assert result.exit_code == 0, result.output
-    types = {t.name: t.tensor_type.name for t in GGUFReader(out).tensors}
+    types = {t.name: t.type.name for t in gguf_header.read(out).tensors}
     assert {types[n] for n in types if "ffn_down" in n} == {"Q8_0"} and types["token_embd.weight"] == "Q8_0"
     assert {types[n] for n in types if "ffn_up" in n} == {"Q4_0"}  # the others keep the type asked for
 

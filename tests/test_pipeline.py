@@ -122,6 +122,15 @@ def first_run(project) -> str:
     return dvc(project, "repro").stdout
 
 
+@pytest.fixture
+def changed(project, first_run, tmp_path) -> Path:
+    """A copy of the finished tiny project for a test that changes it: each such test starts from the
+    first run's results, whatever ran before it, and reruns only what its own change touches."""
+    copy = tmp_path / "project"
+    subprocess.run(["cp", "-a", str(project), str(copy)], check=True)
+    return copy
+
+
 def read(project: Path, path: str) -> dict:
     return json.loads((project / path).read_text())
 
@@ -375,28 +384,28 @@ ARM_KLD_BOUND = 1e-5
 
 
 @pytest.mark.skipif(not arm_build(), reason="no aarch64 build of llama.cpp or no qemu-aarch64: `make phone-setup`")
-def test_the_bundle_answers_alike_on_an_arm64_build(project, first_run):
+def test_the_bundle_answers_alike_on_an_arm64_build(changed):
     """make phone-check on the tiny bundle: the aarch64 build under qemu answers as x86 does."""
     import llama_cpp
 
     from edgetune.scorer import Scorer
 
-    set_params(project, phone={"prompts": 6, "max_answer_tokens": 4, "ctx": 128, "chunks": 2})
-    proc = subprocess.run(["edgetune", "phone-check"], cwd=project, capture_output=True, text=True)
+    set_params(changed, phone={"prompts": 6, "max_answer_tokens": 4, "ctx": 128, "chunks": 2})
+    proc = subprocess.run(["edgetune", "phone-check"], cwd=changed, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    phone = read(project, "reports/phone.json")
-    deploy = project / "deploy"
+    phone = read(changed, "reports/phone.json")
+    deploy = changed / "deploy"
     sums = [line.split() for line in (deploy / "SHA256SUMS").read_text().splitlines()]
     assert [(f["name"], f["sha256"]) for f in phone["files"]] == [(name, digest) for digest, name in sums]
     kld, answers = phone["kld"], phone["answers"]
     assert kld["tokens_scored"] == 2 * (128 - 64 - 1) and kld["kld_mean"] < ARM_KLD_BOUND
     assert answers["prompts"] == 6 and answers["same_answer"] == 6  # the same greedy answers
     # the x86 margins again, by evaluate's own scorer on the prepared prompts
-    rows = [json.loads(line) for line in (project / "data/processed/test.jsonl").read_text().splitlines()][:6]
+    rows = [json.loads(line) for line in (changed / "data/processed/test.jsonl").read_text().splitlines()][:6]
     base, lora = (deploy / name for _, name in sums)
     vocab = llama_cpp.Llama(model_path=str(base), vocab_only=True, verbose=False)
     prompts = [vocab.tokenize(r["prompt"].encode(), add_bos=False, special=True) for r in rows]
-    words = yaml.safe_load((project / "params.yaml").read_text())["data"]["labels"]
+    words = yaml.safe_load((changed / "params.yaml").read_text())["data"]["labels"]
     first, second = words
     tokens = {k: vocab.tokenize(w.encode(), add_bos=False, special=False) for k, w in words.items()}
     scores, _ = Scorer(base, prompts, 1, 4, 2, 0, lora).run(prompts, tokens, False, words, 4)
@@ -410,30 +419,26 @@ def test_the_bundle_answers_alike_on_an_arm64_build(project, first_run):
     assert answers["max_margin_difference"] == widest
     assert all(abs(r["margin_x86"]) <= widest for r in flipped) and answers["disagreements_explained"]
     # the report shows it beside the variant it checked, and the card ships with it
-    assert ran_stages(dvc(project, "repro").stdout) == {"report", "export"}
-    summary = (project / "reports" / "summary.md").read_text()
+    assert ran_stages(dvc(changed, "repro").stdout) == {"report", "export"}
+    summary = (changed / "reports" / "summary.md").read_text()
     assert "**q4_k_m+lora on an arm64 CPU's arithmetic.**" in summary
     phone_section = summary.split("## On a phone")[1]
     row = next(line for line in phone_section.splitlines() if line.startswith("| q4_k_m+lora |"))
     assert row.endswith(f"| {kld['kld_mean']:.4f} |")
 
 
-def test_the_bundle_can_ship_the_merged_file_for_runtimes_without_lora(project, first_run):
+def test_the_bundle_can_ship_the_merged_file_for_runtimes_without_lora(changed):
     from edgetune.files import sha256_file
 
-    set_params(project, export={"merged": True})
-    try:
-        assert ran_stages(dvc(project, "repro").stdout) == {"export"}
-        deploy = project / "deploy"
-        merged = deploy / "tiny-q4_k_m.gguf"  # q4_k_m+lora, as the merged file of its type
-        assert merged.read_bytes() == (project / "models" / "gguf" / merged.name).read_bytes()
-        assert (deploy / "SHA256SUMS").read_text() == f"{sha256_file(merged)}  {merged.name}\n"
-        assert not list(deploy.glob("*lora*")) and "ADAPTER" not in (deploy / "Modelfile").read_text()
-        assert "--lora" not in (deploy / "llama-server.sh").read_text()
-        assert "# tiny (q4_k_m)" in (deploy / "README.md").read_text()
-    finally:
-        set_params(project, export={"merged": False})
-        dvc(project, "repro")
+    set_params(changed, export={"merged": True})
+    assert ran_stages(dvc(changed, "repro").stdout) == {"export"}
+    deploy = changed / "deploy"
+    merged = deploy / "tiny-q4_k_m.gguf"  # q4_k_m+lora, as the merged file of its type
+    assert merged.read_bytes() == (changed / "models" / "gguf" / merged.name).read_bytes()
+    assert (deploy / "SHA256SUMS").read_text() == f"{sha256_file(merged)}  {merged.name}\n"
+    assert not list(deploy.glob("*lora*")) and "ADAPTER" not in (deploy / "Modelfile").read_text()
+    assert "--lora" not in (deploy / "llama-server.sh").read_text()
+    assert "# tiny (q4_k_m)" in (deploy / "README.md").read_text()
 
 
 def test_second_repro_runs_nothing(project, first_run):
@@ -442,35 +447,35 @@ def test_second_repro_runs_nothing(project, first_run):
     assert "is up to date" in out or "Data and pipelines are up to date" in out
 
 
-def test_another_machine_reuses_the_results_through_a_dvc_remote(project, first_run, tmp_path):
+def test_another_machine_reuses_the_results_through_a_dvc_remote(changed, tmp_path):
     """What a shared remote and the GPU workflow rely on: results pushed once are pulled by a fresh
     clone, which then reproduces nothing, whether it pulls first or `dvc exp run --pull
     --allow-missing` fetches only what it needs."""
-    dvc(project, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
-    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    dvc(changed, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    subprocess.run(["git", "add", "-A"], cwd=changed, check=True)
     subprocess.run(
         ["git", "-c", "user.name=edgetune", "-c", "user.email=edgetune@localhost", "commit", "-qm", "results"],
-        cwd=project,
+        cwd=changed,
         check=True,
     )
-    assert "pushed" in dvc(project, "push").stdout
+    assert "pushed" in dvc(changed, "push").stdout
 
     pulled, lazy = tmp_path / "pulled", tmp_path / "lazy"
     for clone in (pulled, lazy):
-        subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+        subprocess.run(["git", "clone", "-q", str(changed), str(clone)], check=True)
     dvc(pulled, "pull")
     gguf = "models/gguf/tiny-q4_k_m.gguf"
-    assert (pulled / gguf).read_bytes() == (project / gguf).read_bytes()
+    assert (pulled / gguf).read_bytes() == (changed / gguf).read_bytes()
     assert ran_stages(dvc(pulled, "repro").stdout) == set()
 
     assert ran_stages(dvc(lazy, "exp", "run", "--pull", "--allow-missing").stdout) == set()
-    assert (lazy / "reports" / "metrics.json").read_bytes() == (project / "reports" / "metrics.json").read_bytes()
+    assert (lazy / "reports" / "metrics.json").read_bytes() == (changed / "reports" / "metrics.json").read_bytes()
 
 
-def test_new_quant_variant_reruns_only_quantize_evaluate_report(project, first_run):
+def test_new_quant_variant_reruns_only_quantize_evaluate_report(changed):
     # an importance-matrix variant: llama-quantize must accept the imatrix stage's file
-    set_params(project, quantize={"types": ["q8_0", "q4_k_m", "q4_k_m-imatrix"]})
-    out = dvc(project, "repro").stdout
+    set_params(changed, quantize={"types": ["q8_0", "q4_k_m", "q4_k_m-imatrix"]})
+    out = dvc(changed, "repro").stdout
     assert ran_stages(out) - {"export"} == {
         "quantize@q4_k_m-imatrix",
         "evaluate@q4_k_m-imatrix",
@@ -480,18 +485,18 @@ def test_new_quant_variant_reruns_only_quantize_evaluate_report(project, first_r
         *per_variant("bench", ["q4_k_m-imatrix"]),
         "report",
     }
-    stats = json.loads((project / "reports" / "quantize" / "q4_k_m-imatrix.json").read_text())
+    stats = json.loads((changed / "reports" / "quantize" / "q4_k_m-imatrix.json").read_text())
     assert stats["imatrix"]["entries"] > 0 and stats["imatrix"]["chunks"] == 4
     from gguf import GGUFReader
 
     plain, matrixed = (
-        GGUFReader(project / "models" / "gguf" / f"tiny-{v}.gguf") for v in ("q4_k_m", "q4_k_m-imatrix")
+        GGUFReader(changed / "models" / "gguf" / f"tiny-{v}.gguf") for v in ("q4_k_m", "q4_k_m-imatrix")
     )
     assert "quantize.imatrix.entries_count" in matrixed.fields and "quantize.imatrix.entries_count" not in plain.fields
     assert any((a.data != b.data).any() for a, b in zip(plain.tensors, matrixed.tensors))  # other roundings
-    matrix = GGUFReader(project / "models" / "imatrix" / "tiny.gguf")
+    matrix = GGUFReader(changed / "models" / "imatrix" / "tiny.gguf")
     assert matrix.fields["imatrix.datasets"].contents() == ["train.txt"]  # no temporary path: same input, same bytes
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())["variants"]
+    metrics = json.loads((changed / "reports" / "metrics.json").read_text())["variants"]
     for name, plain in (
         ("q4_k_m-imatrix", "q4_k_m"),
         ("q4_k_m-imatrix+lora", "q4_k_m+lora"),
@@ -500,16 +505,16 @@ def test_new_quant_variant_reruns_only_quantize_evaluate_report(project, first_r
         assert math.isfinite(v["kld_mean"]) and (vs["gained"] - vs["lost"]) / 12 == pytest.approx(
             v["accuracy"] - metrics[plain]["accuracy"]
         )
-    summary = (project / "reports" / "summary.md").read_text()
+    summary = (changed / "reports" / "summary.md").read_text()
     matrix = summary.split("## Importance matrix")[1]
     assert "| q4_k_m | " in matrix and "| q4_k_m+lora | " in matrix
 
 
-def test_new_test_split_reruns_the_evaluations_never_training(project, first_run):
-    before = (project / "data" / "processed" / "train.jsonl").read_bytes()
-    set_params(project, data={"max_test": 8})
-    out = dvc(project, "repro").stdout
-    types = yaml.safe_load((project / "params.yaml").read_text())["quantize"]["types"]
+def test_new_test_split_reruns_the_evaluations_never_training(changed):
+    before = (changed / "data" / "processed" / "train.jsonl").read_bytes()
+    set_params(changed, data={"max_test": 8})
+    out = dvc(changed, "repro").stdout
+    types = yaml.safe_load((changed / "params.yaml").read_text())["quantize"]["types"]
     evaluations = {"evaluate-base", "evaluate-f16", *(f"evaluate{s}@{t}" for t in types for s in ("", "-lora"))}
     assert ran_stages(out) - {"export"} == {
         "prepare",
@@ -518,15 +523,15 @@ def test_new_test_split_reruns_the_evaluations_never_training(project, first_run
         *per_variant("quality", types),
         "report",
     }
-    assert (project / "data" / "processed" / "train.jsonl").read_bytes() == before
-    assert json.loads((project / "reports" / "eval" / "f16.json").read_text())["n_samples"] == 8
+    assert (changed / "data" / "processed" / "train.jsonl").read_bytes() == before
+    assert json.loads((changed / "reports" / "eval" / "f16.json").read_text())["n_samples"] == 8
 
 
-def test_new_lora_params_retrain_and_rerun_the_lora_variants_but_not_the_base_quantization(project, first_run):
-    bases = {p: p.read_bytes() for p in (project / "models" / "gguf").glob("tiny-base-*.gguf")}
-    set_params(project, lora={"r": 4})
-    out = dvc(project, "repro").stdout
-    types = yaml.safe_load((project / "params.yaml").read_text())["quantize"]["types"]
+def test_new_lora_params_retrain_and_rerun_the_lora_variants_but_not_the_base_quantization(changed):
+    bases = {p: p.read_bytes() for p in (changed / "models" / "gguf").glob("tiny-base-*.gguf")}
+    set_params(changed, lora={"r": 4})
+    out = dvc(changed, "repro").stdout
+    types = yaml.safe_load((changed / "params.yaml").read_text())["quantize"]["types"]
     downstream = {f"{stage}@{t}" for t in types for stage in ("quantize", "evaluate", "evaluate-lora")}
     assert ran_stages(out) - {"export"} == {
         "train",
@@ -543,14 +548,14 @@ def test_new_lora_params_retrain_and_rerun_the_lora_variants_but_not_the_base_qu
     assert bases and all(p.read_bytes() == b for p, b in bases.items())  # quantized once, before training
 
 
-def test_killed_training_resumes_from_its_checkpoint(project, first_run):
+def test_killed_training_resumes_from_its_checkpoint(changed):
     steps = 60  # long enough on the tiny model to be killed mid-way
-    set_params(project, train={"max_steps": steps, "save_steps": 2, "eval_steps": 2})  # new params: a fresh run
-    checkpoints = project / "models" / "adapter" / "checkpoints"
+    set_params(changed, train={"max_steps": steps, "save_steps": 2, "eval_steps": 2})  # new params: a fresh run
+    checkpoints = changed / "models" / "adapter" / "checkpoints"
     start = time.time()
     proc = subprocess.Popen(
         ["dvc", "repro", "train"],
-        cwd=project,
+        cwd=changed,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -569,14 +574,14 @@ def test_killed_training_resumes_from_its_checkpoint(project, first_run):
     proc.wait()
     assert not (checkpoints / f"checkpoint-{steps}").exists()
 
-    out = dvc(project, "repro", "train").stdout
+    out = dvc(changed, "repro", "train").stdout
     assert "resuming from" in out, out
     state = json.loads((checkpoints / f"checkpoint-{steps}" / "trainer_state.json").read_text())
     assert state["global_step"] == steps
-    assert (project / "models" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (changed / "models" / "adapter" / "adapter_model.safetensors").is_file()
 
     # Finished, it is trained again when forced, not resumed at its last step into a run of no steps.
-    out = dvc(project, "repro", "--force", "--single-item", "train").stdout
+    out = dvc(changed, "repro", "--force", "--single-item", "train").stdout
     assert "training from" in out, out
-    summary = json.loads((project / "reports" / "train" / "metrics.json").read_text())
+    summary = json.loads((changed / "reports" / "train" / "metrics.json").read_text())
     assert summary["steps"] == steps and summary["train_loss"] > 0 and summary["train"]["runtime"] > 0.5
