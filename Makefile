@@ -12,17 +12,20 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test browser phone-setup phone-check bench clean-build
+.PHONY: setup repro test browser compiler-cache phone-setup phone-check bench clean-build
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/build_llama_cpp.sh scripts/plots_template.sh
+$(VENV)/.installed: pyproject.toml scripts/build_llama_cpp.sh scripts/plots_template.sh | compiler-cache
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh
-	# the bindings packed from the pinned source, replacing any other build of the same version
-	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps build/llama.cpp/wheels/llama_cpp_python-*.whl
-	$(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test,dialogue]'
+	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh bindings
+	# llama.cpp compiles while pip downloads and installs the rest: a fresh machine waits for the
+	# longer of the two, not their sum
+	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh & build=$$!; \
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps build/llama.cpp/wheels/llama_cpp_python-*.whl \
+	&& $(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test,dialogue]'; \
+	installed=$$?; wait $$build && exit $$installed
 	scripts/plots_template.sh build/plots/template.html
 	$(BIN)/dvc config --local plots.html_template ../build/plots/template.html
 	touch $@
@@ -34,10 +37,17 @@ repro: setup
 	@echo "bundle:       deploy/ (its README.md says how to run it)"
 	@python -c 'import json; r = json.load(open("reports/metrics.json"))["recommended"]; print("recommended: ", r["variant"], "-", r["reason"])'
 
+# the 25 slowest tests, on every run: a new test pays for its time (docs/testing.md)
 test: setup browser phone-setup
 	ruff check .
 	ruff format --check .
-	pytest -q
+	pytest -q --durations=25
+
+# Debian's ccache, where we may install it: both llama.cpp builds compile through it (~/.cache/ccache)
+compiler-cache:
+	@command -v ccache >/dev/null || [ "$$(id -u)" != 0 ] \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends ccache >/dev/null; } \
+		|| echo "ccache could not be installed; llama.cpp compiles without a cache"
 
 # tests/test_pictures.py opens the pictures as a person would, in headless chromium
 browser:

@@ -10,9 +10,14 @@
 #       scripts/build_llama_cpp.sh                   # CUDA build (the container does this)
 #   scripts/build_llama_cpp.sh aarch64               # the same source cross-built for arm64 phones,
 #                                                    # static, into $LLAMA_CPP_DIR/aarch64 (make phone-setup)
+#   scripts/build_llama_cpp.sh bindings              # only the source and the bindings' wheel (seconds):
+#                                                    # `make setup` installs the dependencies while the tools compile
 #
 # Environment: PYTHON (default: python3), LLAMA_CPP_DIR (default: build/llama.cpp),
-# LLAMA_CMAKE_ARGS (extra CMake flags), JOBS (default: all cores).
+# LLAMA_CMAKE_ARGS (extra CMake flags), JOBS (default: all cores), CCACHE_DIR (default:
+# ~/.cache/ccache). With ccache installed (`make setup` installs Debian's as root), every compile
+# goes through it: a second clone on the same machine, or a rebuild after `make clean-build`,
+# compiles nothing it compiled before.
 set -euo pipefail
 
 VERSION=0.3.36   # llama-cpp-python; pins the llama.cpp commit it vendors
@@ -34,6 +39,12 @@ TARGET_ARCH=${1:-host}
 
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
+LAUNCHER=""
+if command -v ccache >/dev/null; then
+  # Paths under $DIR are hashed relative to it, so clones in other folders share the cache
+  export CCACHE_BASEDIR="$DIR" CCACHE_NOHASHDIR=true
+  LAUNCHER="-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
+fi
 SDIST="$DIR/llama_cpp_python-$VERSION.tar.gz"
 
 if [[ ! -f "$SDIST" ]]; then
@@ -77,7 +88,7 @@ CMAKE
   if [[ "$(cat "$OUT/tools.stamp" 2>/dev/null)" != "$VERSION $FLAGS" || $built == no ]]; then
     echo "== cross-building llama.cpp for aarch64: $TOOLS (about 8 minutes on 2 cores)"
     # shellcheck disable=SC2086
-    cmake -S "$DIR/src" -B "$OUT/cmake" -DCMAKE_BUILD_TYPE=Release $FLAGS >/dev/null
+    cmake -S "$DIR/src" -B "$OUT/cmake" -DCMAKE_BUILD_TYPE=Release $FLAGS $LAUNCHER >/dev/null
     # shellcheck disable=SC2086
     cmake --build "$OUT/cmake" --config Release -j "$JOBS" --target $TOOLS
     echo "$VERSION $FLAGS" > "$OUT/tools.stamp"
@@ -93,6 +104,10 @@ if [[ "$(cat "$DIR/wheel.stamp" 2>/dev/null)" != "$VERSION" ]] || ! ls "$DIR"/wh
     "$PYTHON" -m pip wheel --quiet --no-deps -w "$DIR/wheels" "$SDIST"
   echo "$VERSION" > "$DIR/wheel.stamp"
 fi
+if [[ "$TARGET_ARCH" == bindings ]]; then
+  echo "llama-cpp-python $VERSION bindings ready in $DIR/wheels"
+  exit 0
+fi
 
 missing_tool() {
   local tool
@@ -104,7 +119,7 @@ missing_tool() {
 if [[ "$(cat "$DIR/tools.stamp" 2>/dev/null)" != "$STAMP" ]] || missing_tool; then
   echo "== building llama.cpp: libllama and $TOOLS (about 5 minutes on 2 cores)"
   # shellcheck disable=SC2086
-  cmake -S "$DIR/src" -B "$DIR/cmake" -DCMAKE_BUILD_TYPE=Release $CMAKE_FLAGS >/dev/null
+  cmake -S "$DIR/src" -B "$DIR/cmake" -DCMAKE_BUILD_TYPE=Release $CMAKE_FLAGS $LAUNCHER >/dev/null
   # shellcheck disable=SC2086
   cmake --build "$DIR/cmake" --config Release -j "$JOBS" --target llama $TOOLS
   echo "$STAMP" > "$DIR/tools.stamp"
