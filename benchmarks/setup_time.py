@@ -25,6 +25,21 @@ COMPILED_LLAMA = re.compile(r"Building CXX object \S*llama\.dir/llama\.cpp\.o")
 STEP = ("== ", "test -x", ".venv/bin/", "PYTHON=", "scripts/", "touch")  # what the build script and make print
 
 
+def fresh_clone(rev: str, work: Path, caches: bool = True) -> tuple[Path, dict]:
+    """`rev` cloned into work/edgetune, and the environment to set it up in: this machine's settings
+    (package indexes, certificates), less any active venv and, with `caches`, its caches (empty
+    folders under `work` instead, as on a fresh machine)."""
+    clone = work / "edgetune"
+    subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(REPO), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", rev], check=True)
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if not Path(p, "activate").exists()]
+    env = {**{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}, "PATH": os.pathsep.join(path)}
+    if caches:
+        env.update({"PIP_CACHE_DIR": str(work / "pip-cache"), "npm_config_cache": str(work / "npm-cache")})
+        env["CCACHE_DIR"] = str(work / "ccache")
+    return clone, env
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", default="HEAD", help="commit to set up (default: HEAD)")
@@ -32,17 +47,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="edgetune-setup-"))
-    clone = work / "edgetune"
-    subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(REPO), str(clone)], check=True)
-    subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", args.rev], check=True)
-    # This machine's settings (package indexes, certificates), less any active venv and the caches
-    path = [p for p in os.environ["PATH"].split(os.pathsep) if not Path(p, "activate").exists()]
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
-        "PATH": os.pathsep.join(path),
-        "PIP_CACHE_DIR": str(work / "pip-cache"),
-        "npm_config_cache": str(work / "npm-cache"),
-    }
+    clone, env = fresh_clone(args.rev, work)
     log = work / "setup.log"
     print(f"make setup in a fresh clone of {args.rev} ({clone})", flush=True)
 

@@ -21,7 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from setup_time import fresh_clone  # benchmarks/ is on the path when this script runs
+
 # make test's steps, in its order; ruff and pytest are the recipe's own lines
 STEPS = [
     ("setup", "make setup"),
@@ -40,17 +41,9 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="edgetune-test-"))
-    clone = work / "edgetune"
-    subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(REPO), str(clone)], check=True)
-    subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", args.rev], check=True)
-    # This machine's settings, less any active venv; the clone's venv goes first on PATH
-    path = [p for p in os.environ["PATH"].split(os.pathsep) if not Path(p, "activate").exists()]
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-    env["PATH"] = os.pathsep.join([str(clone / ".venv" / "bin"), *path])
+    clone, env = fresh_clone(args.rev, work, caches=not args.warm)
+    env["PATH"] = os.pathsep.join([str(clone / ".venv" / "bin"), env["PATH"]])  # ruff and pytest of the clone
     env["DVC_NO_ANALYTICS"] = "1"
-    if not args.warm:
-        env["PIP_CACHE_DIR"] = str(work / "pip-cache")
-        env["CCACHE_DIR"] = str(work / "ccache")
     print(f"make test, step by step, in a fresh clone of {args.rev} ({clone})", flush=True)
 
     rows = []

@@ -214,8 +214,7 @@ def sha256_file(path: Path) -> str:
 def check_gguf(path: Path, whole: bool = True) -> None:
     """A complete GGUF file, or an error naming it: a truncated copy or download, or another format,
     fails here in one line instead of deep inside llama.cpp or transformers. `whole=False` checks
-    only that it is there and is a GGUF: reading the header to check every tensor's bytes takes
-    seconds for a large vocabulary, and a stage that runs a llama.cpp tool on it learns as much."""
+    only that it is there and is a GGUF, for a stage whose llama.cpp tool reads it whole anyway."""
     from . import gguf_header
 
     if not path.is_file():

@@ -11,6 +11,7 @@ format's constants (value types, block sizes), and tests check this reader again
 
 import dataclasses
 import functools
+import math
 import mmap
 import struct
 from pathlib import Path
@@ -52,7 +53,7 @@ class Tensor:
 
     @property
     def n_elements(self) -> int:
-        return functools.reduce(int.__mul__, self.shape, 1)
+        return math.prod(self.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +177,7 @@ class _Parser:
         tensors = []
         for name, shape, kind, offset in infos:
             block, type_size = GGML_QUANT_SIZES[kind]
-            n = functools.reduce(int.__mul__, shape, 1)
+            n = math.prod(shape)
             if n % block:
                 raise ValueError(f"tensor {name!r} of {n} {kind.name} values is not whole blocks of {block}")
             tensors.append(Tensor(name, kind, shape, data_offset + offset, n // block * type_size))
