@@ -182,7 +182,7 @@ def bench(model: Path, lora: Path | None, variant: str, out: Path):
     threads = sorted({*p.threads, os.cpu_count() or 1})
     files = Files(model, lora)
     check_outputs(inputs=files.paths, files=[out])
-    files.check(whole=False)  # llama.cpp's tools read them whole
+    files.check()  # whole: bytes_read_per_token reads their headers
     result = {"variant": variant, "threads": threads, "prompt_tokens": p.prompt_tokens, "gen_tokens": p.gen_tokens}
     result["bytes_read_per_token"] = bytes_read_per_token(files)
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,7 +23,7 @@ import click
 
 from . import environment, params
 from .errors import EdgetuneError
-from .files import atomic_dir, check_outputs, sha256_file
+from .files import atomic_dir, check_outputs, sha256_file, write_checksums
 from .params import Positive, Range
 from .remote_code import allowed as trust_remote_code
 from .variants import LORA, Files, Variant
@@ -170,7 +170,7 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, o
                     f"{f['path']}: changed since the report measured it (its sha256 is not the one in {metrics}). "
                     "Rerun the pipeline (`dvc repro`) to measure the file you ship."
                 )
-        (tmp / "SHA256SUMS").write_text("".join(f"{f['sha256']}  {Path(f['path']).name}\n" for f in record))
+        write_checksums(tmp / "SHA256SUMS", {Path(f["path"]).name: f["sha256"] for f in record})
         (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
         (tmp / "generation.json").write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n")
         (tmp / "Modelfile").write_text(

@@ -3,13 +3,12 @@
 Always into the 16-bit base, never a 4-bit one: rounding a merged 4-bit model breaks it.
 """
 
-import json
 from pathlib import Path
 
 import click
 
 from .errors import EdgetuneError
-from .files import atomic_dir, check_outputs
+from .files import atomic_dir, check_outputs, read_adapter
 from .remote_code import allowed as trust_remote_code
 
 
@@ -19,9 +18,8 @@ def merge_adapter(base: Path, adapter: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_outputs(inputs=[base, adapter], folders=[out])
-    if not (adapter / "adapter_config.json").is_file():
-        raise EdgetuneError(f"{adapter}: no adapter_config.json. Run the train stage first (`dvc repro train`).")
-    wanted = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    config, _ = read_adapter(adapter, base)
+    wanted = config.get("base_model_name_or_path")
     trust = trust_remote_code(base)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, trust_remote_code=trust)

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import llamacpp, params, tasks
 from .errors import EdgetuneError
-from .files import check_outputs, read_jsonl, sha256_file, write_json
+from .files import check_outputs, read_checksums, read_jsonl, sha256_file, write_json
 from .params import Positive, Range
 from .prompts import plain_text
 from .quality import parse as parse_kld
@@ -61,13 +61,16 @@ def read_bundle(folder: Path) -> tuple[Files, str, dict[str, str]]:
     for path in need:
         if not path.is_file():
             raise EdgetuneError(f"{path}: not found; is {folder} a bundle written by `edgetune export`?")
-    sums = {name: digest for digest, name in (line.split(maxsplit=1) for line in need[1].read_text().splitlines())}
+    sums = read_checksums(need[1])
     for name, digest in sums.items():
         if not (folder / name).is_file() or sha256_file(folder / name) != digest:
             raise EdgetuneError(f"{folder / name}: missing or not the file SHA256SUMS names; export it again.")
     run = dict(re.findall(r"^(FROM|ADAPTER) \./(.+)$", need[0].read_text(), re.M))
     if "FROM" not in run:
         raise EdgetuneError(f"{need[0]}: no `FROM ./<file>.gguf` line; export the bundle again.")
+    for name in run.values():  # only files SHA256SUMS vouches for: plain names, checked above
+        if name not in sums:
+            raise EdgetuneError(f"{need[0]}: runs ./{name}, which SHA256SUMS does not list; export the bundle again.")
     files = Files(folder / run["FROM"], folder / run["ADAPTER"] if "ADAPTER" in run else None)
     return files, need[2].read_text(), sums
 
@@ -296,6 +299,7 @@ def phone_check(bundle: Path, data: Path, out: Path):
     p = params.load("phone", PhoneParams)
     files, template, sums = read_bundle(bundle)
     check_outputs(inputs=[data, *files.paths], files=[out])
+    files.check()  # llama-cpp-python crashes on a LoRA made for another model
     task = tasks.task()
     rows = tasks.check_rows(read_jsonl(data)[: p.prompts], task, data)
     words = params.value("data.labels", dict[str, str]) if task == "classify" else None

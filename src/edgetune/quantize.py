@@ -21,7 +21,7 @@ import click
 
 from . import gguf_header, llamacpp, params
 from .errors import EdgetuneError
-from .files import atomic_path, check_outputs, write_json
+from .files import atomic_path, check_gguf, check_outputs, write_json
 from .variants import IMATRIX, QuantizeParams, tensor_stats
 
 
@@ -106,6 +106,9 @@ def quantize(model: Path, variant: str, matrix: Path | None, out: Path, stats: P
         raise EdgetuneError(
             f"{variant}: needs an importance matrix; --imatrix {matrix} is not a file (`dvc repro imatrix`)."
         )
+    check_gguf(model)  # read here for its type, before llama-quantize reads it whole
+    if with_imatrix:
+        check_gguf(matrix, whole=False)  # llama-quantize reads it whole
     source_type, flags = file_type_of(model), overrides(p)
     with atomic_path(out, ".gguf") as tmp:
         if source_type == name and not (with_imatrix or flags):

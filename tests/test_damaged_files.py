@@ -1,0 +1,155 @@
+"""Damaged, foreign and non-finite inputs: every GGUF, adapter, checkpoint and bundle is read through
+one checked reader, so each command refuses them in one line that names the file and the fix (exit
+code 2, no traceback, no output), and chat neither crashes nor stops on what a user may type."""
+
+import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
+from conftest import make_tiny_model, run
+
+REFUSED = 2  # EdgetuneError's exit code: an error message, not a crash
+
+
+def refused(result, *needles) -> bool:
+    """A one-line error naming what is wrong, and no traceback."""
+    assert result.exit_code == REFUSED and isinstance(result.exception, SystemExit), (result.exception, result.output)
+    for needle in needles:
+        assert needle in result.output, result.output
+    return True
+
+
+def chat(model, *options, stdin="你好\n/exit\n", closed=False):
+    """`edgetune chat` in a process of its own: a crash in llama.cpp kills it, not the tests."""
+    command = [sys.executable, "-m", "edgetune.cli", "chat", str(model), "--temperature", "0", "--threads", "2"]
+    command += [str(o) for o in options]
+    if closed:  # standard input closed, not merely empty
+        command = ["sh", "-c", 'exec "$@" <&-', "sh", *command]
+    return subprocess.run(command, input=None if closed else stdin, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model, qwen_tokenizer, tmp_path_factory):
+    """PEFT adapters as training saves them, on the tiny model and on a narrower model of the same
+    architecture (another base), each converted to a GGUF LoRA by convert-lora. Made once; read only."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("adapters")
+    narrow = make_tiny_model(qwen_tokenizer, folder / "narrow", hidden=32)
+    made = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        for name, base in (("tiny", tiny_model), ("narrow", narrow)):
+            torch.manual_seed(0)
+            config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+            model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
+            model.save_pretrained(folder / f"{name}-adapter")
+            gguf = folder / f"{name}-lora.gguf"
+            result = run("convert-lora", "--adapter", folder / f"{name}-adapter", "--base", base, "--out", gguf)
+            assert result.exit_code == 0, result.output
+            made[name] = {"adapter": folder / f"{name}-adapter", "lora": gguf, "base": base}
+    return made
+
+
+# Damaged GGUF files: quantize and bench read the header themselves.
+
+
+def damage_gguf(data: bytes, damage: str) -> bytes:
+    if damage == "empty":
+        return b""
+    if damage.startswith("cut at "):
+        return data[: int(damage.removeprefix("cut at "))]
+    if damage == "bogus tensor count":  # the count right after the magic and the version
+        return data[:8] + struct.pack("<Q", 2**40) + data[16:]
+    if damage == "unknown version":
+        return data[:4] + struct.pack("<I", 99) + data[8:]
+    raise ValueError(damage)
+
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        ("empty", "not a GGUF file"),
+        ("cut at 10", "truncated or damaged GGUF file"),  # inside the first counts
+        ("cut at 2000", "truncated or damaged GGUF file"),  # inside the vocabulary
+        ("cut at 6000000", "truncated GGUF file"),  # inside the tensors
+        ("bogus tensor count", "truncated or damaged GGUF file"),
+        ("unknown version", "GGUF version 99"),
+    ],
+)
+@pytest.mark.parametrize("command", ["quantize", "bench", "bench --lora"])
+def test_a_damaged_gguf_is_named_not_a_traceback(workdir, tiny_gguf, damage, needle, command):
+    bad = workdir / "bad.gguf"
+    bad.write_bytes(damage_gguf(tiny_gguf.read_bytes(), damage))
+    args = {
+        "quantize": ["quantize", "--model", bad, "--type", "q8_0", "--out", "q.gguf", "--stats", "q.json"],
+        "bench": ["bench", "--model", bad, "--variant", "f16", "--out", "bench.json"],
+        "bench --lora": ["bench", "--model", tiny_gguf, "--lora", bad, "--variant", "f16+lora", "--out", "bench.json"],
+    }[command]
+    assert refused(run(*args), f"{bad}: ", needle, "again")
+    assert sorted(p.name for p in workdir.iterdir()) == ["bad.gguf", "params.yaml"]
+
+
+# Damaged adapters: convert-lora and merge read them through files.read_adapter.
+
+
+@pytest.mark.parametrize(
+    "file, content, needle",
+    [
+        ("adapter_config.json", "", "adapter_config.json: empty"),
+        ("adapter_config.json", '{"r": 4,', "adapter_config.json: not valid JSON"),
+        ("adapter_config.json", "[4, 8]", "adapter_config.json: holds a JSON list, not an object"),
+        ("adapter_config.json", '{"r": 4}', "adapter_config.json: `peft_type` is missing"),
+        ("adapter_config.json", '{"peft_type": "LORA", "r": "four", "lora_alpha": 8}', "`r` is 'four'"),
+        ("adapter_model.safetensors", b"\x10\x00\x00\x00", "adapter_model.safetensors: damaged safetensors file"),
+        ("adapter_model.safetensors", None, "adapter: no adapter_model.safetensors"),
+    ],
+)
+@pytest.mark.parametrize("command", ["convert-lora", "merge"])
+def test_a_damaged_adapter_is_named_not_a_traceback(workdir, adapters, tiny_model, file, content, needle, command):
+    adapter = shutil.copytree(adapters["tiny"]["adapter"], workdir / "adapter")
+    if content is None:
+        (adapter / file).unlink()
+    elif isinstance(content, bytes):
+        (adapter / file).write_bytes(content)
+    else:
+        (adapter / file).write_text(content)
+    out = workdir / ("lora.gguf" if command == "convert-lora" else "merged")
+    assert refused(run(command, "--adapter", adapter, "--base", tiny_model, "--out", out), needle, "dvc repro train")
+    assert not out.exists()
+
+
+# A bundle's SHA256SUMS: phone-check reads only the files it lists, and only inside the bundle.
+
+
+@pytest.mark.parametrize(
+    "line, needle",
+    [
+        ("{digest}", "is not `<sha256>  <file name>`"),
+        ("{digest}  ../outside.gguf", "`../outside.gguf` is not the name of a file beside it"),
+        ("{digest}  {outside}", "is not the name of a file beside it"),  # an absolute path
+        ("{digest}  *.gguf", "`*.gguf` is not the name of a file beside it"),
+        ("nonsense  m-f16.gguf", "`nonsense` is not a sha256"),
+    ],
+)
+def test_a_bundle_whose_checksums_point_anywhere_is_refused(workdir, tiny_gguf, line, needle):
+    from edgetune.files import sha256_file
+
+    bundle = workdir / "deploy"
+    bundle.mkdir()
+    shutil.copy(tiny_gguf, bundle / "m-f16.gguf")
+    outside = shutil.copy(tiny_gguf, workdir / "outside.gguf")  # the same bytes: its checksum matches
+    digest = sha256_file(tiny_gguf)
+    (bundle / "Modelfile").write_text("FROM ./m-f16.gguf\n")
+    (bundle / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    (bundle / "SHA256SUMS").write_text(
+        f"{digest}  m-f16.gguf\n" + line.format(digest=digest, outside=outside) + "\n", encoding="utf-8"
+    )
+    (workdir / "test.jsonl").write_text('{"text": "no prompt: phone-check stops here, if it gets this far"}\n')
+    result = run("phone-check", "--bundle", bundle, "--data", workdir / "test.jsonl", "--out", "phone.json")
+    assert refused(result, f"{bundle / 'SHA256SUMS'}, line 2: ", needle, "Export the bundle again")
+    assert not (workdir / "phone.json").exists()
