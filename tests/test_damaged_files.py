@@ -153,3 +153,63 @@ def test_a_bundle_whose_checksums_point_anywhere_is_refused(workdir, tiny_gguf, 
     result = run("phone-check", "--bundle", bundle, "--data", workdir / "test.jsonl", "--out", "phone.json")
     assert refused(result, f"{bundle / 'SHA256SUMS'}, line 2: ", needle, "Export the bundle again")
     assert not (workdir / "phone.json").exists()
+
+
+# chat: a LoRA of another base, standard input closed, a line longer than the context.
+
+
+@pytest.mark.parametrize("command", ["chat", "evaluate", "bench"])
+def test_a_gguf_lora_made_for_another_base_is_refused(workdir, tiny_gguf, adapters, request, command):
+    """The narrow model's LoRA on the tiny model: llama-cpp-python crashed on it (SIGSEGV) in chat."""
+    foreign = adapters["narrow"]["lora"]
+    if command == "chat":
+        ran = chat(tiny_gguf, "--lora", foreign, "--max-tokens", 4)
+        assert ran.returncode == REFUSED, (ran.returncode, ran.stderr[-2000:])
+        output = ran.stderr
+    else:
+        if command == "evaluate":
+            prepared = request.getfixturevalue("prepared")
+            args = ["--data", prepared / "test.jsonl", "--val", prepared / "val.jsonl", "--out", "f16.json"]
+        else:
+            args = ["--out", "bench.json"]
+        result = run(command, "--model", tiny_gguf, "--lora", foreign, "--variant", "f16+lora", *args)
+        assert refused(result)
+        output = result.output
+    assert f"{foreign}: this LoRA does not fit the base {tiny_gguf}: " in output
+    assert "blk.0.attn_k.weight is [64, 32]" in output and "it was made for another model" in output
+    assert "Traceback" not in output and not (workdir / "f16.json").exists() and not (workdir / "bench.json").exists()
+
+
+@pytest.mark.parametrize("command", ["convert-lora", "merge"])
+def test_an_adapter_for_another_base_is_refused_before_any_output(workdir, adapters, tiny_model, command):
+    """convert-lora wrote a 0.0 MB GGUF LoRA of the narrow model's adapter on the tiny base."""
+    out = workdir / ("lora.gguf" if command == "convert-lora" else "merged")
+    result = run(command, "--adapter", adapters["narrow"]["adapter"], "--base", tiny_model, "--out", out)
+    assert refused(
+        result,
+        "this adapter does not fit the base model in",
+        "model.layers.0.mlp.down_proj.weight is [64, 128] in the base, the adapter's update to it [32, 64]",
+        "point --base at the model it was made for",
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("stdin", ["closed", "empty"])
+def test_chat_without_input_ends_cleanly(tiny_gguf, stdin):
+    ran = chat(tiny_gguf, stdin="", closed=stdin == "closed")
+    assert ran.returncode == 0 and "Traceback" not in ran.stderr, ran.stderr[-2000:]
+    word = "(standard input is closed" if stdin == "closed" else "(end of input)"
+    assert word in ran.stdout
+
+
+def test_chat_refuses_a_line_longer_than_the_context_and_goes_on(tiny_gguf):
+    """--n-ctx 96: a line of 300 characters is refused, the chat goes on, and as the conversation
+    grows past the context its oldest turns give way."""
+    script = "好" * 300 + "\n你好\n" + "".join(f"第{i}句\n" for i in range(6)) + "/exit\n"
+    ran = chat(tiny_gguf, "--n-ctx", 96, "--max-tokens", 6, stdin=script)
+    assert ran.returncode == 0 and "Traceback" not in ran.stderr, ran.stderr[-2000:]
+    lines = ran.stdout.splitlines()
+    refusal = "(not sent: this line alone fills the context of 96 tokens. Shorten it, or start the chat again "
+    assert lines[1].startswith(refusal) and lines[2] == "you> 你好"
+    assert sum(line.startswith("model> ") for line in lines) == 7  # every other line was answered
+    assert any(line.startswith("(the oldest 2 turns no longer fit the context of 96 tokens") for line in lines)

@@ -2,6 +2,8 @@
 
 Replies stream token by token. Each input line is a user turn; `/reset` starts a new
 conversation, `/exit` (or end of input) leaves. Piped stdin works the same as a terminal.
+A GGUF conversation lives in `--n-ctx` tokens: the oldest turns give way to new ones, and a line
+too long for the context is refused rather than sent.
 """
 
 import sys
@@ -11,7 +13,6 @@ from pathlib import Path
 import click
 
 from .errors import EdgetuneError
-from .files import check_gguf
 from .remote_code import allowed
 from .variants import Files
 
@@ -22,6 +23,7 @@ class GGUFChat:
     def __init__(self, path: Path, n_ctx: int, threads: int | None, gpu_layers: int, lora: Path | None = None):
         from llama_cpp import Llama
 
+        self.n_ctx = n_ctx
         self.llm = Llama(
             model_path=str(path),
             n_ctx=n_ctx,
@@ -30,6 +32,24 @@ class GGUFChat:
             lora_path=str(lora) if lora else None,
             verbose=False,
         )
+
+    def room(self, turns: list[dict]) -> int:
+        """Tokens left in the context for the reply once `turns` are in it, rendered as
+        llama-cpp-python renders them: in the GGUF's own chat template."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text(token: int) -> str:  # a model without a BOS token says -1
+            return self.llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
+
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if template:
+            prompt = Jinja2ChatFormatter(
+                template, eos_token=text(self.llm.token_eos()), bos_token=text(self.llm.token_bos())
+            )
+            used = len(self.llm.tokenize(prompt(messages=turns).prompt.encode("utf-8"), special=True))
+        else:  # llama-cpp-python's generic format: the words, and a margin for its role markers
+            used = sum(len(self.llm.tokenize(t["content"].encode("utf-8"))) + 8 for t in turns)
+        return self.n_ctx - used
 
     def stream(self, turns: list[dict], s: dict):
         chunks = self.llm.create_chat_completion(
@@ -87,10 +107,31 @@ class HFChat:
         worker.join()
 
 
+def make_room(bot: GGUFChat, turns: list[dict], turn: dict, keep: int, max_tokens: int) -> int:
+    """Fit the user's `turn` after `turns` in the context: the oldest exchanges (after the first
+    `keep` turns, the system prompt) are forgotten until a whole reply fits, else the reply is
+    shortened. The reply's length; 0 where the line alone does not fit."""
+    if bot.room([*turns[:keep], turn]) < 1:
+        click.echo(
+            f"(not sent: this line alone fills the context of {bot.n_ctx} tokens. Shorten it, or start the chat "
+            "again with a larger --n-ctx.)"
+        )
+        return 0
+    forgotten = 0
+    while bot.room([*turns, turn]) < max_tokens and len(turns) > keep:
+        del turns[keep : keep + 2]  # the oldest exchange: a question and its answer
+        forgotten += 2
+    if forgotten:
+        click.echo(f"(the oldest {forgotten} turns no longer fit the context of {bot.n_ctx} tokens: forgotten)")
+    room = bot.room([*turns, turn])
+    if room < max_tokens:
+        click.echo(f"(the context of {bot.n_ctx} tokens leaves this reply {room} of them)")
+    return min(room, max_tokens)
+
+
 def open_model(model: Path, n_ctx: int, threads: int | None, gpu_layers: int, trust: bool, lora: Path | None = None):
     if model.is_file() and model.suffix == ".gguf":
-        for path in Files(model, lora).paths:
-            check_gguf(path)
+        Files(model, lora).check()  # llama-cpp-python crashes on a LoRA made for another model
         return GGUFChat(model, n_ctx, threads, gpu_layers, lora)
     if lora:
         raise EdgetuneError(
@@ -139,6 +180,10 @@ def chat(
     **sampling,
 ):
     """Chat with MODEL (models/merged, or a GGUF file, with --lora for an adapter). /reset starts over, /exit leaves."""
+    if sys.stdin is None:  # started with standard input closed
+        click.echo("(standard input is closed: nothing to read, so nothing to answer)")
+        return
+    sys.stdin.reconfigure(errors="replace")  # a stray non-UTF-8 byte becomes U+FFFD, not a traceback
     bot = open_model(model, n_ctx, threads, gpu_layers, trust_remote_code, lora)
     interactive = sys.stdin.isatty()
     start = [{"role": "system", "content": system}] if system else []
@@ -150,6 +195,7 @@ def chat(
             click.echo("you> ", nl=False)
         line = sys.stdin.readline()
         if not line:
+            click.echo(("\n" if interactive else "") + "(end of input)")
             break
         text = line.strip()
         if not text:
@@ -162,10 +208,16 @@ def chat(
             continue
         if not interactive:
             click.echo(f"you> {text}")
-        turns.append({"role": "user", "content": text})
+        turn = {"role": "user", "content": text}
+        max_tokens = sampling["max_tokens"]
+        if isinstance(bot, GGUFChat):  # llama.cpp's context holds --n-ctx tokens; an HF model's, its own
+            max_tokens = make_room(bot, turns, turn, len(start), max_tokens)
+            if not max_tokens:
+                continue
+        turns.append(turn)
         click.echo("model> ", nl=False)
         reply = []
-        for piece in bot.stream(turns, sampling):
+        for piece in bot.stream(turns, {**sampling, "max_tokens": max_tokens}):
             reply.append(piece)
             click.echo(piece, nl=False)
         click.echo()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated
 
 from . import gguf_header
-from .files import check_gguf, sha256_file
+from .files import check_gguf, check_lora, sha256_file
 from .params import Name, Pattern
 
 IMATRIX = "-imatrix"
@@ -61,9 +61,11 @@ class Files:
         return ["--lora", self.lora] if self.lora else []
 
     def check(self, whole: bool = True) -> None:
-        """Each file a GGUF (whole: complete), or an error naming it and how to get it."""
-        for path in self.paths:
-            check_gguf(path, whole)
+        """Each file a GGUF (whole: complete), or an error naming it and how to get it; the adapter,
+        whole, made for this GGUF and finite (llama-cpp-python crashes on one of another model)."""
+        check_gguf(self.gguf, whole)
+        if self.lora:
+            check_lora(self.gguf, self.lora)
 
     def record(self) -> list[dict]:
         """Each file's path and content hash, as evaluate records them and export checks them:
