@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_tiny_model, run
+from conftest import make_tiny_model, run, set_params
 
 REFUSED = 2  # EdgetuneError's exit code: an error message, not a crash
 
@@ -213,3 +213,94 @@ def test_chat_refuses_a_line_longer_than_the_context_and_goes_on(tiny_gguf):
     assert lines[1].startswith(refusal) and lines[2] == "you> 你好"
     assert sum(line.startswith("model> ") for line in lines) == 7  # every other line was answered
     assert any(line.startswith("(the oldest 2 turns no longer fit the context of 96 tokens") for line in lines)
+
+
+# Non-finite numbers: a diverging run stops, and no later stage accepts NaN weights.
+
+
+def test_training_that_diverges_stops_with_the_learning_rate_to_lower(workdir, tiny_model, prepared):
+    set_params(
+        workdir,
+        lora={"top_layers": None},
+        train={"lr": 1e30, "warmup_ratio": 0, "max_steps": 2, "logging_steps": 1, "batch_size": 4, "eval_steps": 2},
+    )
+    result = run(
+        "train", "--model", tiny_model, "--data", prepared, "--out", workdir / "adapter", "--live", workdir / "live"
+    )
+    assert refused(result, "training diverged: ", "train.lr (1e+30) is too high", "lower it in params.yaml")
+    assert not (workdir / "adapter" / "adapter_model.safetensors").exists()
+
+
+def nan_into_safetensors(path, tensor_part: str) -> None:
+    """One NaN in the first tensor whose name holds `tensor_part`, the file otherwise as it was."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(path, "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    name = next(k for k in sorted(tensors) if tensor_part in k)
+    tensors[name].view(-1)[0] = torch.nan
+    save_file(tensors, path, metadata=metadata)
+
+
+def nan_into_gguf_lora(path) -> None:
+    """One f16 NaN at the start of the first LoRA tensor's data."""
+    from edgetune import gguf_header
+
+    tensor = gguf_header.read(path).tensors[0]
+    assert tensor.type.name == "F16"
+    with path.open("r+b") as f:
+        f.seek(tensor.offset)
+        f.write(struct.pack("<H", 0x7E00))
+
+
+@pytest.mark.parametrize("command", ["convert-lora", "merge", "convert", "evaluate", "chat"])
+def test_nan_weights_are_refused_by_every_stage_that_reads_them(
+    workdir, tiny_model, tiny_gguf, adapters, request, command
+):
+    if command in ("convert-lora", "merge"):
+        bad = shutil.copytree(adapters["tiny"]["adapter"], workdir / "adapter")
+        nan_into_safetensors(bad / "adapter_model.safetensors", "lora_B")
+        out = workdir / ("lora.gguf" if command == "convert-lora" else "merged")
+        result = run(command, "--adapter", bad, "--base", tiny_model, "--out", out)
+        needles = [f"{bad / 'adapter_model.safetensors'}: tensor base_model.model.", "retrain with a lower train.lr"]
+    elif command == "convert":
+        bad = shutil.copytree(tiny_model, workdir / "merged")
+        nan_into_safetensors(bad / "model.safetensors", "layers.0.mlp.down_proj")
+        out = workdir / "f16.gguf"
+        result = run("convert", "--model", bad, "--out", out)
+        needles = [f"{bad / 'model.safetensors'}: tensor model.layers.0.mlp.down_proj.weight", "lower train.lr"]
+    else:
+        bad = shutil.copy(adapters["tiny"]["lora"], workdir / "lora.gguf")
+        nan_into_gguf_lora(bad)
+        out = workdir / "f16.json"
+        if command == "chat":
+            ran = chat(tiny_gguf, "--lora", bad, "--max-tokens", 4)
+            assert ran.returncode == REFUSED, (ran.returncode, ran.stdout[-2000:])
+            result = ran.stderr
+        else:
+            prepared = request.getfixturevalue("prepared")
+            data = ["--data", prepared / "test.jsonl", "--val", prepared / "val.jsonl", "--out", out]
+            result = run("evaluate", "--model", tiny_gguf, "--lora", bad, "--variant", "f16+lora", *data)
+        needles = [f"{bad}: tensor blk.", "holds 1 of", "values that are NaN or infinite", "lower train.lr"]
+    if isinstance(result, str):
+        assert all(n in result for n in needles) and "Traceback" not in result, result
+    else:
+        assert refused(result, *needles)
+    assert not out.exists()
+
+
+def test_the_checked_readers_accept_what_the_pipeline_writes(tmp_path, adapters, tiny_model, tiny_gguf):
+    """The same readers pass the real files: an adapter on its base, its GGUF LoRA on the base GGUF,
+    and SHA256SUMS as export writes it."""
+    from edgetune.files import check_checkpoint, check_lora, read_adapter, read_checksums, sha256_file, write_checksums
+
+    config, shapes = read_adapter(adapters["tiny"]["adapter"], tiny_model)
+    assert config["r"] == 4 and shapes["base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"] == (4, 128)
+    check_lora(tiny_gguf, adapters["tiny"]["lora"])
+    check_checkpoint(tiny_model)
+    shutil.copy(tiny_gguf, tmp_path / "m-f16.gguf")
+    write_checksums(tmp_path / "SHA256SUMS", {"m-f16.gguf": sha256_file(tmp_path / "m-f16.gguf")})
+    assert read_checksums(tmp_path / "SHA256SUMS") == {"m-f16.gguf": sha256_file(tiny_gguf)}
+    assert subprocess.run(["sha256sum", "-c", "--status", "SHA256SUMS"], cwd=tmp_path).returncode == 0

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from . import llamacpp
-from .files import check_outputs
+from .files import check_checkpoint, check_outputs
 
 
 @click.command("convert")
@@ -19,4 +19,5 @@ from .files import check_outputs
 def convert(model: Path, out: Path):
     """Convert the merged HF checkpoint MODEL to an f16 GGUF."""
     check_outputs(inputs=[model], files=[out])
+    check_checkpoint(model)  # the converter copies NaN weights into the GGUF as they are
     llamacpp.convert_checkpoint(model, out, "f16")

@@ -201,6 +201,34 @@ def sft_config(p: TrainParams, checkpoints: Path, validate: bool, by_accuracy: b
     )
 
 
+def stop_when_not_finite(lr: float):
+    """A callback that ends a run whose loss or gradient norm is NaN or infinite: a learning rate too
+    high for the model makes them overflow, and every later step, and the adapter, would be NaN. The
+    Trainer's logged loss leaves out a NaN step's (logging_nan_inf_filter): the gradient norm, and at
+    the end the adapter's weights, are checked as well."""
+    import torch
+    from transformers import TrainerCallback
+
+    def diverged(what: str, step: int) -> EdgetuneError:
+        return EdgetuneError(
+            f"training diverged: {what} at step {step}. train.lr ({lr:g}) is too high for this model; "
+            f"lower it in params.yaml (e.g. to {lr / 10:g}) and train again."
+        )
+
+    class StopWhenNotFinite(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "grad_norm", "eval_loss"):
+                if key in (logs or {}) and not math.isfinite(logs[key]):
+                    raise diverged(f"the {key.replace('_', ' ')} is {logs[key]}", state.global_step)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            trained = [w for w in model.parameters() if w.requires_grad]
+            if not all(torch.isfinite(w).all() for w in trained):
+                raise diverged("the adapter's weights are NaN or infinite", state.global_step)
+
+    return StopWhenNotFinite()
+
+
 def run_summary(trainer, result, validate: bool, best: bool) -> dict:
     """The run's figures, with the validation metrics of the adapter that is saved (the best
     checkpoint's with train.best_checkpoint, else the last step's)."""
@@ -324,7 +352,7 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
         if resume_from is None:
             resume.start_afresh(checkpoints, stamp)
     state.wait_for_everyone()
-    callbacks = []
+    callbacks = [stop_when_not_finite(p.lr)]
     if state.is_main_process:
         mark(live_dir, "train")
         live = resume.open_live(live_dir, resume=resume_from is not None)
