@@ -242,3 +242,244 @@ def check_gguf(path: Path, whole: bool = True) -> None:
         raise EdgetuneError(
             f"{path}: truncated GGUF file ({size:,} bytes; its tensors need {end:,}). Fetch or make it again."
         )
+
+
+# Checked readers of weights: an adapter, a GGUF LoRA, safetensors checkpoints. Each refuses a
+# damaged file, weights made for another model, and values that are not finite numbers (a training
+# run that diverged writes NaN, and every later stage would carry them on silently), in one line
+# that names the file and the fix.
+
+NONFINITE_BITS = {  # a float type's exponent bits: all of them set is an infinity or a NaN
+    "F16": ("<u2", 0x7C00),
+    "BF16": ("<u2", 0x7F80),
+    "F32": ("<u4", 0x7F800000),
+    "F64": ("<u8", 0x7FF0000000000000),
+}
+CHUNK = 1 << 24  # values checked at a time: a large tensor never needs a second copy in memory
+
+
+def _count_nonfinite(raw, dtype: str) -> int:
+    """NaN and infinite values among the raw bytes of a tensor of `dtype` (a safetensors or GGML type
+    name), read as bit patterns (numpy has no bfloat16), a chunk at a time."""
+    import numpy as np
+
+    if dtype not in NONFINITE_BITS:  # an integer or 8-bit type: not read as weights here
+        return 0
+    width, exponent = NONFINITE_BITS[dtype]
+    bits = raw.view(width)
+    return sum(int(np.count_nonzero((bits[i : i + CHUNK] & exponent) == exponent)) for i in range(0, len(bits), CHUNK))
+
+
+def _not_finite(path: Path, tensor: str, count: int, total: int, fix: str) -> EdgetuneError:
+    return EdgetuneError(
+        f"{path}: tensor {tensor} holds {count:,} of {total:,} values that are NaN or infinite. {fix}"
+    )
+
+
+def read_safetensors(path: Path, fix: str, diverged: str | None = None) -> dict[str, tuple[int, ...]]:
+    """The tensors of a safetensors file (name -> shape), or an error naming it: a damaged file (its
+    fix: `fix`), or, where `diverged` gives the fix for it, a tensor holding NaN or infinite values."""
+    import numpy as np
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise EdgetuneError(f"{path}: not found. {fix}")
+    try:
+        with safe_open(path, "numpy") as f:  # checks the header and that the tensors fill the file
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except SafetensorError as e:
+        raise EdgetuneError(f"{path}: damaged safetensors file ({e}). {fix}") from None
+    if diverged:
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+        header_size = int(data[:8].view("<u8")[0])
+        header = json.loads(bytes(data[8 : 8 + header_size]))
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = (8 + header_size + offset for offset in info["data_offsets"])
+            count = _count_nonfinite(data[begin:end], info["dtype"])
+            if count:
+                raise _not_finite(path, name, count, max(1, int(np.prod(shapes[name]))), diverged)
+    return shapes
+
+
+def check_checkpoint(folder: Path) -> None:
+    """An HF checkpoint's safetensors weights, undamaged and finite."""
+    for path in sorted(folder.glob("*.safetensors")):
+        read_safetensors(
+            path,
+            "Make it again (`dvc repro merge`).",
+            "Merged from an adapter whose training diverged? Retrain with a lower train.lr in params.yaml (`dvc repro`).",
+        )
+
+
+ADAPTER_KEYS = {"peft_type": str, "r": int, "lora_alpha": (int, float)}  # what merge and convert-lora read
+
+
+def read_adapter(folder: Path, base: Path | None = None) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """A PEFT LoRA adapter folder: its adapter_config.json and its tensors' shapes (name -> shape),
+    every value finite; with `base`, an HF checkpoint folder, every LoRA pair must fit the base
+    tensor it changes. Anything else is an error naming the file and the fix."""
+    retrain = "Train the adapter again (`dvc repro train`)."
+    path = folder / "adapter_config.json"
+    if not path.is_file():
+        raise EdgetuneError(f"{folder}: no adapter_config.json. Run the train stage first (`dvc repro train`).")
+    text = read_text(path)
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        what = "empty" if not text.strip() else f"not valid JSON ({e.msg}, line {e.lineno})"
+        raise EdgetuneError(f"{path}: {what}. {retrain}") from None
+    if not isinstance(config, dict):
+        raise EdgetuneError(f"{path}: holds a JSON {type(config).__name__}, not an object of PEFT settings. {retrain}")
+    for key, kind in ADAPTER_KEYS.items():
+        value = config.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            what = f"{value!r}" if key in config else "missing"
+            raise EdgetuneError(f"{path}: `{key}` is {what}; PEFT writes it for every LoRA adapter. {retrain}")
+    if config["peft_type"] != "LORA":
+        raise EdgetuneError(f"{path}: a {config['peft_type']} adapter; edgetune converts and merges LoRA only.")
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise EdgetuneError(
+            f"{folder}: no adapter_model.safetensors (adapters are read as safetensors only). {retrain}"
+        )
+    shapes = read_safetensors(
+        folder / "adapter_model.safetensors",
+        retrain,
+        "Its training diverged: retrain with a lower train.lr in params.yaml (`dvc repro train`).",
+    )
+    if not any(".lora_" in name for name in shapes):
+        raise EdgetuneError(f"{folder / 'adapter_model.safetensors'}: holds no LoRA tensors. {retrain}")
+    if base is not None:
+        _check_fits(folder, base, config, shapes)
+    return config, shapes
+
+
+def _check_fits(folder: Path, base: Path, config: dict, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every LoRA pair A, B of the adapter multiplies to the shape of the base tensor it is added to."""
+    weights = {}
+    for path in base.glob("*.safetensors"):
+        weights.update(read_safetensors(path, "Fetch the base model again (`dvc repro fetch-model`)."))
+    if not weights:
+        return  # nothing to compare with: loading the base fails with its own message
+    for name, a in shapes.items():
+        # PEFT's names: base_model.model.<module>.lora_A.weight. A linear layer's A is (r, in) and B
+        # (out, r), for its weight (out, in); an embedding's A is (r, rows) and B (columns, r).
+        module, linear, _ = name.removeprefix("base_model.model.").rpartition(".lora_A.")
+        if not linear:
+            module, embedding, _ = name.removeprefix("base_model.model.").rpartition(".lora_embedding_A")
+            if not embedding:
+                continue
+        b = shapes.get(name.replace("lora_A.", "lora_B.").replace("lora_embedding_A", "lora_embedding_B"))
+        weight = weights.get(f"{module}.weight")
+        if weight is None:
+            problem = f"it changes {module}, which the base does not have"
+        elif b is None or len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+            problem = f"{name} is {list(a)} and has no lora_B that it multiplies with"
+        else:
+            update = (b[0], a[1]) if linear else (a[1], b[0])
+            if update == weight:
+                continue
+            problem = f"{module}.weight is {list(weight)} in the base, the adapter's update to it {list(update)}"
+        raise EdgetuneError(
+            f"{folder}: this adapter does not fit the base model in {base} (it was trained on "
+            f"{config.get('base_model_name_or_path')}): {problem}. Retrain it on this base (`dvc repro train`) "
+            "or point --base at the model it was made for."
+        )
+
+
+def check_lora(base: Path, lora: Path) -> None:
+    """A GGUF LoRA that llama.cpp can apply on the GGUF `base`, or an error naming it: each of its
+    X.lora_a, X.lora_b pairs fits the base's tensor X as llama.cpp requires (one made for another
+    model crashes llama-cpp-python), and every value is finite."""
+    import numpy as np
+    from gguf.quants import dequantize
+
+    from . import gguf_header
+
+    check_gguf(base)
+    check_gguf(lora)
+    model, adapter = gguf_header.read(base), gguf_header.read(lora)
+    kind = adapter.fields.get("general.type"), adapter.fields.get("adapter.type")
+    if kind != ("adapter", "lora"):
+        raise EdgetuneError(
+            f"{lora}: not a GGUF LoRA (general.type is {kind[0]!r}). Give the adapter that "
+            "`edgetune convert-lora` wrote (models/gguf/<name>-lora.gguf)."
+        )
+    shapes = {t.name: t.shape for t in model.tensors}
+    pairs = {}
+    for t in adapter.tensors:
+        stem, _, part = t.name.rpartition(".")
+        if part in ("lora_a", "lora_b"):
+            pairs.setdefault(stem, {})[part] = t.shape
+    if not pairs:
+        raise EdgetuneError(f"{lora}: holds no LoRA tensors. Convert the adapter again (`dvc repro convert-lora`).")
+    for name, pair in sorted(pairs.items()):
+        # ggml's order, the fastest dimension first: the base's X is (in, out), A is (in, r) and B (r, out);
+        # the token embedding's A is stored transposed (llama.cpp's llama-adapter.cpp checks the same)
+        a, b, want = pair.get("lora_a"), pair.get("lora_b"), shapes.get(name)
+        if want is None:
+            problem = f"it changes {name}, which the base does not have"
+        elif a is None or b is None or len(a) != 2 or len(b) != 2:
+            problem = f"{name} has no complete lora_a, lora_b pair"
+        elif name.endswith("token_embd.weight"):
+            problem = None if (b[1], a[1]) == tuple(want) and a[0] == b[0] else f"{name} is {list(want)}"
+        else:
+            problem = None if (a[0], b[1]) == tuple(want) and a[1] == b[0] else f"{name} is {list(want)}"
+        if problem:
+            raise EdgetuneError(
+                f"{lora}: this LoRA does not fit the base {base}: {problem} (lora_a {list(a or ())}, lora_b "
+                f"{list(b or ())}); it was made for another model. Use the base it was trained on, or convert "
+                "the adapter trained on this one (`dvc repro convert-lora`)."
+            )
+    data = np.memmap(lora, dtype=np.uint8, mode="r")
+    for t in adapter.tensors:
+        raw = data[t.offset : t.offset + t.n_bytes]
+        if t.type.name in NONFINITE_BITS:
+            count = _count_nonfinite(raw, t.type.name)
+        else:  # a quantized type: its values, dequantized
+            count = int(np.count_nonzero(~np.isfinite(dequantize(raw, t.type))))
+        if count:
+            raise _not_finite(
+                lora,
+                t.name,
+                count,
+                t.n_elements,
+                "The adapter it came from diverged in training: retrain with a lower train.lr in params.yaml (`dvc repro`).",
+            )
+
+
+def read_checksums(path: Path) -> dict[str, str]:
+    """A SHA256SUMS file (file name -> sha256) as `sha256sum` writes and checks it, or an error naming
+    the line: each holds a digest and the plain name of a file in the same folder, so that checking
+    the files reads none outside it."""
+    again = "Export the bundle again (`edgetune export`)."
+    sums = {}
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2:
+            raise EdgetuneError(f"{path}, line {n}: `{line}` is not `<sha256>  <file name>`. {again}")
+        digest = fields[0].lower()  # as sha256_file gives it
+        if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+            raise EdgetuneError(f"{path}, line {n}: `{fields[0]}` is not a sha256 (64 hex digits). {again}")
+        mode, name = line[64:66], line[66:]  # two spaces, or ` *` (sha256sum's binary mode), then the name
+        if mode not in ("  ", " *"):
+            raise EdgetuneError(f"{path}, line {n}: `{line}` is not `<sha256>  <file name>`. {again}")
+        if name in ("", ".", "..") or Path(name).name != name or glob.has_magic(name) or "\\" in name:
+            raise EdgetuneError(
+                f"{path}, line {n}: `{name}` is not the name of a file beside it (no folders, `..`, "
+                f"absolute paths or wildcards). {again}"
+            )
+        if name in sums:
+            raise EdgetuneError(f"{path}, line {n}: `{name}` is listed twice. {again}")
+        sums[name] = digest
+    if not sums:
+        raise EdgetuneError(f"{path}: lists no files. {again}")
+    return sums
+
+
+def write_checksums(path: Path, sums: dict[str, str]) -> None:
+    """SHA256SUMS as read_checksums reads it, and `sha256sum -c` checks it."""
+    write_text(path, "".join(f"{digest}  {name}\n" for name, digest in sums.items()))
