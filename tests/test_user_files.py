@@ -128,7 +128,7 @@ from pathlib import Path
 from edgetune.files import atomic_dir, atomic_path
 out = Path(sys.argv[2])
 if sys.argv[1] == "dir":
-    with atomic_dir(out, "prepare") as tmp:
+    with atomic_dir(out) as tmp:
         (tmp / "train.jsonl").write_text("from the run that was killed")
         os.kill(os.getpid(), signal.SIGKILL)
 with atomic_path(out, ".gguf") as tmp:
@@ -215,3 +215,126 @@ def test_a_bad_param_keeps_the_checkpoints_of_an_interrupted_run(workdir, tiny_m
     result = run("train", "--model", tiny_model, "--data", prepared, "--out", "adapter", "--live", "live")
     assert failed(result, "lora.top_layers is 7", "2 decoder layers")
     assert snapshot(workdir / "adapter") == before
+
+
+@pytest.fixture
+def own_model(workdir, tiny_model) -> Path:
+    """A copy of the tiny model: a command that failed to refuse would write into it."""
+    return Path(shutil.copytree(tiny_model, workdir / "model"))
+
+
+def test_a_file_output_never_lands_on_or_in_an_input(workdir, own_model, prepared):
+    """baseline's result over the split it reads; prepare's data stats into the model it reads."""
+    cases = [
+        (["baseline", "--data", prepared, "--out", prepared / "train.jsonl"], "is inside the input"),
+        (
+            ["prepare", "--model", own_model, "--out", "again", "--stats", own_model / "tokenizer_config.json"],
+            "is inside the input",
+        ),
+        (
+            ["prepare", "--model", own_model, "--out", "again", "--stats", "again/stats.json"],
+            "inside the output folder",
+        ),
+    ]
+    before = snapshot(workdir)
+    for command, needle in cases:
+        assert failed(run(*command), needle)
+        assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize(
+    "marker, needle",
+    [
+        (
+            "written by `edgetune train --out`; only that command replaces this folder",
+            "written by `edgetune train --out`",
+        ),
+        ("written by `edgetune train`; it replaces this folder when it runs again", "written by `edgetune train`"),
+        ("written by `edgetune prepare --stats`", "written by `edgetune prepare --stats`"),
+    ],
+)
+def test_a_folder_another_command_wrote_is_not_replaced(workdir, own_model, reviews, marker, needle):
+    """The marker names the command and option that wrote the folder; only they replace it."""
+    adapter = workdir / "models" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"a trained adapter")
+    (adapter / ".edgetune").write_text(marker + "\n")
+    before = snapshot(workdir)
+    set_params(workdir, data={"source": str(write_jsonl(workdir / "reviews.jsonl", reviews))})
+    result = run("prepare", "--model", own_model, "--out", adapter, "--stats", "stats.json")
+    assert failed(result, needle, "only that command replaces it", "edgetune prepare --out")
+    assert snapshot(workdir) == {**before, **snapshot_of(workdir, "params.yaml", "reviews.jsonl")}
+
+
+def snapshot_of(root: Path, *names) -> dict[str, str]:
+    return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in names}
+
+
+def test_the_marker_names_the_command_and_option(workdir, prepared):
+    assert (prepared / ".edgetune").read_text().startswith("written by `edgetune prepare --out`")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--out", "~/data", "--stats", "stats.json"], "begins with `~`"),
+        (["--out", "out", "--stats", "~/stats.json"], "begins with `~`"),
+        (["--out", "out", "--stats", "blocker/stats.json"], "the file"),  # a file stands where a folder goes
+        (["--out", "blocker/out", "--stats", "stats.json"], "the file"),
+    ],
+)
+def test_a_refused_output_is_refused_before_any_work(workdir, own_model, reviews, args, needle):
+    (workdir / "blocker").write_text("a file of the user's\n")
+    set_params(workdir, data={"source": str(write_jsonl(workdir / "reviews.jsonl", reviews))})
+    before = snapshot(workdir)
+    assert failed(run("prepare", "--model", own_model, *args), needle)
+    assert snapshot(workdir) == before and not (workdir / "~").exists() and not (workdir / "out").exists()
+
+
+@pytest.mark.parametrize("stage", ["prepare", "quantize"])
+def test_two_commands_writing_one_output_at_once(workdir, own_model, tiny_gguf, reviews, stage):
+    """Two runs into one output: one finishes, the other is told the output is busy, and what is
+    left is the first one's whole result."""
+    set_params(workdir, data={"source": str(write_jsonl(workdir / "reviews.jsonl", reviews)), "max_test": 8})
+    commands = {
+        "prepare": lambda n: ["prepare", "--model", own_model, "--out", "out", "--stats", f"stats{n}.json"],
+        "quantize": lambda n: [
+            "quantize",
+            "--model",
+            tiny_gguf,
+            "--type",
+            "q8_0",
+            "--out",
+            "out",
+            "--stats",
+            f"stats{n}.json",
+        ],
+    }
+    both = [
+        subprocess.Popen(
+            [sys.executable, "-m", "edgetune.cli", *map(str, commands[stage](n))],
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for n in (1, 2)
+    ]
+    results = [(p.wait(timeout=600), p.stdout.read()) for p in both]
+    assert sorted(code != 0 for code, _ in results) == [False, True], results
+    (winner, _), (_, (_, told)) = sorted(zip(both, results), key=lambda r: r[1][0] != 0)
+    assert "is being written by another edgetune command right now" in told and "Traceback" not in told
+    assert not list(workdir.glob(".out*"))  # no temporary file or folder of either run is left
+    n = both.index(winner) + 1
+    assert (workdir / f"stats{n}.json").is_file() and not (workdir / f"stats{3 - n}.json").exists()
+    alone = workdir / "alone"  # the same command alone, for what one whole run leaves
+    alone.mkdir()
+    shutil.copy(workdir / "params.yaml", alone)
+    command = [sys.executable, "-m", "edgetune.cli", *map(str, commands[stage](1))]
+    assert subprocess.run(command, cwd=alone, capture_output=True).returncode == 0
+    assert outcome(alone) == outcome(workdir)
+
+
+def outcome(root: Path) -> dict[str, str]:
+    out = root / "out"
+    return snapshot(out) if out.is_dir() else snapshot_of(root, "out")

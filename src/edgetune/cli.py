@@ -14,7 +14,9 @@ from .errors import EdgetuneError
 from .evaluate import evaluate
 from .export import export
 from .fetch_model import fetch_model
+from .files import release_outputs
 from .imatrix import imatrix
+from .inputs import inputs
 from .merge import merge
 from .phone import phone_check
 from .prepare import prepare
@@ -25,7 +27,8 @@ from .train import train
 
 
 class Stages(click.Group):
-    """The stage commands, where a file the system will not let us write is a one-line error."""
+    """The stage commands, where a file the system will not let us write is a one-line error, and
+    the outputs a command took are let go when it ends."""
 
     def invoke(self, ctx):
         try:
@@ -37,6 +40,8 @@ class Stages(click.Group):
                 f"{e.filename or 'an output'}: {e.strerror}. Make that folder writable (or free space "
                 "there), or choose another output path."
             ) from None
+        finally:
+            release_outputs()  # a command run in-process (tests, notebooks) leaves no output held
 
 
 @click.group(cls=Stages, context_settings={"help_option_names": ["-h", "--help"]})

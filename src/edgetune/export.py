@@ -161,7 +161,7 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, o
         "context": p.context,
         "stop": [end_of_turn],
     }
-    with atomic_dir(out, "export") as tmp:
+    with atomic_dir(out) as tmp:
         for f in record:
             copy = tmp / Path(f["path"]).name
             shutil.copyfile(f["path"], copy)

@@ -8,14 +8,18 @@ that is the working directory, the home folder, an input or a folder holding one
 
 import contextlib
 import csv
+import fcntl
 import glob
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
+
+import click
 
 from .errors import EdgetuneError
 
@@ -126,64 +130,157 @@ def atomic_path(final, suffix: str = ""):
 
 
 def check_outputs(inputs=(), files=(), folders=(), shared=()) -> None:
-    """Refuse, before any work, output paths that would replace what is not the command's own.
+    """Refuse, before any work, output paths that would replace what is not the command's own, and
+    take each output for this command alone until it ends (release_outputs).
 
-    files    replaced whole: not a folder, not an input
-    folders  replaced whole: not an input nor a folder holding one, and new, empty or edgetune's
+    files    replaced whole: not a folder, not an input, nor inside an input or an output folder
+    folders  replaced whole: not an input nor in or around one, and new, empty or this command's
     shared   a folder the command adds named files to, beside other stages' (report's reports/)
-    None of them may be the working directory, a folder above it (the filesystem root) or home.
+    None of them may be the working directory, a folder above it (the filesystem root), home, or a
+    path under a file; one that begins with an unexpanded `~` is refused rather than created.
     """
     cwd = Path.cwd().resolve()
     ins = {Path(p).resolve(): p for p in inputs if p is not None}
+    outs = [
+        (kind, Path(p))
+        for kind, paths in (("file", files), ("folder", folders), ("shared", shared))
+        for p in paths
+        if p is not None
+    ]
     seen = set()
-    for kind, paths in (("file", files), ("folder", folders), ("shared", shared)):
-        for out in (Path(p) for p in paths if p is not None):
-            where = out.resolve()
-            if str(out) in ("", ".") or cwd.is_relative_to(where) or where == Path.home().resolve():
+    for kind, out in outs:
+        where = out.resolve()
+        if str(out) in ("", ".") or cwd.is_relative_to(where) or where == Path.home().resolve():
+            raise EdgetuneError(
+                f"output `{out}` is the working directory, a folder above it or the home folder; "
+                "edgetune writes only into a folder of its own. Choose a new folder, e.g. "
+                "--out deploy."
+            )
+        if out.parts[0].startswith("~"):
+            raise EdgetuneError(
+                f"output `{out}` begins with `~`, which no shell expanded (it was quoted, or came from a "
+                "file): edgetune would make a folder named `~`. Write the full path, e.g. $HOME/..."
+            )
+        if where in seen:
+            raise EdgetuneError(f"output `{out}` is given twice; each output needs a path of its own.")
+        seen.add(where)
+        standing = next((p for p in where.parents if p.exists() and not p.is_dir()), None)
+        if standing is not None:
+            raise EdgetuneError(
+                f"output `{out}`: the file {standing} stands where its folder should go. Move it, or choose "
+                "another output path."
+            )
+        if kind == "shared":
+            continue
+        for i, given in ins.items():
+            if where == i or where.is_relative_to(i) or (kind == "folder" and i.is_relative_to(where)):
+                how = "is" if where == i else "is inside" if where.is_relative_to(i) else "holds"
                 raise EdgetuneError(
-                    f"output `{out}` is the working directory, a folder above it or the home folder; "
-                    "edgetune writes only into a folder of its own. Choose a new folder, e.g. "
-                    "--out deploy."
+                    f"output `{out}` {how} the input `{given}`; writing there would replace it. Choose "
+                    "another output path."
                 )
-            if where in seen:
-                raise EdgetuneError(f"output `{out}` is given twice; each output needs a path of its own.")
-            seen.add(where)
-            if kind == "shared":
-                continue
-            for i, given in ins.items():
-                if where == i or (kind == "folder" and i.is_relative_to(where)):
-                    raise EdgetuneError(
-                        f"output `{out}` {'is' if where == i else 'holds'} the input `{given}`; writing "
-                        "there would replace it. Choose another output path."
-                    )
-            if kind == "file" and out.is_dir():
-                raise EdgetuneError(f"output `{out}` is a folder; give the path of a file.")
-            if kind == "folder":
-                check_own_folder(out)
+        if kind == "file" and out.is_dir():
+            raise EdgetuneError(f"output `{out}` is a folder; give the path of a file.")
+        if kind == "folder":
+            check_own_folder(out)
+    for kind, out in outs:
+        inside = next(
+            (f for k, f in outs if k == "folder" and out != f and out.resolve().is_relative_to(f.resolve())), None
+        )
+        if inside is not None:
+            raise EdgetuneError(
+                f"output `{out}` is inside the output folder `{inside}`, which this command replaces whole. "
+                "Choose a path outside it."
+            )
+    for _, out in outs:
+        _take(out)
+
+
+_held: list = []  # the lock files of the outputs the running command has taken
+
+
+def _take(out: Path) -> None:
+    """Hold `out` for this command: a second command writing the same path at once is told, instead
+    of both writing (and one deleting the other's temporary files)."""
+    locks = Path(tempfile.gettempdir()) / "edgetune-locks"
+    locks.mkdir(mode=0o777, exist_ok=True)
+    name = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:32]
+    lock = open(locks / name, "a")  # noqa: SIM115 - held open until release_outputs
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise EdgetuneError(
+            f"output `{out}` is being written by another edgetune command right now. Wait for it to "
+            "finish (or stop it), then run this again, or choose another output path."
+        ) from None
+    _held.append(lock)
+
+
+def release_outputs() -> None:
+    """Let other commands write the outputs this one took (the process's end does it too)."""
+    while _held:
+        _held.pop().close()
+
+
+def _writer(folder: Path) -> str | None:
+    """`edgetune COMMAND --OPTION`: the running command, and its option that names `folder`, as a
+    marker records them; None outside a command (the library called from Python)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    named = [
+        p.opts[0]
+        for p in ctx.command.params
+        if isinstance(ctx.params.get(p.name), (str, Path)) and Path(ctx.params[p.name]) == folder
+    ]
+    return " ".join([f"edgetune {ctx.info_name}", *named[:1]])
+
+
+def writer_of(folder: Path) -> str | None:
+    """Who wrote `folder`, as its marker says: `edgetune COMMAND --OPTION` (`edgetune COMMAND` for an
+    older marker); None when it has no marker."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return None
+    found = re.search(r"`(edgetune [^`]*)`", marker.read_text(errors="replace"))
+    return found.group(1) if found else "edgetune"
 
 
 def check_own_folder(folder: Path) -> None:
-    """A folder edgetune may fill or replace: new, empty, or holding its marker."""
+    """A folder this command may fill or replace: new, empty, or marked as this command's output."""
     if folder.is_file() or folder.is_symlink():
         raise EdgetuneError(f"output `{folder}` is a file or a link, not a folder. Choose another output path.")
-    if folder.is_dir() and not (folder / MARKER).is_file() and any(folder.iterdir()):
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    wrote = writer_of(folder)
+    if wrote is None:
         raise EdgetuneError(
             f"output folder `{folder}` holds files edgetune did not write (it has no {MARKER} "
             "marker), and replacing it would delete them. Move them away, or choose another output "
             "folder."
         )
+    me = _writer(folder)
+    command = me and " ".join(me.split()[:2])
+    if me is not None and wrote not in ("edgetune", me, command):  # `edgetune COMMAND`: a marker older than the option
+        raise EdgetuneError(
+            f"output folder `{folder}` was written by `{wrote}`; only that command replaces it. "
+            f"Choose another output path for `{me}`."
+        )
 
 
-def mark(folder: Path, command: str) -> None:
-    """Claim `folder` as the output of `command`: the next run may replace it."""
+def mark(folder: Path, named: Path | None = None) -> None:
+    """Claim `folder` as the output the running command's option names (`named`, when the folder
+    is written elsewhere first): only the same command and option replace it."""
     _mkdir(folder)
-    (folder / MARKER).write_text(f"written by `edgetune {command}`; it replaces this folder when it runs again\n")
+    who = _writer(named or folder) or "edgetune"
+    (folder / MARKER).write_text(f"written by `{who}`; only that command replaces this folder\n")
 
 
 @contextlib.contextmanager
-def atomic_dir(final, command: str):
-    """Yield a new temporary folder, marked as `command`'s; it replaces folder `final` (only a
-    folder edgetune wrote, or an empty one) if the block succeeds."""
+def atomic_dir(final):
+    """Yield a new temporary folder, marked as the running command's; it replaces folder `final`
+    (only a folder this command wrote, or an empty one) if the block succeeds."""
     final = Path(final)
     check_own_folder(final)
     _mkdir(final.parent)
@@ -192,7 +289,7 @@ def atomic_dir(final, command: str):
     tmp.chmod(0o777 & ~_umask())
     old = final.with_name(f".{final.name}.old.tmp")
     try:
-        mark(tmp, command)
+        mark(tmp, final)
         yield tmp
         check_own_folder(final)  # again: it may have changed while the command ran
         if final.exists():

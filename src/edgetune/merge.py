@@ -33,7 +33,7 @@ def merge_adapter(base: Path, adapter: Path, out: Path) -> None:
             "Retrain it on this base (`dvc repro train`) or point --base at the model it was made for."
         ) from None
     merged = model.merge_and_unload()
-    with atomic_dir(out, "merge") as tmp:
+    with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     click.echo(f"merged {adapter} into {base} -> {out}")

@@ -257,7 +257,7 @@ def prepare(model: Path, out: Path, stats: Path):
         raise EdgetuneError("params.yaml: data.source is a list, which only data.task: sft reads; give one source.")
     else:
         rendered, report = prepare_labelled(p, prompt, tokenizer)
-    with atomic_dir(out, "prepare") as tmp:  # the three splits land together, never from two runs
+    with atomic_dir(out) as tmp:  # the three splits land together, never from two runs
         for name in SPLITS:
             write_jsonl(tmp / f"{name}.jsonl", rendered[name])
     write_json(stats, report)

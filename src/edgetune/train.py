@@ -348,13 +348,13 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
     state.wait_for_everyone()  # every process has decided before the main one clears old checkpoints
     if state.is_main_process:
         click.echo(f"resuming from {resume_from}" if resume_from else f"training from {weights or model}")
-        mark(out, "train")
+        mark(out)
         if resume_from is None:
             resume.start_afresh(checkpoints, stamp)
     state.wait_for_everyone()
     callbacks = [stop_when_not_finite(p.lr)]
     if state.is_main_process:
-        mark(live_dir, "train")
+        mark(live_dir)
         live = resume.open_live(live_dir, resume=resume_from is not None)
         callbacks.append(DVCLiveCallback(live=live))
     trainer = make_trainer_class()(
