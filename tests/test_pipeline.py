@@ -4,6 +4,7 @@ Every stage runs for real: TRL training, PEFT merge, llama.cpp's converter and q
 llama-cpp-python evaluation, DVC's dependency tracking.
 """
 
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -22,6 +23,7 @@ from conftest import REPO, set_params, write_jsonl
 from edgetune import environment
 
 STAGES = {
+    "inputs",
     "fetch-model",
     "prepare",
     "baseline",
@@ -67,8 +69,10 @@ def dvc(project: Path, *args, check=True) -> subprocess.CompletedProcess:
     return proc
 
 
-def ran_stages(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+def ran_stages(output: str, every_time: bool = False) -> set[str]:
+    """The stages a `dvc repro` ran; less `inputs`, which runs every time, unless `every_time`."""
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    return ran if every_time else ran - {"inputs"}
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +85,10 @@ def project(tmp_path_factory, tiny_model, reviews) -> Path:
     shutil.copytree(REPO / "configs", root / "configs")
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     data = write_jsonl(root / "reviews.jsonl", reviews)
+    shutil.copytree(tiny_model, root / "model")  # the user's own model and data, in the project
     set_params(
         root,
-        model={"source": str(tiny_model), "name": "tiny", "dtype": "float32"},
+        model={"source": "model", "name": "tiny", "dtype": "float32"},
         data={
             "source": str(data.relative_to(root)),
             "max_train": None,
@@ -147,7 +152,7 @@ def f1_from_confusion(matrix: list[list[int]]) -> float:
 
 
 def test_repro_runs_every_stage_and_the_ggufs_give_real_logits(project, first_run):
-    assert ran_stages(first_run) == STAGES
+    assert ran_stages(first_run, every_time=True) == STAGES
     from llama_cpp import Llama
 
     for variant in ("f16", "q8_0", "q4_k_m"):
@@ -291,6 +296,8 @@ def test_the_summary_shows_its_pictures_and_says_what_made_it(project, first_run
     assert env["packages"]["trl"] == importlib.metadata.version("trl")
     assert env["llama_cpp_tools"]["source"] == f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
     assert summary.rstrip().endswith(environment.one_line(env)) and f"trl {env['packages']['trl']}" in summary
+    digest = hashlib.sha256((project / "reviews.jsonl").read_bytes()).hexdigest()[:12]  # pinned by the inputs stage
+    assert f"- data `reviews.jsonl`: 1 file(s), sha256 {digest}\n" in summary.split("## Made from")[1]
 
 
 def test_training_keeps_the_best_validated_checkpoint(project, first_run):
@@ -441,10 +448,73 @@ def test_the_bundle_can_ship_the_merged_file_for_runtimes_without_lora(changed):
     assert "# tiny (q4_k_m)" in (deploy / "README.md").read_text()
 
 
-def test_second_repro_runs_nothing(project, first_run):
+def test_second_repro_runs_nothing_but_the_check_of_its_inputs(project, first_run):
     out = dvc(project, "repro").stdout
-    assert ran_stages(out) == set()
-    assert "is up to date" in out or "Data and pipelines are up to date" in out
+    assert ran_stages(out, every_time=True) == {"inputs"}
+    assert "Stage 'fetch-model' didn't change, skipping" in out and "Stage 'prepare' didn't change, skipping" in out
+
+
+def fed_by(project: Path, stage: str) -> set[str]:
+    """The stages dvc.lock records as depending on an output of `stage`: those a change to it reaches first."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    outs = [o["path"] for o in lock[stage]["outs"]]
+    return {
+        name
+        for name, s in lock.items()
+        if any(d["path"] == o or d["path"].startswith(o + "/") for d in s.get("deps", []) for o in outs)
+    }
+
+
+def changed_stages(project: Path) -> set[str]:
+    """The stages `dvc status` finds a changed dependency of, less `inputs`, which always has one."""
+    return set(json.loads(dvc(project, "status", "--json").stdout)) - {"inputs"}
+
+
+def test_a_value_that_would_break_out_of_a_command_stops_the_run_before_any_command(changed):
+    """dvc.yaml puts quant types into shell commands: one holding a quote is refused by the inputs
+    stage, which every other stage runs after, before DVC runs a command with it."""
+    injected = "q8_0'; touch injected; echo '"
+    set_params(changed, quantize={"types": ["q8_0", "q4_k_m", injected]})
+    proc = dvc(changed, "repro", check=False)
+    assert proc.returncode != 0 and ran_stages(proc.stdout, every_time=True) == {"inputs"}
+    assert f"`quantize.types[2]` is {injected!r}; allowed: letters, digits" in proc.stderr + proc.stdout
+    assert not (changed / "injected").exists()
+
+
+def test_an_edited_data_file_reruns_what_it_feeds(changed):
+    """The user's own data file is named in params.yaml, not dvc.yaml: an edit to it (labels fixed,
+    rows added) must still rerun prepare, and its new rows must reach data/processed."""
+    from edgetune.files import read_jsonl
+
+    source = changed / "reviews.jsonl"
+    rows = read_jsonl(source)
+    opposite = {"positive": "negative", "negative": "positive"}
+    fixed = [{**r, "label": opposite[r["label"]]} if i < 5 else r for i, r in enumerate(rows)]
+    added = [{"text": f"第{i}次住这家酒店，房间干净，服务周到。", "label": "positive"} for i in range(5)]
+    write_jsonl(source, fixed + added)
+
+    out = dvc(changed, "repro", "prepare").stdout
+    assert ran_stages(out, every_time=True) == {"inputs", "prepare"}
+    assert read(changed, "reports/data.json")["cleaning"]["raw"] == len(rows) + 5
+    edited = {(r["text"], r["label"]) for r in fixed + added}
+    processed = [
+        r for split in ("train", "val", "test") for r in read_jsonl(changed / f"data/processed/{split}.jsonl")
+    ]
+    assert {(r["text"], r["label"]) for r in processed} <= edited  # every label as fixed
+    assert {r["text"] for r in processed} & {r["text"] for r in added}
+    assert changed_stages(changed) == fed_by(changed, "prepare")
+
+
+def test_an_edited_model_folder_reruns_what_it_feeds(changed):
+    config = read(changed, "model/config.json")
+    (changed / "model" / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
+
+    out = dvc(changed, "repro", "fetch-model").stdout
+    assert ran_stages(out, every_time=True) == {"inputs", "fetch-model"}
+    assert read(changed, "models/base/config.json")["rms_norm_eps"] == 1e-5
+    assert changed_stages(changed) == fed_by(changed, "fetch-model") | {"report"}  # it quotes the pins
+    pinned = read(changed, "reports/inputs/model.json")["files"]
+    assert {f["path"] for f in pinned} == {f"model/{f.name}" for f in (changed / "model").iterdir()}
 
 
 def test_another_machine_reuses_the_results_through_a_dvc_remote(changed, tmp_path):

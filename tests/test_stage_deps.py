@@ -39,6 +39,8 @@ def test_every_stage_depends_on_the_modules_that_make_its_outputs():
     assert len(stages) >= 14
     for name, stage in stages.items():
         stage = stage.get("do", stage)
+        if stage.get("always_changed"):
+            continue  # it runs at every `dvc repro`, whatever its code
         command = stage["cmd"].split()[1]  # edgetune <command> ...
         needed = {f"src/edgetune/{m}.py" for m in code_of(command.replace("-", "_"))}
         missing = needed - set(stage["deps"])

@@ -54,6 +54,7 @@ def main():
 
 
 for command in (
+    inputs,
     fetch_model,
     prepare,
     train,

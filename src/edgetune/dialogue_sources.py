@@ -30,8 +30,12 @@ def read_records(source: str, revision: str) -> list[tuple[str, object]]:
         return [rec for f in chatterbot_files(source) for rec in read_file(f, f"{CHATTERBOT}{f.parent.name}/{f.name}")]
     if is_dataset_id(source):
         return from_hub(source, revision)
-    files = sorted(glob.glob(source)) if glob.has_magic(source) else [source]
-    return [rec for name in files for rec in read_file(Path(name), name)]
+    return [rec for path in local_files(source) for rec in read_file(path, str(path))]
+
+
+def local_files(source: str) -> list[Path]:
+    """The files a data.source entry that is a file name or a glob names."""
+    return [Path(name) for name in (sorted(glob.glob(source)) if glob.has_magic(source) else [source])]
 
 
 def is_dataset_id(source: str) -> bool:

@@ -69,6 +69,31 @@ def supply_template(tokenizer, p: ModelParams) -> None:
         )
 
 
+def kind(p: ModelParams) -> str:
+    """How model.source is read: `packages`, a `gguf` file, a `folder` or a `hub` id."""
+    source = Path(p.source)
+    if p.source == "packages":
+        if not p.packages:
+            raise EdgetuneError("params.yaml: model.source is `packages` but model.packages is empty.")
+        return "packages"
+    if p.source.endswith(".gguf"):
+        if not source.is_file():
+            raise EdgetuneError(f"model.source `{p.source}`: no such GGUF file. Fix the path in params.yaml.")
+        return "gguf"
+    if source.is_dir():
+        return "folder"
+    if source.is_absolute() or p.source.startswith((".", "~")) or p.source.count("/") != 1:
+        raise EdgetuneError(
+            f"model.source `{p.source}`: no such folder or file, and not a hub id (owner/name). "
+            "Fix the path in params.yaml."
+        )
+    return "hub"
+
+
+def package_files(p: ModelParams) -> list[Path]:
+    return [package_file(spec) for spec in p.packages]
+
+
 def package_file(spec: str) -> Path:
     """`module/relative/path` -> the file inside that installed package."""
     module, _, rel = spec.partition("/")
@@ -187,31 +212,19 @@ def fetch_model(out: Path):
     """Resolve model.source into an HF checkpoint and a base GGUF in OUT."""
     p = params.load("model", ModelParams)
     source = Path(p.source)
+    how = kind(p)
     check_outputs(inputs=[source] if source.exists() else [], folders=[out])
-    with atomic_dir(out, "fetch-model") as tmp:
-        if p.source == "packages":
-            if not p.packages:
-                raise EdgetuneError("params.yaml: model.source is `packages` but model.packages is empty.")
-            assemble([package_file(s) for s in p.packages], tmp / BASE_GGUF, p.sha256)
+    with atomic_dir(out) as tmp:
+        if how == "packages":
+            assemble(package_files(p), tmp / BASE_GGUF, p.sha256)
             check_gguf(tmp / BASE_GGUF)
             dequantize_gguf(tmp / BASE_GGUF, tmp, p)
-        elif p.source.endswith(".gguf"):
-            if not source.is_file():
-                raise EdgetuneError(f"model.source `{p.source}`: no such GGUF file. Fix the path in params.yaml.")
+        elif how == "gguf":
             check_gguf(source)
             shutil.copyfile(source, tmp / BASE_GGUF)
             check_sha256(source, sha256_file(tmp / BASE_GGUF), p.sha256)
             dequantize_gguf(tmp / BASE_GGUF, tmp, p)
         else:
-            if source.is_dir():
-                folder = source
-            elif source.is_absolute() or p.source.startswith((".", "~")) or p.source.count("/") != 1:
-                raise EdgetuneError(
-                    f"model.source `{p.source}`: no such folder or file, and not a hub id (owner/name). "
-                    "Fix the path in params.yaml."
-                )
-            else:
-                folder = download(p)
-            load_hf(folder, tmp, p)
+            load_hf(source if how == "folder" else download(p), tmp, p)
             llamacpp.convert_checkpoint(tmp, tmp / BASE_GGUF, "f16")
     click.echo(f"base model ready in {out}")

@@ -5,6 +5,7 @@ difference to the f16 GGUF, to the untuned model (its fair free-answer accuracy)
 classical TF-IDF baseline.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -127,6 +128,32 @@ def add_significance(variants: dict, eval_dir: Path) -> None:
                 v[key] = paired(eval_dir / f"{reference}.csv", mine)
 
 
+def made_from(folder: Path) -> str:
+    """The model and data as the inputs stage pinned them: what a rerun must read to agree."""
+    pins = {what: folder / f"{what}.json" for what in ("model", "data")}
+    lines = [f"- {what} {pin_line(json.loads(f.read_text()))}" for what, f in pins.items() if f.is_file()]
+    return "\n## Made from\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def pin_line(pin: dict) -> str:
+    """A pin as the report states it: the source, and what fixes its content."""
+    parts = [f"{len(pin['files'])} file(s), sha256 {fold(pin['files'])}"] if pin["files"] else []
+    parts += [f"{p['package']} {p['version']}" for p in pin["packages"]]  # their files are the version's
+    parts += [
+        f"hub {h['hub']}@{h['revision']}" + ("" if h["pinned"] else " (a branch or tag: a rerun may read other bytes)")
+        for h in pin["hub"]
+    ]
+    source = pin["source"] if isinstance(pin["source"], str) else ", ".join(pin["source"])
+    return f"`{source}`: " + "; ".join(parts)
+
+
+def fold(files: list[dict]) -> str:
+    """One short digest for a list of files: the first 12 hex digits, or of their digests together."""
+    if len(files) == 1:
+        return files[0]["sha256"][:12]
+    return hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest()[:12]
+
+
 @click.command("report")
 @click.option(
     "--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/eval"), show_default=True
@@ -173,6 +200,14 @@ def add_significance(variants: dict, eval_dir: Path) -> None:
     show_default=True,
     help="`make phone-check` on the exported bundle: the aarch64 build against x86 (when there is one).",
 )
+@click.option(
+    "--inputs",
+    "inputs_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/inputs"),
+    show_default=True,
+    help="the inputs stage's pins of the model and data.",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
 def report(
     eval_dir: Path,
@@ -182,6 +217,7 @@ def report(
     data_stats: Path,
     train_metrics: Path,
     phone_file: Path,
+    inputs_dir: Path,
     out: Path,
 ):
     """Gather every variant's results into OUT/metrics.json, OUT/summary.md and plot data."""
@@ -228,6 +264,7 @@ def report(
     if choice:
         text += f"\n## Recommended\n\n**{choice['variant']}**: {choice['reason']}\n"
         text += frontier_line(variants, on_frontier)
+    text += made_from(inputs_dir)
     text += pictures(variants, metric, on_frontier, choice, bench, train_metrics.parent, out / "plots")
     env = environment.describe()
     write_json(out / "environment.json", env)

