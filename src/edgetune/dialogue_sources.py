@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from . import hub, params
+from .bounds import check_line, check_regular_file, json_value, load_yaml
 from .errors import EdgetuneError
 from .files import read_text
 
@@ -50,24 +51,26 @@ def is_dataset_id(source: str) -> bool:
 
 
 def read_file(path: Path, where: str) -> list[tuple[str, object]]:
-    if not path.is_file():
-        raise EdgetuneError(f"data.source `{path}`: file not found. Fix the path in params.yaml.")
+    check_regular_file(path, f"data.source `{path}`")
     text, suffix = read_text(path), path.suffix.lower()
+    if suffix != ".json":  # one record a line, or YAML: each line within the bounds
+        for n, line in enumerate(text.split("\n"), 1):
+            check_line(line, f"{path}, line {n}")
     if suffix in (".yml", ".yaml"):
         return chatterbot_records(path, text, where)
     if suffix == ".json":
         try:
-            data = json.loads(text)
+            data = json_value(text, str(path))
         except json.JSONDecodeError as e:
             raise EdgetuneError(
                 f"{path}: not valid JSON ({e}). Fix it, or write one record a line as .jsonl."
             ) from None
         return [(where, r) for r in (data if isinstance(data, list) else [data])]
     records = []
-    for line in text.splitlines():
+    for n, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
-                records.append((where, json.loads(line)))
+                records.append((where, json_value(line, f"{path}, line {n}")))
             except json.JSONDecodeError:
                 records.append((where, None))  # counted as invalid
     return records
@@ -75,12 +78,7 @@ def read_file(path: Path, where: str) -> list[tuple[str, object]]:
 
 def chatterbot_records(path: Path, text: str, where: str) -> list[tuple[str, object]]:
     """A chatterbot YAML file: `conversations`, each a list of utterances, replies in turn."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise EdgetuneError(f"{path}: not valid YAML ({str(e).splitlines()[0]}). Fix it.") from None
+    data = load_yaml(text, path)
     if not isinstance(data, dict) or not isinstance(data.get("conversations"), list):
         raise EdgetuneError(f"{path}: no `conversations` list, as chatterbot corpus files have. Fix the file.")
     return [

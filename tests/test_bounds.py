@@ -1,0 +1,237 @@
+"""Hostile input: what would fill the memory, block, wait without end, inject a line or slip
+through as a valid setting fails at once, in one line that names the input, what is wrong and
+the fix. Each case runs the real command; where the unbounded version would eat the machine, it
+runs in a process of its own, held to a few GiB and a time limit."""
+
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from conftest import GOOD, run, set_params, write_jsonl
+
+
+def failed(result, *needles):
+    assert result.exit_code != 0, result.output[-2000:]
+    for needle in needles:
+        assert needle in result.output, result.output[:2000]
+    return True
+
+
+def edgetune_held(*args, cwd, gib: int = 4, seconds: int = 60):
+    """The edgetune CLI in a process of its own, held to `gib` GiB of address space."""
+
+    def hold():
+        resource.setrlimit(resource.RLIMIT_AS, (gib << 30, gib << 30))
+
+    command = [sys.executable, "-c", "import sys; from edgetune.cli import main; sys.exit(main())", *map(str, args)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=seconds, preexec_fn=hold)
+
+
+def prepare(workdir, model, **data):
+    set_params(workdir, data={"max_test": 4, "max_val": 4, **data})
+    return run("prepare", "--model", model, "--out", workdir / "out", "--stats", workdir / "stats.json")
+
+
+def train(workdir, data, model=None):
+    model = model or workdir / "model"
+    model.mkdir(exist_ok=True)
+    return run("train", "--model", model, "--data", data, "--out", workdir / "adapter", "--live", workdir / "live")
+
+
+def bomb(levels: int, width: int, flow: bool = False) -> str:
+    """Nested YAML aliases ("billion laughs"): `width ** levels` values in a few hundred bytes; as
+    keys a, b, c ..., or as one flow sequence."""
+    names = "abcdefghij"[:levels]
+    parts = [f"&a [{','.join(['lol'] * width)}]"]
+    parts += [f"&{name} [{','.join([f'*{before}'] * width)}]" for before, name in zip(names, names[1:])]
+    if flow:
+        return f"[{', '.join(parts)}]"
+    return "".join(f"{name}: {part}\n" for name, part in zip(names, parts))
+
+
+# Unbounded resources
+
+
+def test_an_alias_bomb_in_params_yaml_is_refused_in_a_short_message(workdir):
+    """params.yaml: aliases that stand for a million values, where train.lr should be."""
+    text = (workdir / "params.yaml").read_text()
+    (workdir / "params.yaml").write_text(text.replace("\n  lr: 0.0003\n", f"\n  lr: {bomb(6, 10, flow=True)}\n"))
+    (workdir / "data").mkdir()
+    result = train(workdir, workdir / "data")
+    assert failed(
+        result, "params.yaml, line", "aliases (*name) repeat more than 10,000 values", "Write the values out"
+    )
+    assert len(result.output) < 500
+
+
+def test_a_long_value_in_params_yaml_is_shown_cut_short(workdir):
+    set_params(workdir, train={"precision": "fp" * 100_000})
+    (workdir / "data").mkdir()
+    result = train(workdir, workdir / "data")
+    assert failed(result, "`train.precision` is 'fpfp", "allowed: one of auto, bf16, fp32")
+    assert len(result.output) < 500
+
+
+def test_an_alias_bomb_in_dialogue_yaml_is_refused(workdir, tiny_model):
+    """A chatterbot corpus file of 400 bytes whose conversation stands for 9**9 utterances."""
+    (workdir / "talk.yml").write_text(bomb(9, 9) + "conversations:\n- *i\n")
+    assert (workdir / "talk.yml").stat().st_size < 500
+    set_params(workdir, data={"task": "sft", "source": ["talk.yml"]})
+    ran = edgetune_held("prepare", "--model", tiny_model, "--out", "out", "--stats", "stats.json", cwd=workdir)
+    assert ran.returncode == 2, ran.stderr[-2000:]
+    assert "talk.yml, line 5: its aliases (*name) repeat more than 10,000 values" in ran.stderr
+    assert not (workdir / "out").exists()
+
+
+LONG = "好" * (2**20 + 1)  # one character over a line's bound
+
+
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [
+        ("long.jsonl", [*GOOD, {"text": LONG, "label": "positive"}], "long.jsonl`, line 41: 1,048,"),
+        (
+            "long.csv",
+            "text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in GOOD) + f"{LONG},positive\n",
+            "long.csv`, line 42: 1,048,",
+        ),
+        (
+            "long.json",
+            [*GOOD, {"text": LONG, "label": "positive"}],
+            "long.json`, row 41: a text of 1,048,577 characters",
+        ),
+    ],
+)
+def test_a_line_longer_than_a_mebibyte_is_refused(workdir, tiny_model, name, content, needle):
+    path = workdir / name
+    if name.endswith(".jsonl"):
+        write_jsonl(path, content)
+    elif name.endswith(".json"):
+        path.write_text(json.dumps(content, ensure_ascii=False))
+    else:
+        path.write_text(content)
+    assert failed(prepare(workdir, tiny_model, source=str(path)), needle, "Shorten or remove")
+    assert not (workdir / "out").exists()
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("reader", ["data.source", "dialogue", "train.jsonl"])
+def test_json_nested_too_deep_is_refused(workdir, tiny_model, reader):
+    if reader == "train.jsonl":  # a split prepare never made: train reads it with files.read_jsonl
+        (workdir / "data").mkdir()
+        (workdir / "data" / "train.jsonl").write_text(json.dumps(GOOD[0]) + "\n" + DEEP + "\n")
+        result = train(workdir, workdir / "data")
+        assert failed(result, "train.jsonl, line 2: JSON nested more than 64 levels deep")
+        return
+    rows = GOOD if reader == "data.source" else [{"messages": [{"role": "user", "content": "你好"}]}]
+    path = workdir / "deep.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + DEEP + "\n")
+    data = {"source": str(path)} if reader == "data.source" else {"task": "sft", "source": [str(path)]}
+    result = prepare(workdir, tiny_model, **data)
+    assert failed(result, f"deep.jsonl{'`' if reader == 'data.source' else ''}, line {len(rows) + 1}: JSON nested")
+    assert not (workdir / "out").exists()
+
+
+@pytest.fixture
+def dripping_hub():
+    """HF_ENDPOINT is a server on 127.0.0.1 that answers each request a byte every 0.2 s for 6 s, never
+    finishing the answer's headers; offline mode is off. `held` holds (request line, seconds the client
+    kept the connection open) for each request."""
+    import importlib
+
+    import datasets.config
+    import huggingface_hub.constants
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop, held = threading.Event(), []
+
+    def drip(connection):
+        start = time.monotonic()
+        with connection:
+            connection.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := connection.recv(4096)):
+                head += chunk
+            try:
+                for byte in b"HTTP/1.1 200 OK\r\nX-Drip: ........":
+                    if stop.wait(0.2):
+                        break
+                    connection.sendall(bytes([byte]))
+            except OSError:  # the client hung up
+                pass
+            held.append((" ".join(head.decode().split(" ")[:2]), time.monotonic() - start))
+
+    def serve():
+        while not stop.is_set():
+            try:
+                connection = server.accept()[0]
+            except TimeoutError:
+                continue
+            threading.Thread(target=drip, args=(connection,), daemon=True).start()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    libraries = (huggingface_hub.constants, datasets.config)  # read again, as test_network does
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HF_ENDPOINT", url)
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            env.delenv(name, raising=False)
+        for module in libraries:
+            importlib.reload(module)
+        try:
+            yield SimpleNamespace(url=url, held=held)
+        finally:
+            stop.set()
+            thread.join()
+            server.close()
+    for module in libraries:
+        importlib.reload(module)
+
+
+@pytest.mark.parametrize("command", ["fetch-model", "prepare"])
+def test_a_hub_that_drips_bytes_is_given_up_on_in_time(workdir, tiny_model, dripping_hub, command):
+    """hub.timeout 1 s: no request is kept waiting much longer, though a byte comes every 0.2 s."""
+    set_params(workdir, hub={"timeout": 1, "retries": 1})
+    if command == "fetch-model":
+        set_params(workdir, model={"source": "someone/some-model"})
+        result = run("fetch-model", "--out", workdir / "base")
+    else:
+        result = prepare(workdir, tiny_model, source="someone/some-dataset")
+    assert result.exit_code != 0
+    time.sleep(0.5)  # the server notices the last hang-up
+    assert dripping_hub.held and all(seconds < 2 for _, seconds in dripping_hub.held), dripping_hub.held
+    assert failed(result, dripping_hub.url, "did not answer", "2 tries", "given 1 s (hub.timeout) to answer")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_an_edited_data_file_is_read_again(workdir, tiny_model, suffix):
+    """The file grows from 40 rows to 50 with its size and time stamp as `datasets` last saw them."""
+    path = workdir / f"reviews{suffix}"
+
+    def write(rows):
+        if suffix == ".jsonl":
+            write_jsonl(path, rows)
+        else:
+            path.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+
+    more = GOOD + [{"text": f"又一条{i}", "label": "positive" if i % 2 else "negative"} for i in range(10)]
+    write(GOOD)
+    assert prepare(workdir, tiny_model, source=str(path)).exit_code == 0
+    assert json.loads((workdir / "stats.json").read_text())["cleaning"]["raw"] == 40
+    seen = path.stat()
+    write(more)
+    os.utime(path, ns=(seen.st_atime_ns, seen.st_mtime_ns))
+    result = prepare(workdir, tiny_model, source=str(path))
+    assert result.exit_code == 0, result.output
+    assert json.loads((workdir / "stats.json").read_text())["cleaning"]["raw"] == 50
