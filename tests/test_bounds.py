@@ -4,6 +4,7 @@ the fix. Each case runs the real command; where the unbounded version would eat 
 runs in a process of its own, held to a few GiB and a time limit."""
 
 import json
+import math
 import os
 import resource
 import socket
@@ -14,7 +15,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import GOOD, run, set_params, write_jsonl
+from conftest import GOOD, committed, run, set_params, write_jsonl
 
 
 def failed(result, *needles):
@@ -235,3 +236,128 @@ def test_an_edited_data_file_is_read_again(workdir, tiny_model, suffix):
     result = prepare(workdir, tiny_model, source=str(path))
     assert result.exit_code == 0, result.output
     assert json.loads((workdir / "stats.json").read_text())["cleaning"]["raw"] == 50
+
+
+# Settings no run can mean
+
+
+@pytest.mark.parametrize(
+    "section, values, needle",
+    [
+        ("train", {"lr": math.inf}, "`train.lr` is inf; allowed: a finite number."),
+        ("train", {"epochs": math.nan}, "`train.epochs` is nan; allowed: a finite number."),
+        ("data", {"split": [math.inf, 0.1, 0.1]}, "`data.split[0]` is inf; allowed: a finite number."),
+        ("train", {"batch_size": 10**9}, "`train.batch_size` is 1000000000; allowed: <= 4096."),
+        ("train", {"grad_accum": 10**9}, "`train.grad_accum` is 1000000000; allowed: <= 4096."),
+        ("train", {"epochs": 10**9}, "`train.epochs` is 1000000000; allowed: <= 1000."),
+        ("data", {"max_text_tokens": 10**9}, "`data.max_text_tokens` is 1000000000; allowed: <= 1048576."),
+        ("quantize", {"types": []}, "quantize.types is empty"),
+        ("quantize", {"types": ["q8_0", "q4_k_m", "q8_0"]}, "quantize.types lists q8_0 twice"),
+        ("data", {"labels": {"negative": "", "positive": "正面"}}, "data.labels.negative is ''"),
+        (
+            "data",
+            {"labels": {"negative": "好", "positive": "好"}},
+            "data.labels.negative and data.labels.positive are both '好'",
+        ),
+    ],
+)
+def test_a_setting_no_run_can_mean_is_refused(workdir, section, values, needle):
+    set_params(workdir, **{section: values})
+    (workdir / "empty").mkdir()
+    if section == "train":
+        result = train(workdir, workdir / "empty", model=workdir / "empty")
+    elif section == "data":
+        result = run("prepare", "--model", workdir / "empty", "--out", "out", "--stats", "stats.json")
+    else:
+        result = run("report", "--out", "reports")  # reads quantize.types first
+    assert failed(result, "params.yaml", needle)
+    assert sorted(p.name for p in workdir.iterdir()) == ["empty", "params.yaml"]
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (
+            ("\n  lr: 0.0003\n", "\n  lr: 0.0003\n  lr: 0.03\n"),
+            "key `lr` is given twice in one mapping (first on line",
+        ),
+        (("\ntrain:\n", "\ntrain:\n  lr: 0.03\ntrain:\n"), "key `train` is given twice in one mapping (first on line"),
+    ],
+)
+def test_a_key_given_twice_in_params_yaml_is_refused(workdir, change, needle):
+    """YAML would keep the last of the two silently: which one the user meant is theirs to say."""
+    text = (workdir / "params.yaml").read_text()
+    (workdir / "params.yaml").write_text(text.replace(*change))
+    (workdir / "data").mkdir()
+    assert failed(train(workdir, workdir / "data"), "params.yaml, line", needle, "Remove or rename one.")
+
+
+@pytest.mark.parametrize(
+    "name, rows, needle",
+    [
+        ("lists.jsonl", [{"text": ["好", "评"], "label": "positive"}, *GOOD], "lists.jsonl`, line 1: the text"),
+        ("one.jsonl", [*GOOD, {"text": {"好": 1}, "label": "negative"}], "one.jsonl`, line 41: the text"),
+        ("lists.json", [{"text": [r["text"]], "label": r["label"]} for r in GOOD], "lists.json`, row 1: the text"),
+    ],
+)
+def test_a_text_that_is_not_a_string_is_refused(workdir, tiny_model, name, rows, needle):
+    path = workdir / name
+    if name.endswith(".jsonl"):
+        write_jsonl(path, rows)
+    else:
+        path.write_text(json.dumps(rows, ensure_ascii=False))
+    result = prepare(workdir, tiny_model, source=str(path))
+    assert failed(result, needle, "(column `text`) is a", "not a string", "data.text_column")
+    assert not (workdir / "out").exists()
+
+
+@pytest.mark.parametrize("task", ["classify", "sft"])
+@pytest.mark.parametrize(
+    "kind, needle",
+    [
+        ("fifo", "not a regular file but a FIFO (named pipe)"),
+        ("/dev/zero", "not a regular file but a character device"),
+        ("loop", "a symbolic link that loops"),
+    ],
+)
+def test_a_source_that_is_not_a_regular_file_says_what_it_is(workdir, tiny_model, kind, needle, task):
+    """Named as what it is, not "file not found"; a FIFO is never opened, so nothing waits on it."""
+    path = workdir / "reviews.jsonl"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "loop":
+        path.symlink_to(path.name)
+    else:
+        path = kind
+    # Were the FIFO opened to read, this writer would end the wait after 20 s (and the test fail on time).
+    release = threading.Timer(20, lambda: os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK)))
+    if kind == "fifo":
+        release.start()
+    start = time.monotonic()
+    try:
+        data = {"source": str(path)} if task == "classify" else {"task": "sft", "source": [str(path)]}
+        result = prepare(workdir, tiny_model, **data)
+    finally:
+        release.cancel()
+    assert failed(result, f"data.source `{path}`: {needle}")
+    assert time.monotonic() - start < 15
+
+
+@pytest.mark.parametrize("ratio, warm", [(1.0, 300), (0.5, 150), (0.05, 15)])
+def test_warmup_ratio_is_a_fraction_of_the_run(workdir, ratio, warm):
+    """The learning rate rises over warmup_ratio of the 300 steps, as train's settings make transformers'
+    Trainer schedule it: at 1.0 over all of them (transformers reads a warmup of 1 or more as steps)."""
+    import torch
+    from transformers import Trainer
+
+    from edgetune.train import TrainParams, sft_config
+
+    p = committed("train", TrainParams, warmup_ratio=ratio, scheduler="linear", lr=0.001)
+    trainer = Trainer(model=torch.nn.Linear(2, 1), args=sft_config(p, workdir / "checkpoints", False, False))
+    trainer.create_optimizer_and_scheduler(num_training_steps=300)
+    rates = []
+    for _ in range(300):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert rates[:warm] == pytest.approx([0.001 * step / warm for step in range(warm)])

@@ -20,7 +20,7 @@ from . import params
 from .dialogue import ReplyRules, load_and_clean
 from .errors import EdgetuneError
 from .files import atomic_dir, check_outputs, write_json, write_jsonl
-from .params import Positive, Range
+from .params import Positive, Range, Tokens, shown
 from .prompts import PromptParams, messages, render_prompt, truncate
 from .remote_code import allowed as trust_remote_code
 from .sources import load
@@ -33,7 +33,7 @@ SPLITS = ("train", "val", "test")
 class DataParams:
     task: Task  # classify | sft (tasks.py)
     source: str | list[str]  # a file, a folder of published splits, a dataset id (sources.py); sft: files or globs
-    max_tokens: Positive  # sft: longer conversations are dropped, never cut mid-reply
+    max_tokens: Tokens  # sft: longer conversations are dropped, never cut mid-reply
     min_reply_chars: Annotated[int, Range(min=0)]  # sft: shorter replies (letters and digits) cannot answer
     non_answers: list[str]  # sft: regular expressions of templated replies that say nothing
     blocked_words: list[str]  # sft: a reply holding one of these drops its conversation
@@ -43,7 +43,7 @@ class DataParams:
     text_column: str
     label_column: str
     labels: dict[str, str]
-    max_text_tokens: Positive  # longer texts keep their head and tail
+    max_text_tokens: Tokens  # longer texts keep their head and tail
     head_tokens: Annotated[int, Range(min=0)]
     split: list[Annotated[float, Range(above=0)]]
     max_train: Positive | None
@@ -62,11 +62,26 @@ class DataParams:
             raise EdgetuneError(
                 f"params.yaml: data.split must be three positive fractions (train, val, test), got {self.split}."
             )
-        if self.task == "classify" and len(self.labels) < 2:
+        if self.task != "classify":
+            return
+        if len(self.labels) < 2:
             raise EdgetuneError(
-                f"params.yaml: data.labels is {self.labels}; data.task: classify needs two or more labels, each "
-                "mapped to the answer the model learns (negative: 负面). Or set data.task: sft for conversations."
+                f"params.yaml: data.labels is {shown(self.labels)}; data.task: classify needs two or more labels, "
+                "each mapped to the answer the model learns (negative: 负面). Or set data.task: sft for conversations."
             )
+        words = {}
+        for label, word in self.labels.items():
+            if not word.strip():
+                raise EdgetuneError(
+                    f"params.yaml: data.labels.{label} is {shown(word)}; the model learns to answer that word, so it "
+                    "must say something. Give the label a word."
+                )
+            if word in words:
+                raise EdgetuneError(
+                    f"params.yaml: data.labels.{words[word]} and data.labels.{label} are both {shown(word)}; the "
+                    "answer would not tell them apart. Give each label a word of its own."
+                )
+            words[word] = label
 
 
 def clean(rows: list[dict], p: DataParams, source: str) -> tuple[list[dict], dict]:

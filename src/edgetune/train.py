@@ -26,7 +26,7 @@ from .answer_loss import label_accuracy, make_trainer_class
 from .distributed import relaunch_on_gpus
 from .errors import EdgetuneError
 from .files import check_outputs, mark, read_jsonl
-from .params import Name, OneOf, Positive, Range
+from .params import BatchSize, Name, OneOf, Positive, Range, Tokens
 from .qlora import CHOICES
 from .remote_code import allowed as trust_remote_code
 
@@ -57,12 +57,12 @@ class TrainParams:
             "inverse_sqrt",
         ),
     ]
-    warmup_ratio: Annotated[float, Range(min=0, max=1)]
-    epochs: Annotated[float, Range(above=0)]
+    warmup_ratio: Annotated[float, Range(min=0, max=1)]  # of the run's optimizer steps
+    epochs: Annotated[float, Range(above=0), Range(max=1000)]
     max_steps: Annotated[int, Range(min=1, also=(-1,))]  # > 0 overrides epochs
-    batch_size: Positive
-    grad_accum: Positive
-    max_length: Positive
+    batch_size: BatchSize
+    grad_accum: BatchSize
+    max_length: Tokens
     group_by_length: bool  # batches of similar length waste less compute on padding
     gradient_checkpointing: bool  # saves activation memory for a third more compute
     precision: Annotated[str, OneOf("auto", "bf16", "fp32")]  # bf16 weights where the hardware has bf16
@@ -177,7 +177,9 @@ def sft_config(p: TrainParams, checkpoints: Path, validate: bool, by_accuracy: b
         max_steps=p.max_steps,
         learning_rate=p.lr,
         lr_scheduler_type=p.scheduler,
-        warmup_steps=p.warmup_ratio,
+        # transformers reads a warmup below 1 as a fraction of the steps and from 1 up as a number of
+        # steps: the whole run (1.0) goes in as the largest fraction below 1, which it rounds up to all.
+        warmup_steps=min(p.warmup_ratio, math.nextafter(1.0, 0.0)),
         max_length=p.max_length,
         completion_only_loss=True,
         train_sampling_strategy="group_by_length" if p.group_by_length else "random",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated
 
 from . import gguf_header
+from .errors import EdgetuneError
 from .files import check_gguf, check_lora, sha256_file
 from .params import Name, Pattern
 
@@ -38,6 +39,18 @@ class QuantizeParams:
     tensor_types: dict[str, Name]  # name pattern -> type (ffn_down: q4_0)
     output_tensor_type: Name | None
     token_embedding_type: Name | None
+
+    def __post_init__(self):
+        if not self.types:
+            raise EdgetuneError(
+                "params.yaml: quantize.types is empty; list the quant types to make, e.g. [q8_0, q4_k_m]."
+            )
+        twice = sorted({t for t in self.types if self.types.count(t) > 1})
+        if twice:
+            raise EdgetuneError(
+                f"params.yaml: quantize.types lists {', '.join(twice)} twice; each type makes one variant. "
+                "Remove the repeat."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
