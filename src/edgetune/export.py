@@ -16,6 +16,7 @@ import dataclasses
 import json
 import shlex
 import shutil
+import unicodedata
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +25,7 @@ import click
 from . import environment, params
 from .errors import EdgetuneError
 from .files import atomic_dir, check_outputs, sha256_file, write_checksums
-from .params import Positive, Range
+from .params import Range, Tokens, shown
 from .remote_code import allowed as trust_remote_code
 from .variants import LORA, Files, Variant
 
@@ -36,7 +37,7 @@ class ExportParams:
     temperature: Annotated[float, Range(min=0)]
     top_p: Annotated[float, Range(above=0, max=1)]
     repetition_penalty: Annotated[float, Range(above=0)]
-    context: Positive
+    context: Tokens
 
 
 CARD_SECTIONS = ("model", "data", "lora", "train", "quantize")  # declared as its params in dvc.yaml
@@ -82,9 +83,9 @@ Fine-tuned with LoRA from `{made["model"].get("source")}` on `{made["data"].get(
 
 ```bash
 sha256sum -c SHA256SUMS
-ollama create {name} -f Modelfile && ollama run {name}
+ollama create {shlex.quote(name)} -f Modelfile && ollama run {shlex.quote(name)}
 sh llama-server.sh            # http://localhost:8080, OpenAI-compatible
-llama-completion -m {files.gguf.name}{lora_args(files)} --chat-template-file chat_template.jinja -cnv -p "你好"
+llama-completion -m {shlex.quote(files.gguf.name)}{lora_args(files)} --chat-template-file chat_template.jinja -cnv -p "你好"
 ```
 {android_recipe(files, env, p)}
 ## Every variant, measured in the same run
@@ -150,6 +151,7 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, o
     if not record:
         raise EdgetuneError(f"{metrics}: no files recorded for {shipped}; rerun the pipeline (`dvc repro`).")
     files = Files.recorded(record)
+    check_names(files)
     check_outputs(inputs=[metrics, summary, environment_file, merged, *files.paths], folders=[out])
     files.check(whole=False)  # the copies are checked against the sha256 evaluate recorded
     tokenizer = AutoTokenizer.from_pretrained(merged, trust_remote_code=trust_remote_code(merged))
@@ -209,6 +211,11 @@ def android_recipe(files: Files, env: dict, p: ExportParams) -> str:
     with adb, and llama-cli run on the phone: the arm kernels `make phone-check` ran under emulation."""
     version = env["packages"].get("llama-cpp-python") or "<version>"
     names = " ".join(shlex.quote(f.name) for f in files.paths)
+    on_phone = (  # run by the phone's shell: quoted once for it, and once more for adb's
+        f"cd /data/local/tmp/edgetune && ./llama-cli -m {shlex.quote(files.gguf.name)}{lora_args(files)} \\\n"
+        f"  --jinja --chat-template-file chat_template.jinja -c {p.context} --temp {p.temperature} "
+        f"--top-p {p.top_p} \\\n  --repeat-penalty {p.repetition_penalty} -t 4"
+    )
     return f"""
 ## On an Android phone
 
@@ -231,13 +238,21 @@ Then, from this folder, with the phone connected (`adb devices`):
 ```bash
 adb shell mkdir -p /data/local/tmp/edgetune
 adb push path/to/build-android/bin/llama-cli {names} chat_template.jinja /data/local/tmp/edgetune/
-adb shell 'cd /data/local/tmp/edgetune && ./llama-cli -m {files.gguf.name}{lora_args(files)} \\
-  --jinja --chat-template-file chat_template.jinja -c {p.context} --temp {p.temperature} --top-p {p.top_p} \\
-  --repeat-penalty {p.repetition_penalty} -t 4'
+adb shell {shlex.quote(on_phone)}
 ```
 
 `-t 4`: a phone's big cores; `-c`: keep the context small, a phone has little RAM to spare.
 """
+
+
+def check_names(files: Files) -> None:
+    """File names the Modelfile can hold: a control character (a newline) would start a line of its own there."""
+    for path in files.paths:
+        if any(unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" for c in path.name):
+            raise EdgetuneError(
+                f"{shown(str(path))}: the file name holds a control character, which would break a line of the "
+                "Modelfile in two. Rename the file (model.name names the pipeline's files), and run the pipeline again."
+            )
 
 
 def lora_args(files: Files) -> str:
