@@ -55,7 +55,7 @@ def check_regular_file(path: Path, where: str) -> None:
             raise EdgetuneError(f"{where}: file not found. Fix the path in params.yaml.") from None
         raise EdgetuneError(f"{where}: {e.strerror}. Fix the path in params.yaml.") from None
     if not stat.S_ISREG(mode):
-        what = next((name for test, name in KINDS.items() if test(mode)), "not a file")
+        what = next((name for test, name in KINDS.items() if test(mode)), "something else")
         raise EdgetuneError(f"{where}: not a regular file but {what}. Point it at a data file in params.yaml.")
 
 
