@@ -252,7 +252,6 @@ def test_an_edited_data_file_is_read_again(workdir, tiny_model, suffix):
         ("train", {"grad_accum": 10**9}, "`train.grad_accum` is 1000000000; allowed: <= 4096."),
         ("train", {"epochs": 10**9}, "`train.epochs` is 1000000000; allowed: <= 1000."),
         ("data", {"max_text_tokens": 10**9}, "`data.max_text_tokens` is 1000000000; allowed: <= 1048576."),
-        ("quantize", {"types": []}, "quantize.types is empty"),
         ("quantize", {"types": ["q8_0", "q4_k_m", "q8_0"]}, "quantize.types lists q8_0 twice"),
         ("data", {"labels": {"negative": "", "positive": "正面"}}, "data.labels.negative is ''"),
         (

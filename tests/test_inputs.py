@@ -75,7 +75,7 @@ def test_a_source_that_is_not_a_file_is_named_as_such(workdir, kind):
         os.symlink("loop.csv", workdir / "loop.csv")
         source = workdir / "loop.csv"
     set_params(workdir, data={"source": str(source)})
-    needle = "Too many levels of symbolic links" if kind == "loop" else "not a regular file"
+    needle = "a symbolic link that loops" if kind == "loop" else "not a regular file"
     assert failed(run("inputs", *PINS), str(source), needle)
     assert not (workdir / "pins").exists()
 
@@ -84,6 +84,12 @@ def test_every_section_is_checked_before_any_stage_runs(workdir):
     set_params(workdir, bench={"threads": [0]})  # read by no stage before bench
     assert failed(run("inputs", *PINS), "bench.threads[0]", ">= 1")
     assert not (workdir / "pins").exists()
+
+
+@pytest.mark.parametrize("types", [[], ["q8_0"]])
+def test_the_adapter_trains_on_a_base_the_run_quantizes(workdir, types):
+    set_params(workdir, quantize={"types": types}, lora={"train_on": "q4_k_m"})
+    assert failed(run("inputs", *PINS), "lora.train_on is q4_k_m, which is not among quantize.types")
 
 
 def test_every_section_has_its_check():

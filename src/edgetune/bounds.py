@@ -56,7 +56,7 @@ def check_regular_file(path: Path, where: str) -> None:
         raise EdgetuneError(f"{where}: {e.strerror}. Fix the path in params.yaml.") from None
     if not stat.S_ISREG(mode):
         what = next((name for test, name in KINDS.items() if test(mode)), "something else")
-        raise EdgetuneError(f"{where}: not a regular file but {what}. Point it at a data file in params.yaml.")
+        raise EdgetuneError(f"{where}: not a regular file but {what}. Point it at a file in params.yaml.")
 
 
 def check_line(line: str, where: str) -> None:

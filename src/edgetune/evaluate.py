@@ -23,7 +23,7 @@ from tqdm import tqdm
 from . import params, tasks
 from .errors import EdgetuneError
 from .files import check_outputs, read_jsonl, write_json, write_predictions
-from .params import Positive, Range
+from .params import BatchSize, Positive, Range
 from .perplexity import gguf_perplexity
 from .scorer import Scorer
 from .scoring import apply_offsets, classification_metrics, fit_offsets, parse_answer, pick_label
@@ -34,7 +34,7 @@ from .variants import Files, Variant, file_stats
 class EvaluateParams:
     free_answer: list[Variant]
     max_answer_tokens: Positive
-    batch_size: Positive  # prompts decoded together
+    batch_size: BatchSize  # prompts decoded together
     threads: Positive | None  # None: all cores
     gpu_layers: Annotated[int, Range(min=-1)]  # offloaded to a GPU llama.cpp was built for: -1 all, 0 none
     max_samples: Positive | None  # None: the whole test split

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from .bounds import json_value  # JSON nested no deeper than the parser's stack allows
 from .errors import EdgetuneError
 
 MARKER = ".edgetune"  # in every folder edgetune writes: the proof that it may replace that folder
@@ -110,7 +111,7 @@ def read_jsonl(path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append(json_value(line, f"{path}, line {n}"))
         except json.JSONDecodeError as e:
             raise EdgetuneError(f"{path}, line {n}: not valid JSON ({e.msg}). Fix or remove that line.") from None
     return rows

@@ -15,12 +15,12 @@ import functools
 import importlib.metadata
 import importlib.util
 import re
-import stat
 from pathlib import Path
 
 import click
 
 from . import dialogue_sources, fetch_model, params, sources
+from .bounds import check_regular_file
 from .errors import EdgetuneError
 from .files import check_outputs, sha256_file, write_json
 
@@ -72,21 +72,18 @@ def check_params() -> dict:
                 f"{params.PARAMS_FILE}: no `{section}` section. Add it (conf/config.yaml has every section)."
             )
         checked[section] = params.parse(section, cls, raw[section])
+    types, train_on = checked["quantize"].types, checked["lora"].train_on
+    if train_on not in types:  # dvc.yaml's train stage reads the base quantized to it
+        raise EdgetuneError(
+            f"{params.PARAMS_FILE}: lora.train_on is {train_on}, which is not among quantize.types "
+            f"({', '.join(types) or 'none'}): the adapter trains on the base quantized to one of them. "
+            "Add it to quantize.types, or choose one of them."
+        )
     return checked
 
 
 def regular_file(path: Path, what: str) -> Path:
-    """`path` if it is a regular file (through links); a FIFO or a device would block or never end."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise EdgetuneError(f"{what} `{path}`: file not found. Fix the path in params.yaml.") from None
-    except OSError as e:  # a link loop, a path through a file
-        raise EdgetuneError(f"{what} `{path}`: {e.strerror}. Fix the path in params.yaml.") from None
-    if not stat.S_ISREG(mode):
-        raise EdgetuneError(
-            f"{what} `{path}`: not a regular file (a folder, FIFO, device or socket). Point it at a file."
-        )
+    check_regular_file(path, f"{what} `{path}`")  # a FIFO or a device would block or never end
     return path
 
 
