@@ -203,8 +203,8 @@ _held: list = []  # the lock files of the outputs the running command has taken
 def _take(out: Path) -> None:
     """Hold `out` for this command: a second command writing the same path at once is told, instead
     of both writing (and one deleting the other's temporary files)."""
-    locks = Path(tempfile.gettempdir()) / "edgetune-locks"
-    locks.mkdir(mode=0o777, exist_ok=True)
+    locks = Path(tempfile.gettempdir()) / f"edgetune-locks-{os.getuid()}"  # one user's: another's may not be writable
+    locks.mkdir(mode=0o700, exist_ok=True)
     name = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:32]
     lock = open(locks / name, "a")  # noqa: SIM115 - held open until release_outputs
     try:
