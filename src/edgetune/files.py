@@ -202,7 +202,10 @@ _held: list = []  # the lock files of the outputs the running command has taken
 
 def _take(out: Path) -> None:
     """Hold `out` for this command: a second command writing the same path at once is told, instead
-    of both writing (and one deleting the other's temporary files)."""
+    of both writing (and one deleting the other's temporary files). The ranks of a distributed run
+    share their outputs: the train command that launched them holds them."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
     locks = Path(tempfile.gettempdir()) / f"edgetune-locks-{os.getuid()}"  # one user's: another's may not be writable
     locks.mkdir(mode=0o700, exist_ok=True)
     name = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:32]
