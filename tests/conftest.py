@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny random Qwen2 with the real Qwen tokenizer, its GGUF, and real reviews."""
 
+import contextlib
+import importlib
 import json
 import os
 import random
@@ -181,3 +183,23 @@ def prepared(workdir, tiny_model, reviews) -> Path:
     result = prepare(workdir, tiny_model, write_jsonl(workdir / "reviews.jsonl", reviews))
     assert result.exit_code == 0, result.output
     return workdir / "out"
+
+
+@contextlib.contextmanager
+def hub_at(url: str):
+    """huggingface_hub and datasets pointed at `url` with offline mode off, as in a process started
+    with HF_ENDPOINT=url; as they were, afterwards. Both read HF_ENDPOINT and the offline switches
+    once, at import (this file turns offline mode on), so they are read again."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    libraries = (huggingface_hub.constants, datasets.config)  # in this order: datasets reads huggingface_hub's
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HF_ENDPOINT", url)
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            env.delenv(name, raising=False)
+        for module in libraries:
+            importlib.reload(module)
+        yield
+    for module in libraries:
+        importlib.reload(module)

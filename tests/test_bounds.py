@@ -16,7 +16,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import GOOD, committed, report_files, run, set_params, write_jsonl
+from conftest import GOOD, committed, hub_at, report_files, run, set_params, write_jsonl
 
 
 def failed(result, *needles):
@@ -148,11 +148,6 @@ def dripping_hub():
     """HF_ENDPOINT is a server on 127.0.0.1 that answers each request a byte every 0.2 s for 6 s, never
     finishing the answer's headers; offline mode is off. `held` holds (request line, seconds the client
     kept the connection open) for each request."""
-    import importlib
-
-    import datasets.config
-    import huggingface_hub.constants
-
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.1)
     stop, held = threading.Event(), []
@@ -184,21 +179,13 @@ def dripping_hub():
     thread = threading.Thread(target=serve)
     thread.start()
     url = f"http://127.0.0.1:{server.getsockname()[1]}"
-    libraries = (huggingface_hub.constants, datasets.config)  # read again, as test_network does
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("HF_ENDPOINT", url)
-        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            env.delenv(name, raising=False)
-        for module in libraries:
-            importlib.reload(module)
+    with hub_at(url):
         try:
             yield SimpleNamespace(url=url, held=held)
         finally:
             stop.set()
             thread.join()
             server.close()
-    for module in libraries:
-        importlib.reload(module)
 
 
 @pytest.mark.parametrize("command", ["fetch-model", "prepare"])

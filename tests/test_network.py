@@ -2,14 +2,13 @@
 tries of about hub.timeout each, and say where they waited, which parameters bound the wait, and how to work
 offline."""
 
-import importlib
 import socket
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import run, set_params
+from conftest import hub_at, run, set_params
 
 # huggingface_hub asks for this registry once a process (telemetry), whether or not a test before did.
 TELEMETRY = "GET /api/agent-harnesses"
@@ -19,9 +18,6 @@ TELEMETRY = "GET /api/agent-harnesses"
 def silent_hub():
     """HF_ENDPOINT is a server on 127.0.0.1 that reads each request and never sends a byte; offline mode is off.
     `requests` holds the request line of each connection it accepted."""
-    import datasets.config
-    import huggingface_hub.constants
-
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.1)  # the accept loop looks at `stop` ten times a second
     connections, requests, stop = [], [], threading.Event()
@@ -42,15 +38,7 @@ def silent_hub():
     thread = threading.Thread(target=serve)
     thread.start()
     url = f"http://127.0.0.1:{server.getsockname()[1]}"
-    # Both libraries read HF_ENDPOINT and the offline switches once, at import (conftest turns offline mode on):
-    # read them again, as a process started with this environment would.
-    libraries = (huggingface_hub.constants, datasets.config)  # in this order: datasets reads huggingface_hub's
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("HF_ENDPOINT", url)
-        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            env.delenv(name, raising=False)
-        for module in libraries:
-            importlib.reload(module)
+    with hub_at(url):
         try:
             yield SimpleNamespace(url=url, connections=connections, requests=requests)
         finally:
@@ -59,8 +47,6 @@ def silent_hub():
             for connection in connections:
                 connection.close()
             server.close()
-    for module in libraries:
-        importlib.reload(module)
 
 
 def timed(*args):
