@@ -6,6 +6,8 @@ import json
 import os
 import random
 import shutil
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,40 @@ def hub_at(url: str):
         yield
     for module in libraries:
         importlib.reload(module)
+
+
+@contextlib.contextmanager
+def fake_hub(handle):
+    """A server on 127.0.0.1 as HF_ENDPOINT (hub_at): `handle(connection, stop)` is called on each
+    connection it accepts, in its accept loop; yields the URL. `stop` is set when the block ends."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)  # the accept loop looks at `stop` ten times a second
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                connection = server.accept()[0]
+            except TimeoutError:
+                continue
+            handle(connection, stop)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    with hub_at(url):
+        try:
+            yield url
+        finally:
+            stop.set()
+            thread.join()
+            server.close()
+
+
+def request_line(connection) -> str:
+    """Read a request's head from `connection`; its first line's method and path ("HEAD /datasets/...")."""
+    connection.settimeout(5)
+    head = b""
+    while b"\r\n\r\n" not in head and (chunk := connection.recv(4096)):
+        head += chunk
+    return " ".join(head.decode().split(" ")[:2])

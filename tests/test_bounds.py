@@ -8,7 +8,6 @@ import math
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import GOOD, committed, hub_at, report_files, run, set_params, write_jsonl
+from conftest import GOOD, committed, fake_hub, report_files, request_line, run, set_params, write_jsonl
 
 
 def failed(result, *needles):
@@ -148,17 +147,12 @@ def dripping_hub():
     """HF_ENDPOINT is a server on 127.0.0.1 that answers each request a byte every 0.2 s for 6 s, never
     finishing the answer's headers; offline mode is off. `held` holds (request line, seconds the client
     kept the connection open) for each request."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.1)
-    stop, held = threading.Event(), []
+    held = []
 
-    def drip(connection):
+    def drip(connection, stop):
         start = time.monotonic()
         with connection:
-            connection.settimeout(5)
-            head = b""
-            while b"\r\n\r\n" not in head and (chunk := connection.recv(4096)):
-                head += chunk
+            request = request_line(connection)
             try:
                 for byte in b"HTTP/1.1 200 OK\r\nX-Drip: ........":
                     if stop.wait(0.2):
@@ -166,26 +160,12 @@ def dripping_hub():
                     connection.sendall(bytes([byte]))
             except OSError:  # the client hung up
                 pass
-            held.append((" ".join(head.decode().split(" ")[:2]), time.monotonic() - start))
+            held.append((request, time.monotonic() - start))
 
-    def serve():
-        while not stop.is_set():
-            try:
-                connection = server.accept()[0]
-            except TimeoutError:
-                continue
-            threading.Thread(target=drip, args=(connection,), daemon=True).start()
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    url = f"http://127.0.0.1:{server.getsockname()[1]}"
-    with hub_at(url):
-        try:
-            yield SimpleNamespace(url=url, held=held)
-        finally:
-            stop.set()
-            thread.join()
-            server.close()
+    with fake_hub(
+        lambda connection, stop: threading.Thread(target=drip, args=(connection, stop), daemon=True).start()
+    ) as url:
+        yield SimpleNamespace(url=url, held=held)
 
 
 @pytest.mark.parametrize("command", ["fetch-model", "prepare"])

@@ -2,13 +2,11 @@
 tries of about hub.timeout each, and say where they waited, which parameters bound the wait, and how to work
 offline."""
 
-import socket
-import threading
 import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import hub_at, run, set_params
+from conftest import fake_hub, request_line, run, set_params
 
 # huggingface_hub asks for this registry once a process (telemetry), whether or not a test before did.
 TELEMETRY = "GET /api/agent-harnesses"
@@ -18,35 +16,18 @@ TELEMETRY = "GET /api/agent-harnesses"
 def silent_hub():
     """HF_ENDPOINT is a server on 127.0.0.1 that reads each request and never sends a byte; offline mode is off.
     `requests` holds the request line of each connection it accepted."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.1)  # the accept loop looks at `stop` ten times a second
-    connections, requests, stop = [], [], threading.Event()
+    connections, requests = [], []
 
-    def serve():
-        while not stop.is_set():
-            try:
-                connection = server.accept()[0]
-            except TimeoutError:
-                continue
-            connections.append(connection)
-            connection.settimeout(5)
-            head = b""
-            while b"\r\n\r\n" not in head and (chunk := connection.recv(4096)):
-                head += chunk
-            requests.append(" ".join(head.decode().split(" ")[:2]))  # "HEAD /datasets/..."
+    def listen(connection, stop):
+        connections.append(connection)
+        requests.append(request_line(connection))
 
-    thread = threading.Thread(target=serve)
-    thread.start()
-    url = f"http://127.0.0.1:{server.getsockname()[1]}"
-    with hub_at(url):
-        try:
+    try:
+        with fake_hub(listen) as url:
             yield SimpleNamespace(url=url, connections=connections, requests=requests)
-        finally:
-            stop.set()
-            thread.join()
-            for connection in connections:
-                connection.close()
-            server.close()
+    finally:
+        for connection in connections:
+            connection.close()
 
 
 def timed(*args):
