@@ -22,9 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgetune import environment, llamacpp, params
-from edgetune.train import LoraParams, adapter_targets
-from edgetune.variants import Files
+from edgetune.core import params
+from edgetune.core.variants import Files
+from edgetune.gguf import llamacpp
+from edgetune.report import environment
+from edgetune.train.finetune import LoraParams, adapter_targets
 
 SHAPES = {  # name: (target modules, adapted top layers or None for all, rank)
     "attention only, top 12, r16": (["q_proj", "k_proj", "v_proj", "o_proj"], 12, 16),

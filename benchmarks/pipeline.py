@@ -17,8 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from edgetune import environment, llamacpp
-from edgetune.variants import Files, names
+from edgetune.core.variants import Files, names
+from edgetune.gguf import llamacpp
+from edgetune.report import environment
 
 
 def stages_in_order() -> list[str]:

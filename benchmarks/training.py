@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from edgetune import environment
+from edgetune.report import environment
 
 MODES = {"lora": "none", "qlora": "4bit"}
 

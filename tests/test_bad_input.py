@@ -160,7 +160,7 @@ def test_imatrix_variant_without_an_importance_matrix(workdir, tiny_gguf):
 
 
 def test_type_that_needs_an_importance_matrix(workdir, qwen_tokenizer):
-    from edgetune.llamacpp import convert_checkpoint
+    from edgetune.gguf.llamacpp import convert_checkpoint
 
     # 256 wide, so IQ2_XXS's 256-blocks fit and llama-quantize insists on a matrix (64 wide falls back)
     convert_checkpoint(make_tiny_model(qwen_tokenizer, workdir / "wide", hidden=256), workdir / "wide.gguf")

@@ -14,7 +14,7 @@ import tomllib
 import yaml
 from conftest import REPO
 
-from edgetune import llamacpp
+from edgetune.gguf import llamacpp
 
 BIN = Path(sys.executable).parent
 

@@ -137,7 +137,7 @@ def test_a_damaged_adapter_is_named_not_a_traceback(workdir, adapters, tiny_mode
     ],
 )
 def test_a_bundle_whose_checksums_point_anywhere_is_refused(workdir, tiny_gguf, line, needle):
-    from edgetune.files import sha256_file
+    from edgetune.core.files import sha256_file
 
     bundle = workdir / "deploy"
     bundle.mkdir()
@@ -246,7 +246,7 @@ def nan_into_safetensors(path, tensor_part: str) -> None:
 
 def nan_into_gguf_lora(path) -> None:
     """One f16 NaN at the start of the first LoRA tensor's data."""
-    from edgetune import gguf_header
+    from edgetune.gguf import header as gguf_header
 
     tensor = gguf_header.read(path).tensors[0]
     assert tensor.type.name == "F16"
@@ -294,7 +294,14 @@ def test_nan_weights_are_refused_by_every_stage_that_reads_them(
 def test_the_checked_readers_accept_what_the_pipeline_writes(tmp_path, adapters, tiny_model, tiny_gguf):
     """The same readers pass the real files: an adapter on its base, its GGUF LoRA on the base GGUF,
     and SHA256SUMS as export writes it."""
-    from edgetune.files import check_checkpoint, check_lora, read_adapter, read_checksums, sha256_file, write_checksums
+    from edgetune.core.files import (
+        check_checkpoint,
+        check_lora,
+        read_adapter,
+        read_checksums,
+        sha256_file,
+        write_checksums,
+    )
 
     config, shapes = read_adapter(adapters["tiny"]["adapter"], tiny_model)
     assert config["r"] == 4 and shapes["base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"] == (4, 128)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run, set_params, write_jsonl
 
-from edgetune import params
-from edgetune.dialogue import ReplyRules, load_and_clean, to_messages, tokenize
-from edgetune.dialogue_tables import cell
-from edgetune.errors import EdgetuneError
+from edgetune.core import params
+from edgetune.core.errors import EdgetuneError
+from edgetune.data.dialogue import ReplyRules, load_and_clean, to_messages, tokenize
+from edgetune.report.dialogue_tables import cell
 
 KEEP_ALL = ReplyRules(min_chars=0, non_answers=[], blocked_words=[])
 
@@ -121,8 +121,8 @@ def test_the_installed_chatterbot_corpus_loads_as_conversations(qwen_tokenizer):
     kept ones are the corpus' own utterances in turn."""
     import yaml
 
-    from edgetune.dialogue_sources import chatterbot_files
-    from edgetune.prepare import DataParams
+    from edgetune.data.dialogue_sources import chatterbot_files
+    from edgetune.data.prepare import DataParams
 
     p = params.load("data", DataParams, compose(data="chatterbot-zh"))
     rules = ReplyRules(p.min_reply_chars, p.non_answers, p.blocked_words)
@@ -304,10 +304,10 @@ def greedy(gguf, row: dict, n: int) -> str:
 
 
 def test_dialogue_presets_compose():
-    from edgetune.dialogue_sources import is_dataset_id
-    from edgetune.evaluate import EvaluateParams
-    from edgetune.prepare import DataParams
-    from edgetune.train import LoraParams, TrainParams
+    from edgetune.data.dialogue_sources import is_dataset_id
+    from edgetune.data.prepare import DataParams
+    from edgetune.measure.evaluate import EvaluateParams
+    from edgetune.train.finetune import LoraParams, TrainParams
 
     out = compose(model="qwen2.5-1.5b-instruct", data="emotional-dialogue", experiment="dialogue")
     data, train, lora, evaluate = (

@@ -6,9 +6,9 @@ import struct
 import pytest
 from conftest import run
 
-from edgetune import gguf_header
-from edgetune.errors import EdgetuneError
-from edgetune.files import check_gguf
+from edgetune.core.errors import EdgetuneError
+from edgetune.core.files import check_gguf
+from edgetune.gguf import header as gguf_header
 
 
 @pytest.fixture(scope="module")

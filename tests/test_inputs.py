@@ -93,7 +93,7 @@ def test_the_adapter_trains_on_a_base_the_run_quantizes(workdir, types):
 
 
 def test_every_section_has_its_check():
-    from edgetune.inputs import schema
-    from edgetune.params import SECTIONS
+    from edgetune.core.params import SECTIONS
+    from edgetune.data.inputs import schema
 
     assert list(schema()) == list(SECTIONS)

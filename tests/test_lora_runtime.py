@@ -29,7 +29,7 @@ def quantized_base_and_adapter(tiny_model, tiny_gguf, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig
 
-    from edgetune.dequantize import dequantized
+    from edgetune.gguf.dequantize import dequantized
 
     workdir = tmp_path_factory.mktemp("base-and-adapter")
     shutil.copy(REPO / "params.yaml", workdir / "params.yaml")
@@ -105,7 +105,7 @@ def test_a_base_already_of_the_type_is_shipped_byte_for_byte(workdir, tiny_gguf)
 
 
 def test_per_tensor_overrides_reach_llama_quantize(workdir, tiny_gguf):
-    from edgetune import gguf_header
+    from edgetune.gguf import header as gguf_header
 
     set_params(workdir, quantize={"tensor_types": {"ffn_down": "q8_0"}, "token_embedding_type": "q8_0"})
     out = workdir / "q4_0.gguf"
@@ -172,7 +172,7 @@ def test_perplexity_of_a_conversation_counts_the_adapter(quantized_base_and_adap
 
     import torch
 
-    from edgetune.perplexity import gguf_perplexity
+    from edgetune.runtimes.llamacpp.perplexity import gguf_perplexity
 
     base, lora, peft_model = quantized_base_and_adapter
     rows = []

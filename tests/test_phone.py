@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 
-from edgetune.errors import EdgetuneError
-from edgetune.files import sha256_file
-from edgetune.phone import label_tokens, read_bundle
-from edgetune.phone_tables import phone_table
+from edgetune.core.errors import EdgetuneError
+from edgetune.core.files import sha256_file
+from edgetune.report.phone_tables import phone_table
+from edgetune.ship.phone import label_tokens, read_bundle
 
 
 def bundle(folder, gguf, lora=None):

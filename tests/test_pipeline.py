@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import REPO, set_params, write_jsonl
 
-from edgetune import environment
+from edgetune.report import environment
 
 STAGES = {
     "inputs",
@@ -166,7 +166,7 @@ def test_repro_runs_every_stage_and_the_ggufs_give_real_logits(project, first_ru
 
 
 def test_every_variant_scores_the_whole_test_split_and_its_metrics_agree_with_its_predictions(project, first_run):
-    from edgetune.files import read_predictions
+    from edgetune.core.files import read_predictions
 
     metrics = read(project, "reports/metrics.json")
     assert set(metrics["variants"]) == {"tfidf", "base", *VARIANTS}
@@ -191,7 +191,7 @@ def test_every_variant_scores_the_whole_test_split_and_its_metrics_agree_with_it
 
 
 def test_each_difference_to_f16_is_the_net_of_the_reviews_lost_and_gained(project, first_run):
-    from edgetune.files import read_predictions
+    from edgetune.core.files import read_predictions
 
     metrics = read(project, "reports/metrics.json")
     f16 = metrics["variants"]["f16"]
@@ -301,7 +301,7 @@ def test_the_summary_shows_its_pictures_and_says_what_made_it(project, first_run
 
 
 def test_training_keeps_the_best_validated_checkpoint(project, first_run):
-    from edgetune.charts import loss_curves
+    from edgetune.report.charts import loss_curves
 
     trained = read(project, "reports/train/metrics.json")
     live = project / "reports" / "train"
@@ -313,8 +313,8 @@ def test_training_keeps_the_best_validated_checkpoint(project, first_run):
 
 
 def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
-    from edgetune import llamacpp
-    from edgetune.files import sha256_file
+    from edgetune.core.files import sha256_file
+    from edgetune.gguf import llamacpp
 
     deploy = project / "deploy"
     base, lora = deploy / "tiny-base-q4_k_m.gguf", deploy / "tiny-lora.gguf"  # export.variant: q4_k_m+lora
@@ -375,7 +375,7 @@ def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
 
 
 def arm_build() -> bool:
-    from edgetune import llamacpp
+    from edgetune.gguf import llamacpp
 
     return bool(shutil.which("qemu-aarch64")) and all(
         (llamacpp.home() / "aarch64" / "cmake" / "bin" / tool).is_file()
@@ -395,7 +395,7 @@ def test_the_bundle_answers_alike_on_an_arm64_build(changed):
     """make phone-check on the tiny bundle: the aarch64 build under qemu answers as x86 does."""
     import llama_cpp
 
-    from edgetune.scorer import Scorer
+    from edgetune.runtimes.llamacpp.scorer import Scorer
 
     set_params(changed, phone={"prompts": 6, "max_answer_tokens": 4, "ctx": 128, "chunks": 2})
     proc = subprocess.run(["edgetune", "phone-check"], cwd=changed, capture_output=True, text=True)
@@ -435,7 +435,7 @@ def test_the_bundle_answers_alike_on_an_arm64_build(changed):
 
 
 def test_the_bundle_can_ship_the_merged_file_for_runtimes_without_lora(changed):
-    from edgetune.files import sha256_file
+    from edgetune.core.files import sha256_file
 
     set_params(changed, export={"merged": True})
     assert ran_stages(dvc(changed, "repro").stdout) == {"export"}
@@ -484,7 +484,7 @@ def test_a_value_that_would_break_out_of_a_command_stops_the_run_before_any_comm
 def test_an_edited_data_file_reruns_what_it_feeds(changed):
     """The user's own data file is named in params.yaml, not dvc.yaml: an edit to it (labels fixed,
     rows added) must still rerun prepare, and its new rows must reach data/processed."""
-    from edgetune.files import read_jsonl
+    from edgetune.core.files import read_jsonl
 
     source = changed / "reviews.jsonl"
     rows = read_jsonl(source)

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from conftest import REPO, committed, run, set_params, write_jsonl
 
-from edgetune import params
-from edgetune.errors import EdgetuneError
-from edgetune.fetch_model import ModelParams, supply_template
-from edgetune.prepare import DataParams
+from edgetune.core import params
+from edgetune.core.errors import EdgetuneError
+from edgetune.data.fetch_model import ModelParams, supply_template
+from edgetune.data.prepare import DataParams
 
 
 def compose(tmp_path, *overrides) -> dict:
@@ -66,7 +66,7 @@ def test_a_missing_key_is_named_with_where_it_lives(tmp_path):
     raw = params.read_params(REPO / "params.yaml")
     del raw["train"]["eval_steps"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True))
-    from edgetune.train import TrainParams
+    from edgetune.train.finetune import TrainParams
 
     with pytest.raises(EdgetuneError, match=r"train.eval_steps missing. Every value lives in conf/"):
         params.load("train", TrainParams, tmp_path / "params.yaml")

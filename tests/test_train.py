@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import REPO, run, set_params
 
-from edgetune import base_weights, distributed
-from edgetune.qlora import load_4bit
+from edgetune.train import base_weights, distributed
+from edgetune.train.qlora import load_4bit
 
 
 def train(workdir, model, data, out="adapter"):
@@ -70,7 +70,7 @@ def test_qlora_trains_and_merges_into_the_16_bit_base(workdir, tiny_model, prepa
 def test_lora_trains_on_the_dequantized_weights_of_a_quantized_base(workdir, tiny_model, tiny_gguf, prepared):
     """lora.train_on: the adapter learns on the very weights the quantized base file ships; with
     QLoRA those weights are then held in nf4."""
-    from edgetune.dequantize import dequantized
+    from edgetune.gguf.dequantize import dequantized
 
     q8 = workdir / "base-q8_0.gguf"
     assert (
@@ -192,7 +192,7 @@ def test_the_relaunch_command_is_one_accelerate_accepts(monkeypatch):
 
 
 def test_a_run_killed_while_dvclive_wrote_its_summary_resumes_at_the_last_step(tmp_path, monkeypatch):
-    from edgetune.resume import open_live
+    from edgetune.train.resume import open_live
 
     monkeypatch.chdir(tmp_path)
     live_dir = tmp_path / "live"

@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 from conftest import committed
 
-from edgetune.errors import EdgetuneError
-from edgetune.prepare import DataParams, cap, clean, split
-from edgetune.prompts import ELLIPSIS, PromptParams, messages, render_prompt, truncate
-from edgetune.scoring import apply_offsets, classification_metrics, fit_offsets, log_softmax, parse_answer, pick_label
+from edgetune.core.errors import EdgetuneError
+from edgetune.core.labels import (
+    apply_offsets,
+    classification_metrics,
+    fit_offsets,
+    log_softmax,
+    parse_answer,
+    pick_label,
+)
+from edgetune.core.prompts import ELLIPSIS, PromptParams, messages, render_prompt, truncate
+from edgetune.data.prepare import DataParams, cap, clean, split
 
 LABELS = {"negative": "负面", "positive": "正面"}
 
@@ -140,7 +147,7 @@ def test_batched_scoring_matches_a_plain_full_evaluation(tiny_gguf, qwen_tokeniz
     """Shared-prefix, batched scoring gives the log-probabilities of a fresh one-at-a-time evaluation."""
     from llama_cpp import Llama
 
-    from edgetune.scorer import Scorer
+    from edgetune.runtimes.llamacpp.scorer import Scorer
 
     texts = ("质量很好，推荐", "太差了，退货", "一般般吧，还可以再便宜点", "物流快")
     prompts_text = [render_prompt(messages(t, None, committed("prompt", PromptParams)), qwen_tokenizer) for t in texts]
@@ -165,7 +172,7 @@ def test_batched_scoring_matches_a_plain_full_evaluation(tiny_gguf, qwen_tokeniz
 
 
 def test_the_recommended_variant_is_the_smallest_close_enough_to_f16():
-    from edgetune.recommend import RecommendParams, recommend
+    from edgetune.report.recommend import RecommendParams, recommend
 
     def variant(mb, accuracy, kld=None):
         v = {"model_bytes": mb * 10**6, "accuracy": accuracy}
@@ -216,7 +223,7 @@ def test_the_recommended_variant_is_the_smallest_close_enough_to_f16():
 
 
 def test_the_report_sets_each_imatrix_variant_beside_its_plain_twin():
-    from edgetune.tables import imatrix_table
+    from edgetune.report.tables import imatrix_table
 
     variants = {
         "f16": {"accuracy": 0.826},
@@ -237,7 +244,7 @@ def test_the_report_sets_each_imatrix_variant_beside_its_plain_twin():
 
 
 def test_the_report_sets_each_merged_type_beside_its_base_with_the_adapter():
-    from edgetune.tables import lora_table
+    from edgetune.report.tables import lora_table
 
     variants = {
         "f16": {"accuracy": 0.826, "model_bytes": 1266e6},
@@ -262,7 +269,7 @@ def test_the_report_sets_each_merged_type_beside_its_base_with_the_adapter():
 def test_charts_are_pngs_that_the_same_figures_draw_the_same(tmp_path):
     import matplotlib.image
 
-    from edgetune import charts
+    from edgetune.report import charts
 
     variants = {
         "f16": {"accuracy": 0.826, "model_bytes": 1266e6, "bits_per_weight": 16.0},
@@ -285,7 +292,7 @@ def test_charts_are_pngs_that_the_same_figures_draw_the_same(tmp_path):
 
 
 def test_the_loss_chart_places_each_row_at_the_epoch_dvclive_logged_with_it(tmp_path):
-    from edgetune import charts
+    from edgetune.report import charts
 
     metrics = tmp_path / "plots" / "metrics"
     (metrics / "eval").mkdir(parents=True)
@@ -301,8 +308,8 @@ def test_the_loss_chart_places_each_row_at_the_epoch_dvclive_logged_with_it(tmp_
 def test_two_variants_are_compared_on_the_reviews_where_they_disagree(tmp_path):
     from math import comb
 
-    from edgetune.files import write_predictions
-    from edgetune.significance import paired
+    from edgetune.core.files import write_predictions
+    from edgetune.measure.significance import paired
 
     actual = ["positive"] * 6 + ["negative"] * 6
     flip = {"positive": "negative", "negative": "positive"}
@@ -321,7 +328,7 @@ def test_two_variants_are_compared_on_the_reviews_where_they_disagree(tmp_path):
 
 
 def test_accuracy_interval_is_wilsons():
-    from edgetune.significance import accuracy_interval
+    from edgetune.measure.significance import accuracy_interval
 
     z, n, acc = 1.959964, 500, 0.826
     centre = (acc + z**2 / (2 * n)) / (1 + z**2 / n)
@@ -332,7 +339,7 @@ def test_accuracy_interval_is_wilsons():
 
 
 def test_the_environment_line_names_the_gpu_and_a_cuda_build():
-    from edgetune.environment import describe, one_line
+    from edgetune.report.environment import describe, one_line
 
     env = describe()
     assert env["packages"]["torch"] and env["cpu_count"] >= 1 and env["cpu_features"]

@@ -56,8 +56,8 @@ def test_export_refuses_the_working_directory_and_above(repo, export_inputs, out
 @pytest.mark.parametrize("out", ["/", "~", "~/.."])
 def test_the_root_and_home_folders_are_never_outputs(workdir, out):
     """Checked on the function alone: a command that failed to refuse would delete the machine's files."""
-    from edgetune.errors import EdgetuneError
-    from edgetune.files import check_outputs
+    from edgetune.core.errors import EdgetuneError
+    from edgetune.core.files import check_outputs
 
     for kind in ("files", "folders", "shared"):
         with pytest.raises(EdgetuneError, match="the working directory, a folder above it or the home folder"):
@@ -125,7 +125,7 @@ def test_quantize_refuses_to_overwrite_its_source(workdir, tiny_gguf):
 KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
-from edgetune.files import atomic_dir, atomic_path
+from edgetune.core.files import atomic_dir, atomic_path
 out = Path(sys.argv[2])
 if sys.argv[1] == "dir":
     with atomic_dir(out) as tmp:

@@ -4,26 +4,26 @@ import errno
 
 import click
 
-from . import __version__
-from .baseline import baseline
-from .bench import bench
-from .chat import chat
-from .convert import convert
-from .convert_lora import convert_lora
-from .errors import EdgetuneError
-from .evaluate import evaluate
-from .export import export
-from .fetch_model import fetch_model
-from .files import release_outputs
-from .imatrix import imatrix
-from .inputs import inputs
-from .merge import merge
-from .phone import phone_check
-from .prepare import prepare
-from .quality import quality
-from .quantize import quantize
-from .report import report
-from .train import train
+from edgetune import __version__
+from edgetune.core.errors import EdgetuneError
+from edgetune.core.files import release_outputs
+from edgetune.data.fetch_model import fetch_model
+from edgetune.data.inputs import inputs
+from edgetune.data.prepare import prepare
+from edgetune.gguf.convert import convert
+from edgetune.gguf.convert_lora import convert_lora
+from edgetune.gguf.imatrix import imatrix
+from edgetune.gguf.quantize import quantize
+from edgetune.measure.baseline import baseline
+from edgetune.measure.bench import bench
+from edgetune.measure.evaluate import evaluate
+from edgetune.measure.kld import quality
+from edgetune.report.summary import report
+from edgetune.ship.chat import chat
+from edgetune.ship.export import export
+from edgetune.ship.phone import phone_check
+from edgetune.train.finetune import train
+from edgetune.train.merge import merge
 
 
 class Stages(click.Group):

@@ -1,0 +1,274 @@
+"""Stage report: every variant side by side -> metrics.json, summary.md and plot data.
+
+What a person reads first: per variant its size, bits per weight, accuracy, F1, speed, and the
+difference to the f16 GGUF, to the untuned model (its fair free-answer accuracy), and to the
+classical TF-IDF baseline.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import click
+
+from edgetune.core import params, tasks
+from edgetune.core.errors import EdgetuneError
+from edgetune.core.files import check_outputs, write_json, write_text
+from edgetune.core.variants import QuantizeParams, names
+from edgetune.measure.significance import accuracy_interval, paired
+from edgetune.report import dialogue_tables, environment, tables
+from edgetune.report.phone_tables import phone_table
+from edgetune.report.recommend import RecommendParams, recommend
+from edgetune.report.tables import (
+    device_table,
+    frontier_line,
+    imatrix_table,
+    lora_table,
+    pictures,
+    plain_twin,
+    tensors_table,
+)
+
+ORDER = ["tfidf", "base", "f16"]  # then the quant variants, largest first
+SCALARS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "perplexity",
+    "loss",
+    "kld_mean",
+    "kld_p99",
+    "ppl_ratio",
+    "same_top_token",
+    "n_samples",
+    "seconds_per_sample",
+    "samples_per_second",
+    "prompt_tokens_per_second",
+    "model_bytes",
+    "bits_per_weight",
+    "fallback_tensors",
+)
+
+
+def load_variants(eval_dir: Path, names: list[str]) -> dict[str, dict]:
+    """The named variants' results; files of variants no longer in params.yaml are left out."""
+    missing = [n for n in names if not (eval_dir / f"{n}.json").is_file()]
+    if missing:
+        raise EdgetuneError(
+            f"{eval_dir}: no results for {', '.join(missing)}. Run the evaluate stages first (`dvc repro`)."
+        )
+    variants = {n: json.loads((eval_dir / f"{n}.json").read_text()) for n in names}
+    variants = {name: v for name, v in variants.items() if "skipped" not in v}
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return dict(
+        sorted(variants.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), -(kv[1].get("model_bytes") or 0)))
+    )
+
+
+def side_by_side(variants: dict[str, dict]) -> dict[str, dict]:
+    """The scalar metrics of each variant, plus per-class scores and the free-answer result."""
+    table = {}
+    for name, v in variants.items():
+        row = {k: v[k] for k in SCALARS if v.get(k) is not None}
+        if "per_class" in v:
+            row["per_class"] = {c: {k: s[k] for k in ("precision", "recall", "f1")} for c, s in v["per_class"].items()}
+        if "uncalibrated" in v:
+            row["uncalibrated_accuracy"] = v["uncalibrated"]["accuracy"]
+        if "free_answer" in v:
+            row["free_answer"] = {k: v["free_answer"][k] for k in ("accuracy", "f1", "unparsed")}
+        row |= {k: v[k] for k in ("accuracy_ci95", "vs_f16", "vs_plain", "files") if k in v}
+        table[name] = row
+    return table
+
+
+def read_each(folder: Path, variants: list[str]) -> dict[str, dict]:
+    """FOLDER/<variant>.json of each variant that has one (a stage per variant wrote them)."""
+    return {v: json.loads((folder / f"{v}.json").read_text()) for v in variants if (folder / f"{v}.json").is_file()}
+
+
+def gather_bench(runs: dict[str, dict]) -> dict:
+    """The bench stages' results as one table: the settings they share, each variant's figures,
+    and the adapter's cost on each +lora variant."""
+    if not runs:
+        return {}
+    first = next(iter(runs.values()))
+    return {
+        **{k: first[k] for k in ("threads", "prompt_tokens", "gen_tokens")},
+        "variants": {
+            v: {k: r[k] for k in ("completion", "peak_rss_bytes", "speed", "bytes_read_per_token") if k in r}
+            for v, r in runs.items()
+        },
+        "adapter_cost": {v: r["adapter_cost"] for v, r in runs.items() if "adapter_cost" in r},
+    }
+
+
+def add_quantize_stats(variants: dict, quantize_dir: Path) -> dict[str, dict]:
+    """What llama-quantize made of each variant (quantize stage): tensor types and fallbacks."""
+    stats = {}
+    for name in variants:
+        path = quantize_dir / f"{name}.json"
+        if path.is_file():
+            stats[name] = json.loads(path.read_text())
+            variants[name]["fallback_tensors"] = len(stats[name]["fallbacks"])
+    return stats
+
+
+def add_significance(variants: dict, eval_dir: Path) -> None:
+    """Each accuracy's 95% interval; each quantized variant against f16, and each -imatrix variant
+    against its plain twin, review by review (evaluate's predictions CSVs)."""
+    for name, v in variants.items():
+        if "accuracy" not in v:
+            continue
+        v["accuracy_ci95"] = accuracy_interval(v["accuracy"], v["n_samples"])
+        mine = eval_dir / f"{name}.csv"
+        if name in ORDER or not mine.is_file():
+            continue
+        for key, reference in (("vs_f16", "f16"), ("vs_plain", plain_twin(name))):
+            if reference != name and (eval_dir / f"{reference}.csv").is_file():
+                v[key] = paired(eval_dir / f"{reference}.csv", mine)
+
+
+def made_from(folder: Path) -> str:
+    """The model and data as the inputs stage pinned them: what a rerun must read to agree."""
+    pins = {what: folder / f"{what}.json" for what in ("model", "data")}
+    lines = [f"- {what} {pin_line(json.loads(f.read_text()))}" for what, f in pins.items() if f.is_file()]
+    return "\n## Made from\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def pin_line(pin: dict) -> str:
+    """A pin as the report states it: the source, and what fixes its content."""
+    parts = [f"{len(pin['files'])} file(s), sha256 {fold(pin['files'])}"] if pin["files"] else []
+    parts += [f"{p['package']} {p['version']}" for p in pin["packages"]]  # their files are the version's
+    parts += [
+        f"hub {h['hub']}@{h['revision']}" + ("" if h["pinned"] else " (a branch or tag: a rerun may read other bytes)")
+        for h in pin["hub"]
+    ]
+    source = pin["source"] if isinstance(pin["source"], str) else ", ".join(pin["source"])
+    return f"`{source}`: " + "; ".join(parts)
+
+
+def fold(files: list[dict]) -> str:
+    """One short digest for a list of files: the first 12 hex digits, or of their digests together."""
+    if len(files) == 1:
+        return files[0]["sha256"][:12]
+    return hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest()[:12]
+
+
+@click.command("report")
+@click.option(
+    "--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/eval"), show_default=True
+)
+@click.option(
+    "--quality-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/quality"),
+    show_default=True,
+    help="KL divergence of each variant against f16 (quality stages), one file per variant.",
+)
+@click.option(
+    "--quantize-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/quantize"),
+    show_default=True,
+    help="What llama-quantize made of each variant (quantize stage).",
+)
+@click.option(
+    "--bench-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/bench"),
+    show_default=True,
+    help="Speed and memory of each variant (bench stages), one file per variant.",
+)
+@click.option(
+    "--data-stats",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("reports/data.json"),
+    show_default=True,
+)
+@click.option(
+    "--train-metrics",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("reports/train/metrics.json"),
+    show_default=True,
+    help="dvclive's summary; its folder holds the loss curves.",
+)
+@click.option(
+    "--phone",
+    "phone_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("reports/phone.json"),
+    show_default=True,
+    help="`make phone-check` on the exported bundle: the aarch64 build against x86 (when there is one).",
+)
+@click.option(
+    "--inputs",
+    "inputs_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/inputs"),
+    show_default=True,
+    help="the inputs stage's pins of the model and data.",
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
+def report(
+    eval_dir: Path,
+    quality_dir: Path,
+    quantize_dir: Path,
+    bench_dir: Path,
+    data_stats: Path,
+    train_metrics: Path,
+    phone_file: Path,
+    inputs_dir: Path,
+    out: Path,
+):
+    """Gather every variant's results into OUT/metrics.json, OUT/summary.md and plot data."""
+    check_outputs(shared=[out])
+    metric = tasks.METRIC[tasks.task()]  # what tells the variants apart
+    ggufs = names(params.load("quantize", QuantizeParams).types)
+    variants = load_variants(eval_dir, [*ORDER, *ggufs[1:]])
+    for name, q in read_each(quality_dir, ggufs).items():
+        variants.get(name, {}).update(
+            {k: v for k, v in q.items() if k not in ("variant", "reference", "ctx", "chunks")}
+        )
+    stats = add_quantize_stats(variants, quantize_dir)
+    add_significance(variants, eval_dir)
+    data = json.loads(data_stats.read_text()) if data_stats.is_file() else {}
+    train = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
+    choice = recommend(variants, params.load("recommend", RecommendParams), metric)
+    write_json(out / "metrics.json", {"variants": side_by_side(variants), "recommended": choice, "train": train})
+    on_frontier = choice["frontier"] if choice else []
+    points = [
+        {
+            "variant": n,
+            "model_mb": v["model_bytes"] / 1e6,
+            "accuracy": v["accuracy"],
+            "recommended": bool(choice) and n == choice["variant"],
+            "frontier": n in on_frontier,
+        }
+        for n, v in variants.items()
+        if v.get("model_bytes") and "accuracy" in v
+    ]
+    write_json(out / "plots" / "accuracy_vs_size.json", points)
+    write_json(
+        out / "plots" / "frontier.json", sorted((p for p in points if p["frontier"]), key=lambda p: p["model_mb"])
+    )
+    bench = gather_bench(read_each(bench_dir, ggufs))
+    head = dialogue_tables if metric == "perplexity" else tables  # conversations, or labelled texts
+    text = head.summary_markdown(variants, data, train) + "\n".join(
+        [*lora_table(variants, metric, bench), *tensors_table(stats), *imatrix_table(variants, metric), ""]
+    )
+    if bench:
+        phone = json.loads(phone_file.read_text()) if phone_file.is_file() else {}
+        text += device_table(bench) + phone_table(
+            variants, bench, phone, params.value("phone.bandwidths", list[float])
+        )
+    if choice:
+        text += f"\n## Recommended\n\n**{choice['variant']}**: {choice['reason']}\n"
+        text += frontier_line(variants, on_frontier)
+    text += made_from(inputs_dir)
+    text += pictures(variants, metric, on_frontier, choice, bench, train_metrics.parent, out / "plots")
+    env = environment.describe()
+    write_json(out / "environment.json", env)
+    text += f"{environment.FOOTER}{environment.one_line(env)}\n"
+    write_text(out / "summary.md", text)
+    click.echo(text)
