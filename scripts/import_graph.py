@@ -108,10 +108,19 @@ def draw(graph: dict[str, set[str]], phases: tuple[str, ...], out: Path) -> None
         for t in ts:
             ax.annotate("", where[t], where[m], arrowprops={"arrowstyle": "->", "color": "#9aa", "lw": 0.5})
     for m, (x, y) in where.items():
-        ax.text(x, y, m.rpartition(".")[2] or m, ha="center", va="center", fontsize=7, bbox={"fc": "white", "ec": "#456"})
+        ax.text(
+            x, y, m.rpartition(".")[2] or m, ha="center", va="center", fontsize=7, bbox={"fc": "white", "ec": "#456"}
+        )
     for y, r in enumerate(rows):
-        ax.text(-0.4, -y, r[0].split(".")[0] if phase(r[0], phases) < len(phases) else "top", ha="right", va="center",
-                fontsize=9, weight="bold")
+        ax.text(
+            -0.4,
+            -y,
+            r[0].split(".")[0] if phase(r[0], phases) < len(phases) else "top",
+            ha="right",
+            va="center",
+            fontsize=9,
+            weight="bold",
+        )
     ax.set_xlim(-1.6, width + 0.2)
     ax.set_ylim(-len(rows) + 0.5, 0.5)
     ax.axis("off")
@@ -128,10 +137,13 @@ def main():
     graph = imports(args.root)
     phases = tuple(p.name for p in sorted(args.root.iterdir()) if (p / "__init__.py").is_file())
     try:  # the package's own order of phases, where it declares one
-        phases = ast.literal_eval(next(
-            n.value for n in ast.parse((args.root / "__init__.py").read_text()).body
-            if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PHASES"
-        ))
+        phases = ast.literal_eval(
+            next(
+                n.value
+                for n in ast.parse((args.root / "__init__.py").read_text()).body
+                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PHASES"
+            )
+        )
     except StopIteration:
         pass
     chain = longest_chain(graph) if not cycles(graph) else []

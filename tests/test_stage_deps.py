@@ -14,10 +14,19 @@ _spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts" 
 import_graph = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(import_graph)
 
-# Messages, reading params.yaml, writing and checking files, finding the llama.cpp tools, consent
+# Messages, reading and checking params.yaml (its schema and rules), writing and checking files, finding the llama.cpp tools, consent
 # for a model's code, the hub's timeouts: a change to these would rerun every stage, training
 # included, and changes no result. Packages' __init__ files hold only their docstrings.
-PLUMBING = {"core.errors", "core.params", "core.files", "gguf.llamacpp", "core.remote_code", "core.hub"}
+PLUMBING = {
+    "core.errors",
+    "core.params",
+    "core.config",
+    "core.rules",
+    "core.files",
+    "gguf.llamacpp",
+    "core.remote_code",
+    "core.hub",
+}
 GRAPH = import_graph.imports()
 
 

@@ -14,21 +14,13 @@ thread (a download's worker) keeps the timeout per byte alone.
 """
 
 import contextlib
-import dataclasses
 import functools
 import signal
 import threading
 from collections.abc import Callable
-from typing import Annotated
 
+from edgetune.core.config import HubParams
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.params import Range
-
-
-@dataclasses.dataclass
-class HubParams:
-    timeout: Annotated[float, Range(above=0)]  # seconds a request may wait to connect or for its next byte
-    retries: Annotated[int, Range(min=0)]  # tries after the first one, while the hub does not answer
 
 
 def endpoint() -> str:

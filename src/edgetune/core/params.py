@@ -1,128 +1,32 @@
-"""params.yaml, one section per stage, checked against a dataclass so a wrong value fails early.
+"""params.yaml, read once per command and checked against its schema (config.py).
 
-A field's type may carry a rule with `typing.Annotated`: `Annotated[int, Range(min=1)]`,
-`Annotated[str, OneOf("bfloat16", "float32")]`, or `Name` for anything that becomes part of a
-file name or a command line (model.name, the quant types): letters, digits, `.`, `_` and `-`.
+A stage's command names the keys it reads, whole sections or single keys, and gets them as its
+`params` argument:
 
-The dataclasses name and check the keys; they hold no values. Every value lives in conf/ (Hydra
-composes params.yaml from it), so a default is written once, where a user looks for it.
+    @click.command("train")
+    @reads("lora", "train", "data.task", "model.trust_remote_code")
+    def train(..., params):
+        params.train.lr, params.data.task   # any other key is an error
+
+The same keys are the stage's `params:` in dvc.yaml (a test holds the two lists equal), so DVC
+reruns a stage exactly when a value it reads changes.
 """
 
 import dataclasses
 import difflib
+import functools
 import math
-import re
-import reprlib
 import types
 import typing
 from pathlib import Path
 from typing import Annotated
 
 from edgetune.core.bounds import load_yaml
-from edgetune.core.errors import EdgetuneError
+from edgetune.core.config import SCHEMA, SECTIONS
+from edgetune.core.errors import EdgetuneError, cut, shown
 from edgetune.core.files import read_text
 
 PARAMS_FILE = Path("params.yaml")
-# The sections of params.yaml (conf/config.yaml composes them): any other is a misspelling.
-SECTIONS = (
-    "model",
-    "hub",
-    "data",
-    "prompt",
-    "lora",
-    "train",
-    "evaluate",
-    "quantize",
-    "imatrix",
-    "quality",
-    "bench",
-    "recommend",
-    "export",
-    "phone",
-    "baseline",
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """Allowed numbers: min/max inclusive, above/below exclusive, plus any of `also` (a sentinel such as -1)."""
-
-    min: float | None = None
-    max: float | None = None
-    above: float | None = None
-    below: float | None = None
-    also: tuple = ()
-
-    def allows(self, v) -> bool:
-        if v in self.also:
-            return True
-        return (
-            (self.min is None or v >= self.min)
-            and (self.max is None or v <= self.max)
-            and (self.above is None or v > self.above)
-            and (self.below is None or v < self.below)
-        )
-
-    def __str__(self) -> str:
-        bounds = [
-            f">= {self.min}" if self.min is not None else "",
-            f"> {self.above}" if self.above is not None else "",
-            f"<= {self.max}" if self.max is not None else "",
-            f"< {self.below}" if self.below is not None else "",
-        ]
-        text = " and ".join(b for b in bounds if b)
-        return text + "".join(f", or {a}" for a in self.also)
-
-
-@dataclasses.dataclass(frozen=True)
-class OneOf:
-    choices: tuple
-
-    def __init__(self, *choices):
-        object.__setattr__(self, "choices", choices)
-
-    def allows(self, v) -> bool:
-        return v in self.choices
-
-    def __str__(self) -> str:
-        return "one of " + ", ".join(map(str, self.choices))
-
-
-@dataclasses.dataclass(frozen=True)
-class Pattern:
-    regex: str
-    meaning: str
-
-    def allows(self, v) -> bool:
-        return re.fullmatch(self.regex, v) is not None
-
-    def __str__(self) -> str:
-        return self.meaning
-
-
-# Names end up in file names, dvc.yaml commands and exported scripts: nothing a shell would read.
-Name = Annotated[
-    str, Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]*", "letters, digits, '.', '_' and '-' (starting with a letter or digit)")
-]
-Positive = Annotated[int, Range(min=1)]
-# What a machine holds at once, bounded far above any real run: a slip such as 10**9 fails here,
-# not as an allocation deep inside torch. (A rule of its own: a value below 1 is told `>= 1`.)
-BatchSize = Annotated[Positive, Range(max=4096)]
-Tokens = Annotated[Positive, Range(max=2**20)]
-
-# A value in a message is cut short: a params file may hold a huge one.
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 200
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 10, 10
-
-
-def _cut(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def shown(value) -> str:
-    """A value as an error message shows it: its repr, at most 200 characters."""
-    return _cut(_REPR.repr(value))
 
 
 def read_params(path=PARAMS_FILE) -> dict:
@@ -137,7 +41,7 @@ def read_params(path=PARAMS_FILE) -> dict:
             near = difflib.get_close_matches(str(section), SECTIONS, n=1)
             hint = f"did you mean `{near[0]}`? " if near else ""
             raise EdgetuneError(
-                f"{path}: unknown section `{_cut(str(section))}`; {hint}the sections are {', '.join(SECTIONS)}. "
+                f"{path}: unknown section `{cut(str(section))}`; {hint}the sections are {', '.join(SECTIONS)}. "
                 "Rename or remove it (edit conf/ when params.yaml is composed from it)."
             )
     return params
@@ -202,16 +106,9 @@ def _wrong(where, value, t) -> EdgetuneError:
     )
 
 
-def load(section: str, cls, path=PARAMS_FILE):
-    """Read `section` of params.yaml into dataclass `cls`; unknown, missing, mistyped or out-of-range keys are errors."""
-    params = read_params(path)
-    if section not in params:
-        raise EdgetuneError(f"{path}: no `{section}` section. Add it (conf/config.yaml has every section).")
-    return parse(section, cls, params[section], path)
-
-
 def parse(section: str, cls, raw, path=PARAMS_FILE):
-    """One section's values (a mapping) as dataclass `cls`, checked as `load` checks them."""
+    """One section's values (a mapping) as dataclass `cls`: unknown, missing, mistyped or out-of-range
+    keys are errors."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -221,7 +118,7 @@ def parse(section: str, cls, raw, path=PARAMS_FILE):
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise EdgetuneError(
-            f"{path}: unknown key(s) {_cut(', '.join(f'{section}.{k}' for k in unknown))}; "
+            f"{path}: unknown key(s) {cut(', '.join(f'{section}.{k}' for k in unknown))}; "
             f"known: {', '.join(sorted(fields))}."
         )
     missing = [k for k in fields if k not in raw]
@@ -237,11 +134,68 @@ def parse(section: str, cls, raw, path=PARAMS_FILE):
         raise EdgetuneError(f"{path}: section `{section}`: {e}") from None
 
 
-def value(key: str, t, path=PARAMS_FILE):
-    """One value of params.yaml by its dotted key (data.labels), checked against type `t`."""
-    node = read_params(path)
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise EdgetuneError(f"{path}: `{key}` is missing. Add it to params.yaml.")
-        node = node[part]
-    return _check(node, t, key)
+def section(raw: dict, name: str, path=PARAMS_FILE):
+    """Section `name` of the read file `raw`, checked."""
+    if name not in raw:
+        raise EdgetuneError(f"{path}: no `{name}` section. Add it (conf/config.yaml has every section).")
+    return parse(name, SCHEMA[name], raw[name], path)
+
+
+class Keys:
+    """Some keys of one section: the others are not this command's to read."""
+
+    def __init__(self, name: str, values, keys: tuple[str, ...]):
+        self._name, self._values, self._keys = name, values, keys
+
+    def __getattr__(self, key: str):
+        if key.startswith("_") or key not in self._keys:
+            raise AttributeError(
+                f"{self._name}.{key} is not among the keys this command reads ({', '.join(self._keys)}): "
+                "add it to the command's @reads and to its stage's params in dvc.yaml"
+            )
+        return getattr(self._values, key)
+
+
+class Reading:
+    """The keys of params.yaml one command reads, checked: `reading.train.lr`."""
+
+    def __init__(self, keys: tuple[str, ...], path=PARAMS_FILE):
+        raw, self.keys, self._sections = read_params(path), keys, {}
+        self._raw = {k: raw.get(k) for k in keys if "." not in k}
+        for key in keys:
+            name, _, _ = key.partition(".")
+            if name not in self._sections:
+                self._sections[name] = section(raw, name, path)  # checked whole: its rules tie keys together
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self.keys:
+            return self._sections[name]
+        some = tuple(k.partition(".")[2] for k in self.keys if k.startswith(f"{name}."))
+        if not some:
+            raise AttributeError(
+                f"params section {name} is not among the keys this command reads ({', '.join(self.keys)}): "
+                "add it to the command's @reads and to its stage's params in dvc.yaml"
+            )
+        return Keys(name, self._sections[name], some)
+
+    def raw(self, name: str) -> dict:
+        """Section `name` as params.yaml writes it (a model card quotes it as the user wrote it)."""
+        return self._raw[name] or {}
+
+
+def reads(*keys: str):
+    """Decorate a command: params.yaml is read once, when it runs, and `keys` handed to it as `params`."""
+    for key in keys:
+        assert key.partition(".")[0] in SECTIONS, f"unknown params section in {key}"
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            return command(*args, params=Reading(keys), **kwargs)
+
+        run.reads = keys
+        return run
+
+    return decorate

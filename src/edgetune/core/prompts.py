@@ -1,16 +1,9 @@
 """How a labelled text becomes a chat: truncation to a token budget and the model's own template;
 and how chats become the plain text llama.cpp's tools read."""
 
-import dataclasses
+from edgetune.core.config import PromptParams
 
 ELLIPSIS = "…"
-
-
-@dataclasses.dataclass
-class PromptParams:
-    # None: the chat template's default system prompt; "": an empty system turn (fewest tokens).
-    system: str | None
-    instruction: str
 
 
 def truncate(text: str, tokenizer, max_tokens: int, head_tokens: int) -> tuple[str, bool]:

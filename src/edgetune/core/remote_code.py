@@ -7,7 +7,6 @@ that transformers imports when asked to trust it. edgetune asks only when the pa
 import json
 from pathlib import Path
 
-from edgetune.core import params
 from edgetune.core.errors import EdgetuneError
 
 PARAM = "model.trust_remote_code"
@@ -28,11 +27,9 @@ def needs_code(checkpoint: Path) -> list[str]:
     return found
 
 
-def allowed(checkpoint: Path, trust: bool | None = None, fix: str = f"set {PARAM}: true in params.yaml") -> bool:
-    """The trust_remote_code to load `checkpoint` with: `trust` (default: model.trust_remote_code in
-    params.yaml); an error saying how to allow it when the checkpoint needs code that was not allowed."""
-    if trust is None:
-        trust = params.value(PARAM, bool)
+def allowed(checkpoint: Path, trust: bool, fix: str = f"set {PARAM}: true in params.yaml") -> bool:
+    """The trust_remote_code to load `checkpoint` with: `trust` (model.trust_remote_code, or a command's
+    flag); an error saying how to allow it when the checkpoint needs code that was not allowed."""
     found = needs_code(checkpoint)
     if found and not trust:
         raise EdgetuneError(

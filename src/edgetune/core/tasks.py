@@ -12,9 +12,8 @@ against it, so a split made for one task and read as the other fails in one clea
 from pathlib import Path
 from typing import Annotated
 
-from edgetune.core import params
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.params import OneOf
+from edgetune.core.rules import OneOf
 
 FIELDS = {
     "classify": ("text", "label", "answer", "messages", "prompt"),
@@ -23,11 +22,6 @@ FIELDS = {
 METRIC = {"classify": "accuracy", "sft": "perplexity"}  # what tells variants apart
 
 Task = Annotated[str, OneOf(*FIELDS)]
-
-
-def task() -> str:
-    """data.task of params.yaml."""
-    return params.value("data.task", Task)
 
 
 def check_rows(rows: list[dict], task: str, path: Path) -> list[dict]:

@@ -15,38 +15,12 @@ weights the adapter was trained on (lora.train_on) and keeps the adapter in 16 b
 import collections
 import dataclasses
 from pathlib import Path
-from typing import Annotated
 
-from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import check_gguf, check_lora, sha256_file
-from edgetune.core.params import Name, Pattern
 from edgetune.gguf import header
 
 IMATRIX = "-imatrix"
 LORA = "+lora"
-
-# A variant in params (evaluate.free_answer, export.variant): a Name, or a quant type with +lora.
-Variant = Annotated[
-    str,
-    Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]*(\+lora)?", "a variant: f16, base, a quant type, or a quant type with +lora"),
-]
-
-
-@dataclasses.dataclass
-class QuantizeParams:
-    types: list[Name]  # variants: quant types, <type>-imatrix
-    # llama-quantize's per-tensor overrides: a real 4-bit file where k-quant blocks do not fit a width
-    tensor_types: dict[str, Name]  # name pattern -> type (ffn_down: q4_0)
-    output_tensor_type: Name | None
-    token_embedding_type: Name | None
-
-    def __post_init__(self):  # an empty list is for stages run by hand; the pipeline needs lora.train_on in it
-        twice = sorted({t for t in self.types if self.types.count(t) > 1})
-        if twice:
-            raise EdgetuneError(
-                f"params.yaml: quantize.types lists {', '.join(twice)} twice; each type makes one variant. "
-                "Remove the repeat."
-            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -165,7 +165,7 @@ def tokenize(turns: list[dict], tokenizer) -> tuple[list[int], list[int]]:
 
 
 def load_and_clean(
-    sources: list[str], tokenizer, max_tokens: int, rules: ReplyRules, revision: str
+    sources: list[str], tokenizer, max_tokens: int, rules: ReplyRules, revision: str, hub_params
 ) -> tuple[list[dict], dict]:
     """Every conversation in `sources` (hub datasets at `revision` unless pinned), cleaned and
     tokenized, with what was dropped and why."""
@@ -175,7 +175,7 @@ def load_and_clean(
     for pattern in unmatched:
         click.echo(f"warning: data.source `{pattern}` matches no file; the other sources are read.")
     for source in sources:
-        for where, record in read_records(source, revision):
+        for where, record in read_records(source, revision, hub_params):
             per_source[where] += 1
             turns = to_messages(record)
             why = problem(turns, rules)

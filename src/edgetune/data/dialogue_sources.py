@@ -15,7 +15,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from edgetune.core import hub, params
+from edgetune.core import hub
 from edgetune.core.bounds import check_line, check_regular_file, json_value, load_yaml
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import read_text
@@ -24,13 +24,13 @@ CHATTERBOT = "chatterbot:"
 SUFFIXES = (".jsonl", ".json", ".yml", ".yaml")  # the files read_file reads
 
 
-def read_records(source: str, revision: str) -> list[tuple[str, object]]:
+def read_records(source: str, revision: str, hub_params) -> list[tuple[str, object]]:
     """(where, record) for every record a data.source entry names; unreadable lines kept as None."""
     if source.startswith(CHATTERBOT):
         # named by the corpus, not by where this machine installed it
         return [rec for f in chatterbot_files(source) for rec in read_file(f, f"{CHATTERBOT}{f.parent.name}/{f.name}")]
     if is_dataset_id(source):
-        return from_hub(source, revision)
+        return from_hub(source, revision, hub_params)
     return [rec for path in local_files(source) for rec in read_file(path, str(path))]
 
 
@@ -109,7 +109,7 @@ def chatterbot_files(source: str) -> list[Path]:
     return files
 
 
-def from_hub(source: str, revision: str) -> list[tuple[str, object]]:
+def from_hub(source: str, revision: str, hub_params) -> list[tuple[str, object]]:
     """Every row of every split of a hub dataset; offline, an error naming the local-file way."""
     import datasets
 
@@ -119,7 +119,7 @@ def from_hub(source: str, revision: str) -> list[tuple[str, object]]:
     hint = f"download it where the hub answers, write it as ShareGPT JSONL (for example {local}) and list that file"
     fetch = functools.partial(datasets.load_dataset, name, revision=pinned or revision)
     try:
-        splits = hub.call(name, fetch, params.load("hub", hub.HubParams), hint)
+        splits = hub.call(name, fetch, hub_params, hint)
     except EdgetuneError as e:
         raise EdgetuneError(f"data.source `{source}`: {e.message}") from None
     except Exception as e:  # offline, unknown id, gated: the hub client raises many kinds

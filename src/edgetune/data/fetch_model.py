@@ -10,38 +10,25 @@ A GGUF source is dequantized with transformers and kept as `model.gguf`, the unt
 an HF source is converted to an f16 `model.gguf` by llama.cpp's converter.
 """
 
-import dataclasses
 import functools
 import hashlib
 import importlib.util
 import shutil
 from pathlib import Path
-from typing import Annotated
 
 import click
 from tqdm import tqdm
 
-from edgetune.core import hub, params
+from edgetune.core import hub
+from edgetune.core.config import ModelParams
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import atomic_dir, check_gguf, check_outputs, read_text, sha256_file
-from edgetune.core.params import Name, OneOf
+from edgetune.core.params import reads
 from edgetune.core.remote_code import allowed as trust_remote_code
 from edgetune.gguf import header, llamacpp
 from edgetune.gguf.dequantize import dequantized
 
 BASE_GGUF = "model.gguf"
-
-
-@dataclasses.dataclass
-class ModelParams:
-    name: Name
-    source: str
-    packages: list[str]
-    sha256: str | None
-    revision: str
-    dtype: Annotated[str, OneOf("bfloat16", "float16", "float32")]
-    trust_remote_code: bool
-    chat_template: str | None  # gemma, chatml or a .jinja file: replaces the model's own
 
 
 # Chat templates edgetune ships, with the token that ends a turn in each: generation stops there.
@@ -149,7 +136,7 @@ def gguf_chat_template(gguf: Path) -> str | None:
     return header.read(gguf).fields.get("tokenizer.chat_template")
 
 
-def download(p: ModelParams) -> Path:
+def download(p: ModelParams, hub_params) -> Path:
     """The real hub path: safetensors and tokenizer files only, at a pinned revision."""
     from huggingface_hub import snapshot_download
 
@@ -160,7 +147,7 @@ def download(p: ModelParams) -> Path:
             hub.call(
                 f"model.source `{p.source}`",
                 fetch,
-                params.load("hub", hub.HubParams),
+                hub_params,
                 "point model.source at a local folder or .gguf file",
             )
         )
@@ -209,9 +196,10 @@ def save_checkpoint(model, tokenizer, out: Path, p: ModelParams) -> None:
 
 @click.command("fetch-model")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("models/base"), show_default=True)
-def fetch_model(out: Path):
+@reads("model", "hub")
+def fetch_model(out: Path, params):
     """Resolve model.source into an HF checkpoint and a base GGUF in OUT."""
-    p = params.load("model", ModelParams)
+    p = params.model
     source = Path(p.source)
     how = kind(p)
     check_outputs(inputs=[source] if source.exists() else [], folders=[out])
@@ -226,6 +214,6 @@ def fetch_model(out: Path):
             check_sha256(source, sha256_file(tmp / BASE_GGUF), p.sha256)
             dequantize_gguf(tmp / BASE_GGUF, tmp, p)
         else:
-            load_hf(source if how == "folder" else download(p), tmp, p)
+            load_hf(source if how == "folder" else download(p, params.hub), tmp, p)
             llamacpp.convert_checkpoint(tmp, tmp / BASE_GGUF, "f16")
     click.echo(f"base model ready in {out}")

@@ -19,68 +19,25 @@ from pathlib import Path
 
 import click
 
-from edgetune.core import params
 from edgetune.core.bounds import check_regular_file
+from edgetune.core.config import SECTIONS, ModelParams
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import check_outputs, sha256_file, write_json
+from edgetune.core.params import PARAMS_FILE, reads
 from edgetune.data import dialogue_sources, fetch_model, sources
 
 COMMIT = re.compile(r"[0-9a-f]{40}")  # a hub revision that cannot move, unlike a branch or tag
 
 
-def schema() -> dict:
-    """Each section of params.yaml and the dataclass that checks it."""
-    from edgetune.core.hub import HubParams
-    from edgetune.core.prompts import PromptParams
-    from edgetune.core.variants import QuantizeParams
-    from edgetune.data.prepare import DataParams
-    from edgetune.gguf.imatrix import ImatrixParams
-    from edgetune.measure.baseline import BaselineParams
-    from edgetune.measure.bench import BenchParams
-    from edgetune.measure.evaluate import EvaluateParams
-    from edgetune.measure.kld import QualityParams
-    from edgetune.report.recommend import RecommendParams
-    from edgetune.ship.export import ExportParams
-    from edgetune.ship.phone import PhoneParams
-    from edgetune.train.finetune import LoraParams, TrainParams
-
-    return {
-        "model": fetch_model.ModelParams,
-        "hub": HubParams,
-        "data": DataParams,
-        "prompt": PromptParams,
-        "lora": LoraParams,
-        "train": TrainParams,
-        "evaluate": EvaluateParams,
-        "quantize": QuantizeParams,
-        "imatrix": ImatrixParams,
-        "quality": QualityParams,
-        "bench": BenchParams,
-        "recommend": RecommendParams,
-        "export": ExportParams,
-        "phone": PhoneParams,
-        "baseline": BaselineParams,
-    }
-
-
-def check_params() -> dict:
-    """Every section checked as its stage will check it; the sections, parsed."""
-    raw = params.read_params()
-    checked = {}
-    for section, cls in schema().items():
-        if section not in raw:
-            raise EdgetuneError(
-                f"{params.PARAMS_FILE}: no `{section}` section. Add it (conf/config.yaml has every section)."
-            )
-        checked[section] = params.parse(section, cls, raw[section])
-    types, train_on = checked["quantize"].types, checked["lora"].train_on
+def check_params(params) -> None:
+    """What no one section can check alone: the sections are checked as they are read."""
+    types, train_on = params.quantize.types, params.lora.train_on
     if train_on not in types:  # dvc.yaml's train stage reads the base quantized to it
         raise EdgetuneError(
-            f"{params.PARAMS_FILE}: lora.train_on is {train_on}, which is not among quantize.types "
+            f"{PARAMS_FILE}: lora.train_on is {train_on}, which is not among quantize.types "
             f"({', '.join(types) or 'none'}): the adapter trains on the base quantized to one of them. "
             "Add it to quantize.types, or choose one of them."
         )
-    return checked
 
 
 def regular_file(path: Path, what: str) -> Path:
@@ -121,7 +78,7 @@ def hub_pin(repo: str, revision: str) -> dict:
     return {"hub": repo, "revision": revision, "pinned": bool(COMMIT.fullmatch(revision))}
 
 
-def model_pin(p: fetch_model.ModelParams) -> dict:
+def model_pin(p: ModelParams) -> dict:
     """What fetch-model reads: the package parts, a .gguf file, a folder or a hub id; and a template file."""
     how = fetch_model.kind(p)
     pin = {"source": p.source, "files": [], "packages": [], "hub": []}
@@ -172,10 +129,11 @@ def data_pin(p) -> dict:
 @click.command("inputs")
 @click.option("--model-out", type=click.Path(path_type=Path), required=True, help="the model's pin (JSON)")
 @click.option("--data-out", type=click.Path(path_type=Path), required=True, help="the data's pin (JSON)")
-def inputs(model_out: Path, data_out: Path):
+@reads(*SECTIONS)
+def inputs(model_out: Path, data_out: Path, params):
     """Check params.yaml whole, and pin the model and data it names: MODEL_OUT, DATA_OUT."""
-    checked = check_params()
-    model, data = model_pin(checked["model"]), data_pin(checked["data"])
+    check_params(params)
+    model, data = model_pin(params.model), data_pin(params.data)
     read = [f["path"] for pin in (model, data) for f in pin["files"]]
     check_outputs(inputs=read, files=[model_out, data_out])
     write_json(model_out, model)

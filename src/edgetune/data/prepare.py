@@ -9,79 +9,21 @@ render each example as a chat in the model's own template, ending in the answer 
 """
 
 import collections
-import dataclasses
 import statistics
 from pathlib import Path
-from typing import Annotated
 
 import click
 
-from edgetune.core import params
+from edgetune.core.config import DataParams, PromptParams
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import atomic_dir, check_outputs, write_json, write_jsonl
-from edgetune.core.params import Positive, Range, Tokens, shown
-from edgetune.core.prompts import PromptParams, messages, render_prompt, truncate
+from edgetune.core.params import reads
+from edgetune.core.prompts import messages, render_prompt, truncate
 from edgetune.core.remote_code import allowed as trust_remote_code
-from edgetune.core.tasks import Task
 from edgetune.data.dialogue import ReplyRules, load_and_clean
 from edgetune.data.sources import load
 
 SPLITS = ("train", "val", "test")
-
-
-@dataclasses.dataclass
-class DataParams:
-    task: Task  # classify | sft (tasks.py)
-    source: str | list[str]  # a file, a folder of published splits, a dataset id (sources.py); sft: files or globs
-    max_tokens: Tokens  # sft: longer conversations are dropped, never cut mid-reply
-    min_reply_chars: Annotated[int, Range(min=0)]  # sft: shorter replies (letters and digits) cannot answer
-    non_answers: list[str]  # sft: regular expressions of templated replies that say nothing
-    blocked_words: list[str]  # sft: a reply holding one of these drops its conversation
-    revision: str  # of a hub dataset
-    modelscope_id: str | None  # when it differs from the hub id
-    local_dir: str | None  # the published splits on disk, tried last for a dataset id
-    text_column: str
-    label_column: str
-    labels: dict[str, str]
-    max_text_tokens: Tokens  # longer texts keep their head and tail
-    head_tokens: Annotated[int, Range(min=0)]
-    split: list[Annotated[float, Range(above=0)]]
-    max_train: Positive | None
-    max_val: Annotated[int, Range(min=0)] | None
-    max_test: Positive | None
-    balance: bool  # capped splits take equal numbers per class
-    seed: Annotated[int, Range(min=0)]
-
-    def __post_init__(self):
-        if self.head_tokens > self.max_text_tokens:
-            raise EdgetuneError(
-                f"params.yaml: data.head_tokens ({self.head_tokens}) must not exceed "
-                f"data.max_text_tokens ({self.max_text_tokens})."
-            )
-        if len(self.split) != 3:
-            raise EdgetuneError(
-                f"params.yaml: data.split must be three positive fractions (train, val, test), got {self.split}."
-            )
-        if self.task != "classify":
-            return
-        if len(self.labels) < 2:
-            raise EdgetuneError(
-                f"params.yaml: data.labels is {shown(self.labels)}; data.task: classify needs two or more labels, "
-                "each mapped to the answer the model learns (negative: 负面). Or set data.task: sft for conversations."
-            )
-        words = {}
-        for label, word in self.labels.items():
-            if not word.strip():
-                raise EdgetuneError(
-                    f"params.yaml: data.labels.{label} is {shown(word)}; the model learns to answer that word, so it "
-                    "must say something. Give the label a word."
-                )
-            if word in words:
-                raise EdgetuneError(
-                    f"params.yaml: data.labels.{words[word]} and data.labels.{label} are both {shown(word)}; the "
-                    "answer would not tell them apart. Give each label a word of its own."
-                )
-            words[word] = label
 
 
 def clean(rows: list[dict], p: DataParams, source: str) -> tuple[list[dict], dict]:
@@ -198,8 +140,8 @@ def render(rows: list[dict], tokenizer, p: DataParams, prompt: PromptParams) -> 
     return out, stats
 
 
-def prepare_labelled(p: DataParams, prompt: PromptParams, tokenizer) -> tuple[dict, dict]:
-    loaded = load(p)
+def prepare_labelled(p: DataParams, prompt: PromptParams, hub_params, tokenizer) -> tuple[dict, dict]:
+    loaded = load(p, hub_params)
     if isinstance(loaded, dict):
         parts, clean_stats = keep_published(loaded, p)
     else:
@@ -213,13 +155,13 @@ def prepare_labelled(p: DataParams, prompt: PromptParams, tokenizer) -> tuple[di
     return rendered, report
 
 
-def prepare_dialogues(p: DataParams, tokenizer) -> tuple[dict, dict]:
+def prepare_dialogues(p: DataParams, hub_params, tokenizer) -> tuple[dict, dict]:
     """Conversations cleaned and tokenized, split at random (seeded) by data.split, then capped."""
     import numpy as np
 
     sources = [p.source] if isinstance(p.source, str) else p.source
     rules = ReplyRules(p.min_reply_chars, p.non_answers, p.blocked_words)
-    rows, clean_stats = load_and_clean(sources, tokenizer, p.max_tokens, rules, p.revision)
+    rows, clean_stats = load_and_clean(sources, tokenizer, p.max_tokens, rules, p.revision, hub_params)
     order = np.random.default_rng(p.seed).permutation(len(rows))
     fracs = np.cumsum([f / sum(p.split) for f in p.split])
     bounds = [0, *(int(round(f * len(rows))) for f in fracs)]
@@ -257,21 +199,23 @@ def prepare_dialogues(p: DataParams, tokenizer) -> tuple[dict, dict]:
 @click.option(
     "--stats", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/data.json"), show_default=True
 )
-def prepare(model: Path, out: Path, stats: Path):
+@reads("data", "prompt", "hub", "model.trust_remote_code")
+def prepare(model: Path, out: Path, stats: Path, params):
     """Clean, split and render the data into OUT/{train,val,test}.jsonl: labelled texts, or conversations (data.task: sft)."""
     from transformers import AutoTokenizer
 
-    p = params.load("data", DataParams)
-    prompt = params.load("prompt", PromptParams)
+    p = params.data
     sources = [Path(s) for s in ([p.source] if isinstance(p.source, str) else p.source)]
     check_outputs(inputs=[model, *(s for s in sources if s.exists())], folders=[out], files=[stats])
-    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code(model))
+    tokenizer = AutoTokenizer.from_pretrained(
+        model, trust_remote_code=trust_remote_code(model, params.model.trust_remote_code)
+    )
     if p.task == "sft":
-        rendered, report = prepare_dialogues(p, tokenizer)
+        rendered, report = prepare_dialogues(p, params.hub, tokenizer)
     elif not isinstance(p.source, str):
         raise EdgetuneError("params.yaml: data.source is a list, which only data.task: sft reads; give one source.")
     else:
-        rendered, report = prepare_labelled(p, prompt, tokenizer)
+        rendered, report = prepare_labelled(p, params.prompt, params.hub, tokenizer)
     with atomic_dir(out) as tmp:  # the three splits land together, never from two runs
         for name in SPLITS:
             write_jsonl(tmp / f"{name}.jsonl", rendered[name])

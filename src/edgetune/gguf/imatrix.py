@@ -9,27 +9,17 @@ task the model will do. It is the base's matrix, known before training, because 
 `+lora` variant is quantized before the adapter is trained on it.
 """
 
-import dataclasses
 import re
 import tempfile
 from pathlib import Path
-from typing import Annotated
 
 import click
 
-from edgetune.core import params
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import atomic_path, check_outputs, read_jsonl
-from edgetune.core.params import Positive, Range
+from edgetune.core.params import reads
 from edgetune.core.prompts import plain_text
 from edgetune.gguf import llamacpp
-
-
-@dataclasses.dataclass
-class ImatrixParams:
-    ctx: Annotated[int, Range(min=8)]  # tokens per chunk
-    chunks: Positive  # chunks of training text read (ctx x chunks tokens)
-    threads: Positive | None  # None: all cores
 
 
 @click.command("imatrix")
@@ -45,10 +35,11 @@ class ImatrixParams:
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The importance matrix (GGUF)."
 )
-def imatrix(model: Path, data: Path, out: Path):
+@reads("imatrix")
+def imatrix(model: Path, data: Path, out: Path, params):
     """Compute an importance matrix for MODEL on the training text with llama-imatrix."""
     check_outputs(inputs=[model, data], files=[out])
-    p = params.load("imatrix", ImatrixParams)
+    p = params.imatrix
     text = plain_text(read_jsonl(data))
     with tempfile.TemporaryDirectory() as tmp, atomic_path(out, ".gguf") as matrix:
         # Run beside the text so the matrix records its name, not a random temporary path: the

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import click
 
-from edgetune.core import params
+from edgetune.core.config import QuantizeParams
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import atomic_path, check_gguf, check_outputs, write_json
-from edgetune.core.variants import IMATRIX, QuantizeParams, tensor_stats
+from edgetune.core.params import reads
+from edgetune.core.variants import IMATRIX, tensor_stats
 from edgetune.gguf import header, llamacpp
 
 
@@ -98,10 +99,11 @@ def overrides(p: QuantizeParams) -> list[str]:
     required=True,
     help="JSON: tensor types and bits per weight.",
 )
-def quantize(model: Path, variant: str, matrix: Path | None, out: Path, stats: Path):
+@reads("quantize.tensor_types", "quantize.output_tensor_type", "quantize.token_embedding_type")
+def quantize(model: Path, variant: str, matrix: Path | None, out: Path, stats: Path, params):
     """Quantize the GGUF MODEL to TYPE with llama-quantize (or copy it, if it already is of TYPE)."""
     check_outputs(inputs=[model, matrix], files=[out, stats])
-    p = params.load("quantize", QuantizeParams)
+    p = params.quantize
     name, with_imatrix = file_type(variant)
     if with_imatrix and not (matrix and matrix.is_file()):
         raise EdgetuneError(

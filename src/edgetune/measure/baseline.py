@@ -3,31 +3,15 @@
 Trained on the same train split in seconds; every report shows what the LLM buys over it.
 """
 
-import dataclasses
 import time
 from pathlib import Path
-from typing import Annotated
 
 import click
 
-from edgetune.core import params, tasks
-from edgetune.core.errors import EdgetuneError
+from edgetune.core import tasks
 from edgetune.core.files import check_outputs, read_jsonl, write_json
 from edgetune.core.labels import classification_metrics
-from edgetune.core.params import Positive, Range
-
-
-@dataclasses.dataclass
-class BaselineParams:
-    ngram_min: Positive
-    ngram_max: Positive
-    C: Annotated[float, Range(above=0)]  # inverse regularisation strength
-
-    def __post_init__(self):
-        if self.ngram_max < self.ngram_min:
-            raise EdgetuneError(
-                f"params.yaml: baseline.ngram_max ({self.ngram_max}) is below baseline.ngram_min ({self.ngram_min})."
-            )
+from edgetune.core.params import reads
 
 
 @click.command("baseline")
@@ -43,19 +27,20 @@ class BaselineParams:
     default=Path("reports/eval/tfidf.json"),
     show_default=True,
 )
-def baseline(data: Path, out: Path):
+@reads("baseline", "data.task", "data.labels")
+def baseline(data: Path, out: Path, params):
     """Train and test the TF-IDF + logistic regression baseline on DATA's splits."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
     check_outputs(inputs=[data], files=[out])
-    p = params.load("baseline", BaselineParams)
-    if tasks.task() == "sft":
+    p = params.baseline
+    if params.data.task == "sft":
         write_json(out, {"variant": "tfidf", "skipped": "data.task is sft: no labels to classify"})
         click.echo("tfidf: skipped, the data are conversations")
         return
-    labels = list(params.value("data.labels", dict[str, str]))
+    labels = list(params.data.labels)
     train, test = (tasks.check_rows(read_jsonl(data / f), "classify", data / f) for f in ("train.jsonl", "test.jsonl"))
     model = make_pipeline(
         TfidfVectorizer(analyzer="char", ngram_range=(p.ngram_min, p.ngram_max), sublinear_tf=True),

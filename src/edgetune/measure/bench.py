@@ -15,7 +15,6 @@ dvc.yaml runs it once per variant; report gathers the results.
 All run on the CPU alone (`-ngl 0`), as on a phone, also on a machine with a GPU.
 """
 
-import dataclasses
 import json
 import os
 import re
@@ -26,21 +25,12 @@ from pathlib import Path
 
 import click
 
-from edgetune.core import params
+from edgetune.core.config import BenchParams
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import check_outputs, write_json
-from edgetune.core.params import Positive
+from edgetune.core.params import reads
 from edgetune.core.variants import Files
 from edgetune.gguf import header, llamacpp
-
-
-@dataclasses.dataclass
-class BenchParams:
-    threads: list[Positive]  # plus all cores
-    prompt_tokens: Positive
-    gen_tokens: Positive
-    contexts: list[Positive]
-    repetitions: Positive
 
 
 def speed(gguf: Path, threads: int, p: BenchParams) -> dict:
@@ -177,9 +167,10 @@ def bytes_read_per_token(files: Files) -> dict:
 )
 @click.option("--variant", required=True, help="Its name in the reports: f16, q4_k_m, q4_k_m+lora, ...")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Its results (JSON).")
-def bench(model: Path, lora: Path | None, variant: str, out: Path):
+@reads("bench")
+def bench(model: Path, lora: Path | None, variant: str, out: Path, params):
     """Speed (pp, tg tokens/s) and peak memory per context length of one variant (MODEL, plus LORA)."""
-    p = params.load("bench", BenchParams)
+    p = params.bench
     threads = sorted({*p.threads, os.cpu_count() or 1})
     files = Files(model, lora)
     check_outputs(inputs=files.paths, files=[out])

@@ -11,34 +11,22 @@ word, the way a user would ask. Label scoring is unfair to an untuned model, whi
 answer with 这段文本… whatever it thinks; the free answer is its fair baseline.
 """
 
-import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Annotated
 
 import click
 from tqdm import tqdm
 
-from edgetune.core import params, tasks
+from edgetune.core import tasks
+from edgetune.core.config import EvaluateParams
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import check_outputs, read_jsonl, write_json, write_predictions
 from edgetune.core.labels import apply_offsets, classification_metrics, fit_offsets, parse_answer, pick_label
-from edgetune.core.params import BatchSize, Positive, Range
-from edgetune.core.variants import Files, Variant, file_stats
+from edgetune.core.params import reads
+from edgetune.core.variants import Files, file_stats
 from edgetune.runtimes.llamacpp.perplexity import gguf_perplexity
 from edgetune.runtimes.llamacpp.scorer import Scorer
-
-
-@dataclasses.dataclass
-class EvaluateParams:
-    free_answer: list[Variant]
-    max_answer_tokens: Positive
-    batch_size: BatchSize  # prompts decoded together
-    threads: Positive | None  # None: all cores
-    gpu_layers: Annotated[int, Range(min=-1)]  # offloaded to a GPU llama.cpp was built for: -1 all, 0 none
-    max_samples: Positive | None  # None: the whole test split
-    calibrate: bool  # label-score offsets fitted on the validation split, applied to the test split
 
 
 def check_template(scorer: Scorer, row: dict, where: Path) -> bool:
@@ -175,15 +163,16 @@ def evaluate_labels(
     type=click.Path(dir_okay=False, path_type=Path),
     help="CSV of actual/predicted labels (dvc confusion plot).",
 )
-def evaluate(model: Path, lora: Path | None, variant: str, data: Path, val: Path, out: Path, predictions: Path | None):
+@reads("evaluate", "data.task", "data.labels")
+def evaluate(
+    model: Path, lora: Path | None, variant: str, data: Path, val: Path, out: Path, predictions: Path | None, params
+):
     """Classify the test split with the GGUF MODEL, plus the LORA where given (or, for conversations, measure its
     perplexity) and write its metrics."""
-    p = params.load("evaluate", EvaluateParams)
-    answers = params.value("data.labels", dict[str, str])
+    p, answers, task = params.evaluate, params.data.labels, params.data.task
     check_outputs(inputs=[model, lora, data, val], files=[out, predictions])
     files = Files(model, lora)
     files.check()
-    task = tasks.task()
     rows = tasks.check_rows(read_jsonl(data)[: p.max_samples], task, data)
     if not rows:
         raise EdgetuneError(f"{data}: no examples to evaluate.")

@@ -8,29 +8,19 @@ measures only itself. The f16 logits go to a temporary file (`--kl-divergence-ba
 small by a short text: every saved token costs a full vocabulary row (152k wide for Qwen).
 """
 
-import dataclasses
 import re
 import tempfile
 from pathlib import Path
-from typing import Annotated
 
 import click
 
-from edgetune.core import params
+from edgetune.core.config import QualityParams
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import check_outputs, read_jsonl, write_json
-from edgetune.core.params import Positive, Range
+from edgetune.core.params import reads
 from edgetune.core.prompts import plain_text
 from edgetune.core.variants import Files
 from edgetune.gguf import llamacpp
-
-
-@dataclasses.dataclass
-class QualityParams:
-    ctx: Annotated[int, Range(min=8)]  # tokens per chunk; the second half of each is scored
-    chunks: Positive
-    threads: Positive | None
-
 
 # llama-perplexity's summary lines -> metric names
 PATTERNS = {
@@ -93,9 +83,10 @@ def kl_divergence(f16: Path, files: Files, name: str, text: Path, p: QualityPara
     show_default=True,
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Its results (JSON).")
-def quality(f16: Path, model: Path, lora: Path | None, variant: str, data: Path, out: Path):
+@reads("quality")
+def quality(f16: Path, model: Path, lora: Path | None, variant: str, data: Path, out: Path, params):
     """KL divergence, perplexity ratio and top-token agreement of one variant (MODEL, plus LORA) against F16."""
-    p = params.load("quality", QualityParams)
+    p = params.quality
     files = Files(model, lora)
     check_outputs(inputs=[f16, data, *files.paths], files=[out])
     Files(f16).check(whole=False)  # llama-perplexity reads them whole

@@ -7,17 +7,7 @@ distributions no larger than `recommend.max_kld` where it was measured. f16 itse
 qualifies, so there is always an answer.
 """
 
-import dataclasses
-from typing import Annotated
-
-from edgetune.core.params import Range
-
-
-@dataclasses.dataclass
-class RecommendParams:
-    accuracy_tolerance: Annotated[float, Range(min=0, max=1)]  # accuracy lost against f16 (0.01 = one point)
-    perplexity_tolerance: Annotated[float, Range(min=0)]  # conversations: relative perplexity increase allowed
-    max_kld: Annotated[float, Range(min=0)]  # mean KL divergence from f16 allowed
+from edgetune.core.config import RecommendParams
 
 
 def shortfall(v: dict, f16: dict, p: RecommendParams, metric: str) -> str | None:

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import click
 
-from edgetune.core import params, tasks
+from edgetune.core import tasks
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import check_outputs, write_json, write_text
-from edgetune.core.variants import QuantizeParams, names
+from edgetune.core.params import reads
+from edgetune.core.variants import names
 from edgetune.measure.significance import accuracy_interval, paired
 from edgetune.report import dialogue_tables, environment, tables
 from edgetune.report.phone_tables import phone_table
-from edgetune.report.recommend import RecommendParams, recommend
+from edgetune.report.recommend import recommend
 from edgetune.report.tables import (
     device_table,
     frontier_line,
@@ -155,6 +156,24 @@ def fold(files: list[dict]) -> str:
     return hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest()[:12]
 
 
+def write_size_plots(variants: dict, choice: dict | None, plots: Path) -> None:
+    """Accuracy against size for every variant that has both, and the frontier among them (dvc plots)."""
+    on_frontier = choice["frontier"] if choice else []
+    points = [
+        {
+            "variant": n,
+            "model_mb": v["model_bytes"] / 1e6,
+            "accuracy": v["accuracy"],
+            "recommended": bool(choice) and n == choice["variant"],
+            "frontier": n in on_frontier,
+        }
+        for n, v in variants.items()
+        if v.get("model_bytes") and "accuracy" in v
+    ]
+    write_json(plots / "accuracy_vs_size.json", points)
+    write_json(plots / "frontier.json", sorted((p for p in points if p["frontier"]), key=lambda p: p["model_mb"]))
+
+
 @click.command("report")
 @click.option(
     "--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/eval"), show_default=True
@@ -210,6 +229,7 @@ def fold(files: list[dict]) -> str:
     help="the inputs stage's pins of the model and data.",
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
+@reads("recommend", "quantize.types", "data.task", "phone.bandwidths")
 def report(
     eval_dir: Path,
     quality_dir: Path,
@@ -220,11 +240,12 @@ def report(
     phone_file: Path,
     inputs_dir: Path,
     out: Path,
+    params,
 ):
     """Gather every variant's results into OUT/metrics.json, OUT/summary.md and plot data."""
     check_outputs(shared=[out])
-    metric = tasks.METRIC[tasks.task()]  # what tells the variants apart
-    ggufs = names(params.load("quantize", QuantizeParams).types)
+    metric = tasks.METRIC[params.data.task]  # what tells the variants apart
+    ggufs = names(params.quantize.types)
     variants = load_variants(eval_dir, [*ORDER, *ggufs[1:]])
     for name, q in read_each(quality_dir, ggufs).items():
         variants.get(name, {}).update(
@@ -234,24 +255,10 @@ def report(
     add_significance(variants, eval_dir)
     data = json.loads(data_stats.read_text()) if data_stats.is_file() else {}
     train = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
-    choice = recommend(variants, params.load("recommend", RecommendParams), metric)
+    choice = recommend(variants, params.recommend, metric)
     write_json(out / "metrics.json", {"variants": side_by_side(variants), "recommended": choice, "train": train})
     on_frontier = choice["frontier"] if choice else []
-    points = [
-        {
-            "variant": n,
-            "model_mb": v["model_bytes"] / 1e6,
-            "accuracy": v["accuracy"],
-            "recommended": bool(choice) and n == choice["variant"],
-            "frontier": n in on_frontier,
-        }
-        for n, v in variants.items()
-        if v.get("model_bytes") and "accuracy" in v
-    ]
-    write_json(out / "plots" / "accuracy_vs_size.json", points)
-    write_json(
-        out / "plots" / "frontier.json", sorted((p for p in points if p["frontier"]), key=lambda p: p["model_mb"])
-    )
+    write_size_plots(variants, choice, out / "plots")
     bench = gather_bench(read_each(bench_dir, ggufs))
     head = dialogue_tables if metric == "perplexity" else tables  # conversations, or labelled texts
     text = head.summary_markdown(variants, data, train) + "\n".join(
@@ -259,9 +266,7 @@ def report(
     )
     if bench:
         phone = json.loads(phone_file.read_text()) if phone_file.is_file() else {}
-        text += device_table(bench) + phone_table(
-            variants, bench, phone, params.value("phone.bandwidths", list[float])
-        )
+        text += device_table(bench) + phone_table(variants, bench, phone, params.phone.bandwidths)
     if choice:
         text += f"\n## Recommended\n\n**{choice['variant']}**: {choice['reason']}\n"
         text += frontier_line(variants, on_frontier)

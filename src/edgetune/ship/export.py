@@ -12,34 +12,21 @@ README.md                the model card: metrics of every variant, how the model
                          build the pinned llama.cpp for an Android phone and run it there
 """
 
-import dataclasses
 import json
 import shlex
 import shutil
 import unicodedata
 from pathlib import Path
-from typing import Annotated
 
 import click
 
-from edgetune.core import params
-from edgetune.core.errors import EdgetuneError
+from edgetune.core.config import ExportParams
+from edgetune.core.errors import EdgetuneError, shown
 from edgetune.core.files import atomic_dir, check_outputs, sha256_file, write_checksums
-from edgetune.core.params import Range, Tokens, shown
+from edgetune.core.params import reads
 from edgetune.core.remote_code import allowed as trust_remote_code
-from edgetune.core.variants import LORA, Files, Variant
+from edgetune.core.variants import LORA, Files
 from edgetune.report import environment
-
-
-@dataclasses.dataclass
-class ExportParams:
-    variant: Variant | None  # null: the one the report recommends
-    merged: bool  # a +lora variant as the merged file of its type: for runtimes without LoRA support
-    temperature: Annotated[float, Range(min=0)]
-    top_p: Annotated[float, Range(above=0, max=1)]
-    repetition_penalty: Annotated[float, Range(above=0)]
-    context: Tokens
-
 
 CARD_SECTIONS = ("model", "data", "lora", "train", "quantize")  # declared as its params in dvc.yaml
 
@@ -132,14 +119,15 @@ llama-completion -m {shlex.quote(files.gguf.name)}{lora_args(files)} --chat-temp
     help="Tokenizer, chat template and generation config.",
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("deploy"), show_default=True)
-def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, out: Path):
+@reads("export", *CARD_SECTIONS)
+def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, out: Path, params):
     """Bundle the recommended GGUF with its template, settings, Modelfile, server command and model card.
 
     The GGUF files are the ones the report measured: evaluate recorded their paths and hashes in
     METRICS, and a file that changed since is refused."""
     from transformers import AutoTokenizer
 
-    p = params.load("export", ExportParams)
+    p = params.export
     report = json.loads(metrics.read_text())
     variant = p.variant or (report.get("recommended") or {}).get("variant")
     if not variant or variant not in report["variants"]:
@@ -155,7 +143,9 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, o
     check_names(files)
     check_outputs(inputs=[metrics, summary, environment_file, merged, *files.paths], folders=[out])
     files.check(whole=False)  # the copies are checked against the sha256 evaluate recorded
-    tokenizer = AutoTokenizer.from_pretrained(merged, trust_remote_code=trust_remote_code(merged))
+    tokenizer = AutoTokenizer.from_pretrained(
+        merged, trust_remote_code=trust_remote_code(merged, params.model.trust_remote_code)
+    )
     end_of_turn = tokenizer.eos_token
     settings = {
         "temperature": p.temperature,
@@ -194,11 +184,11 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, o
         (tmp / "llama-server.sh").chmod(0o755)
         (tmp / "README.md").write_text(
             model_card(
-                params.value("model.name", str),
+                params.model.name,
                 shipped,
                 report,
                 summary.read_text(),
-                params.read_params(),
+                {section: params.raw(section) for section in CARD_SECTIONS},
                 json.loads(environment_file.read_text()),
                 files,
                 p,

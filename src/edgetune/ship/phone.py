@@ -20,7 +20,6 @@ device table reads for the variant whose files it checked (matched by sha256).
 """
 
 import contextlib
-import dataclasses
 import json
 import re
 import socket
@@ -29,30 +28,20 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Annotated
 
 import click
 import numpy as np
 
-from edgetune.core import params, tasks
+from edgetune.core import tasks
+from edgetune.core.config import PhoneParams
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import check_outputs, read_checksums, read_jsonl, sha256_file, write_json
 from edgetune.core.labels import log_softmax
-from edgetune.core.params import Positive, Range
+from edgetune.core.params import reads
 from edgetune.core.prompts import plain_text
 from edgetune.core.variants import Files
 from edgetune.gguf import llamacpp
 from edgetune.measure.kld import parse as parse_kld
-
-
-@dataclasses.dataclass
-class PhoneParams:
-    prompts: Positive  # the first N test prompts, answered by both builds
-    max_answer_tokens: Positive
-    ctx: Annotated[int, Range(min=8)]  # KLD: tokens per chunk, the second half of each scored
-    chunks: Positive
-    threads: Positive
-    bandwidths: list[Annotated[float, Range(above=0)]]  # GB/s: the device table's decode ceilings
 
 
 def read_bundle(folder: Path) -> tuple[Files, str, dict[str, str]]:
@@ -292,18 +281,18 @@ def compare_answers(rows, x86, arm, words: dict[str, str] | None, labels: list[i
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/phone.json"), show_default=True
 )
-def phone_check(bundle: Path, data: Path, out: Path):
+@reads("phone", "data.task", "data.labels")
+def phone_check(bundle: Path, data: Path, out: Path, params):
     """Run BUNDLE on an aarch64 build of the pinned llama.cpp under qemu, beside the x86 build:
     KL divergence, the answers and label margins of test prompts, and speed, into OUT."""
     import llama_cpp
 
-    p = params.load("phone", PhoneParams)
+    p, task = params.phone, params.data.task
     files, template, sums = read_bundle(bundle)
     check_outputs(inputs=[data, *files.paths], files=[out])
     files.check()  # llama-cpp-python crashes on a LoRA made for another model
-    task = tasks.task()
     rows = tasks.check_rows(read_jsonl(data)[: p.prompts], task, data)
-    words = params.value("data.labels", dict[str, str]) if task == "classify" else None
+    words = params.data.labels if task == "classify" else None
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "held_out.txt"

@@ -12,66 +12,22 @@ here (the params, the adapter's targets, TRL's config and the command) is read t
 setting changes, hence one module a little over 300 lines.
 """
 
-import dataclasses
 import math
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated
 
 import click
 
-from edgetune.core import params, tasks
+from edgetune.core import tasks
+from edgetune.core.config import LoraParams, TrainParams
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import check_outputs, mark, read_jsonl
-from edgetune.core.params import BatchSize, Name, OneOf, Positive, Range, Tokens
+from edgetune.core.params import reads
 from edgetune.core.remote_code import allowed as trust_remote_code
 from edgetune.train import base_weights, resume
 from edgetune.train.answer_loss import label_accuracy, make_trainer_class
 from edgetune.train.distributed import relaunch_on_gpus
-from edgetune.train.qlora import CHOICES
-
-
-@dataclasses.dataclass
-class LoraParams:
-    r: Positive
-    alpha: Positive
-    dropout: Annotated[float, Range(min=0, below=1)]  # dropout costs a quarter of the CPU step time
-    target_modules: str | list[str]
-    top_layers: Positive | None  # adapters in the last N decoder layers only: backward stops there
-    quantization: Annotated[str, OneOf(*CHOICES)]  # 4bit: QLoRA, the base in nf4 while training (qlora.py)
-    train_on: Name  # the quant type whose dequantized base GGUF the adapter trains on (dvc.yaml)
-
-
-@dataclasses.dataclass
-class TrainParams:
-    lr: Annotated[float, Range(above=0)]
-    scheduler: Annotated[
-        str,
-        OneOf(
-            "linear",
-            "cosine",
-            "cosine_with_restarts",
-            "polynomial",
-            "constant",
-            "constant_with_warmup",
-            "inverse_sqrt",
-        ),
-    ]
-    warmup_ratio: Annotated[float, Range(min=0, max=1)]  # of the run's optimizer steps
-    epochs: Annotated[float, Range(above=0), Range(max=1000)]
-    max_steps: Annotated[int, Range(min=1, also=(-1,))]  # > 0 overrides epochs
-    batch_size: BatchSize
-    grad_accum: BatchSize
-    max_length: Tokens
-    group_by_length: bool  # batches of similar length waste less compute on padding
-    gradient_checkpointing: bool  # saves activation memory for a third more compute
-    precision: Annotated[str, OneOf("auto", "bf16", "fp32")]  # bf16 weights where the hardware has bf16
-    logging_steps: Positive
-    eval_steps: Positive
-    save_steps: Positive  # a multiple of eval_steps when best_checkpoint is on
-    best_checkpoint: bool  # keep the checkpoint with the best validation accuracy, not the last
-    seed: Annotated[int, Range(min=0)]
 
 
 def adapter_targets(lp: LoraParams, model) -> str | list[str]:
@@ -302,7 +258,8 @@ def save_adapter(model, out: Path) -> None:
     show_default=True,
     help="Launch settings used when several GPUs are visible.",
 )
-def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Path, accelerate_config: Path):
+@reads("lora", "train", "data.task", "model.trust_remote_code")
+def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Path, accelerate_config: Path, params):
     """Train a LoRA adapter on DATA/train.jsonl, validating on DATA/val.jsonl.
 
     With several GPUs visible it reruns itself under `accelerate launch`, one process per GPU.
@@ -314,9 +271,8 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
     from transformers.integrations import DVCLiveCallback
 
     check_outputs(inputs=[model, weights, data], folders=[out, live_dir])
-    p, lp = params.load("train", TrainParams), params.load("lora", LoraParams)
-    trust, bf16 = trust_remote_code(model), use_bf16(p)
-    task = tasks.task()
+    p, lp, task = params.train, params.lora, params.data.task
+    trust, bf16 = trust_remote_code(model, params.model.trust_remote_code), use_bf16(p)
     train_rows, val_rows = (
         tasks.check_rows(read_jsonl(data / f), task, data / f) for f in ("train.jsonl", "val.jsonl")
     )

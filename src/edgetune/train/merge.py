@@ -9,10 +9,11 @@ import click
 
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import atomic_dir, check_outputs, read_adapter
+from edgetune.core.params import reads
 from edgetune.core.remote_code import allowed as trust_remote_code
 
 
-def merge_adapter(base: Path, adapter: Path, out: Path) -> None:
+def merge_adapter(base: Path, adapter: Path, out: Path, trust: bool) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -20,7 +21,7 @@ def merge_adapter(base: Path, adapter: Path, out: Path) -> None:
     check_outputs(inputs=[base, adapter], folders=[out])
     config, _ = read_adapter(adapter, base)
     wanted = config.get("base_model_name_or_path")
-    trust = trust_remote_code(base)
+    trust = trust_remote_code(base, trust)  # model.trust_remote_code, checked against the checkpoint
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, trust_remote_code=trust)
     try:
@@ -55,6 +56,7 @@ def merge_adapter(base: Path, adapter: Path, out: Path) -> None:
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("models/merged"), show_default=True
 )
-def merge(base: Path, adapter: Path, out: Path):
+@reads("model.trust_remote_code")
+def merge(base: Path, adapter: Path, out: Path, params):
     """Merge the LoRA ADAPTER into the 16-bit BASE checkpoint and save it to OUT."""
-    merge_adapter(base, adapter, out)
+    merge_adapter(base, adapter, out, params.model.trust_remote_code)

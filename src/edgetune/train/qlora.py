@@ -9,8 +9,6 @@ from pathlib import Path
 
 from edgetune.core.errors import EdgetuneError
 
-CHOICES = ("none", "4bit")  # lora.quantization: LoRA on the 16-bit base, or QLoRA
-
 
 def require_bitsandbytes(device: str) -> None:
     """Quantize, multiply and backpropagate through a small nf4 matrix on `device`, or say why not."""
