@@ -17,8 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from edgetune.core.variants import Files, names
+from edgetune.core.variants import names
 from edgetune.gguf import llamacpp
+from edgetune.gguf.files import Files
 from edgetune.report import environment
 
 

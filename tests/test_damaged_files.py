@@ -294,14 +294,9 @@ def test_nan_weights_are_refused_by_every_stage_that_reads_them(
 def test_the_checked_readers_accept_what_the_pipeline_writes(tmp_path, adapters, tiny_model, tiny_gguf):
     """The same readers pass the real files: an adapter on its base, its GGUF LoRA on the base GGUF,
     and SHA256SUMS as export writes it."""
-    from edgetune.core.files import (
-        check_checkpoint,
-        check_lora,
-        read_adapter,
-        read_checksums,
-        sha256_file,
-        write_checksums,
-    )
+    from edgetune.core.files import read_checksums, sha256_file, write_checksums
+    from edgetune.core.weights import check_checkpoint, read_adapter
+    from edgetune.gguf.files import check_lora
 
     config, shapes = read_adapter(adapters["tiny"]["adapter"], tiny_model)
     assert config["r"] == 4 and shapes["base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"] == (4, 128)

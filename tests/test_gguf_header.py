@@ -7,8 +7,8 @@ import pytest
 from conftest import run
 
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import check_gguf
 from edgetune.gguf import header as gguf_header
+from edgetune.gguf.files import check_gguf
 
 
 @pytest.fixture(scope="module")

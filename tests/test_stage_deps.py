@@ -23,6 +23,8 @@ PLUMBING = {
     "core.config",
     "core.rules",
     "core.files",
+    "core.outputs",
+    "core.weights",
     "gguf.llamacpp",
     "core.remote_code",
     "core.hub",

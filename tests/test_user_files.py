@@ -57,7 +57,7 @@ def test_export_refuses_the_working_directory_and_above(repo, export_inputs, out
 def test_the_root_and_home_folders_are_never_outputs(workdir, out):
     """Checked on the function alone: a command that failed to refuse would delete the machine's files."""
     from edgetune.core.errors import EdgetuneError
-    from edgetune.core.files import check_outputs
+    from edgetune.core.outputs import check_outputs
 
     for kind in ("files", "folders", "shared"):
         with pytest.raises(EdgetuneError, match="the working directory, a folder above it or the home folder"):

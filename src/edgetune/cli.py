@@ -6,7 +6,7 @@ import click
 
 from edgetune import __version__
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import release_outputs
+from edgetune.core.outputs import release_outputs
 from edgetune.data.fetch_model import fetch_model
 from edgetune.data.inputs import inputs
 from edgetune.data.prepare import prepare

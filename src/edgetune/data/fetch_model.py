@@ -22,11 +22,13 @@ from tqdm import tqdm
 from edgetune.core import hub
 from edgetune.core.config import ModelParams
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import atomic_dir, check_gguf, check_outputs, read_text, sha256_file
+from edgetune.core.files import read_text, sha256_file
+from edgetune.core.outputs import atomic_dir, check_outputs
 from edgetune.core.params import reads
 from edgetune.core.remote_code import allowed as trust_remote_code
 from edgetune.gguf import header, llamacpp
 from edgetune.gguf.dequantize import dequantized
+from edgetune.gguf.files import check_gguf
 
 BASE_GGUF = "model.gguf"
 

@@ -22,7 +22,8 @@ import click
 from edgetune.core.bounds import check_regular_file
 from edgetune.core.config import SECTIONS, ModelParams
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import check_outputs, sha256_file, write_json
+from edgetune.core.files import sha256_file, write_json
+from edgetune.core.outputs import check_outputs
 from edgetune.core.params import PARAMS_FILE, reads
 from edgetune.data import dialogue_sources, fetch_model, sources
 

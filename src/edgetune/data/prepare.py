@@ -16,7 +16,8 @@ import click
 
 from edgetune.core.config import DataParams, PromptParams
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import atomic_dir, check_outputs, write_json, write_jsonl
+from edgetune.core.files import write_json, write_jsonl
+from edgetune.core.outputs import atomic_dir, check_outputs
 from edgetune.core.params import reads
 from edgetune.core.prompts import messages, render_prompt, truncate
 from edgetune.core.remote_code import allowed as trust_remote_code

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from edgetune.core.files import check_checkpoint, check_outputs
+from edgetune.core.outputs import check_outputs
+from edgetune.core.weights import check_checkpoint
 from edgetune.gguf import llamacpp
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import click
 
-from edgetune.core.files import atomic_path, check_outputs, read_adapter
+from edgetune.core.files import atomic_path
+from edgetune.core.outputs import check_outputs
+from edgetune.core.weights import read_adapter
 from edgetune.gguf import llamacpp
 
 

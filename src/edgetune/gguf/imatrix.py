@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import atomic_path, check_outputs, read_jsonl
+from edgetune.core.files import atomic_path, read_jsonl
+from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
 from edgetune.core.prompts import plain_text
 from edgetune.gguf import llamacpp

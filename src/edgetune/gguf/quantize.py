@@ -21,10 +21,12 @@ import click
 
 from edgetune.core.config import QuantizeParams
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import atomic_path, check_gguf, check_outputs, write_json
+from edgetune.core.files import atomic_path, write_json
+from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
-from edgetune.core.variants import IMATRIX, tensor_stats
+from edgetune.core.variants import IMATRIX
 from edgetune.gguf import header, llamacpp
+from edgetune.gguf.files import check_gguf, tensor_stats
 
 
 def known_types() -> list[str]:

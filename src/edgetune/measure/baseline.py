@@ -9,9 +9,11 @@ from pathlib import Path
 import click
 
 from edgetune.core import tasks
-from edgetune.core.files import check_outputs, read_jsonl, write_json
+from edgetune.core.files import read_jsonl, write_json
 from edgetune.core.labels import classification_metrics
+from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
+from edgetune.core.variants import TFIDF
 
 
 @click.command("baseline")
@@ -37,7 +39,7 @@ def baseline(data: Path, out: Path, params):
     check_outputs(inputs=[data], files=[out])
     p = params.baseline
     if params.data.task == "sft":
-        write_json(out, {"variant": "tfidf", "skipped": "data.task is sft: no labels to classify"})
+        write_json(out, {"variant": TFIDF, "skipped": "data.task is sft: no labels to classify"})
         click.echo("tfidf: skipped, the data are conversations")
         return
     labels = list(params.data.labels)
@@ -52,6 +54,6 @@ def baseline(data: Path, out: Path, params):
     seconds = time.perf_counter() - start
     result = classification_metrics([r["label"] for r in test], predicted, labels)
     result.pop("unparsed")
-    result.update(variant="tfidf", seconds_per_sample=seconds / len(test), model_bytes=None, n_train=len(train))
+    result.update(variant=TFIDF, seconds_per_sample=seconds / len(test), model_bytes=None, n_train=len(train))
     write_json(out, result)
     click.echo(f"tfidf: accuracy {result['accuracy']:.3f}, f1 {result['f1']:.3f} ({len(train)} training texts)")

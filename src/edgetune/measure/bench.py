@@ -27,10 +27,11 @@ import click
 
 from edgetune.core.config import BenchParams
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import check_outputs, write_json
+from edgetune.core.files import write_json
+from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
-from edgetune.core.variants import Files
 from edgetune.gguf import header, llamacpp
+from edgetune.gguf.files import Files
 
 
 def speed(gguf: Path, threads: int, p: BenchParams) -> dict:

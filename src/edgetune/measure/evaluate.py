@@ -21,10 +21,11 @@ from tqdm import tqdm
 from edgetune.core import tasks
 from edgetune.core.config import EvaluateParams
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import check_outputs, read_jsonl, write_json, write_predictions
+from edgetune.core.files import read_jsonl, write_json, write_predictions
 from edgetune.core.labels import apply_offsets, classification_metrics, fit_offsets, parse_answer, pick_label
+from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
-from edgetune.core.variants import Files, file_stats
+from edgetune.gguf.files import Files, file_stats
 from edgetune.runtimes.llamacpp.perplexity import gguf_perplexity
 from edgetune.runtimes.llamacpp.scorer import Scorer
 

@@ -16,11 +16,13 @@ import click
 
 from edgetune.core.config import QualityParams
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import check_outputs, read_jsonl, write_json
+from edgetune.core.files import read_jsonl, write_json
+from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
 from edgetune.core.prompts import plain_text
-from edgetune.core.variants import Files
+from edgetune.core.variants import F16
 from edgetune.gguf import llamacpp
+from edgetune.gguf.files import Files
 
 # llama-perplexity's summary lines -> metric names
 PATTERNS = {
@@ -95,4 +97,4 @@ def quality(f16: Path, model: Path, lora: Path | None, variant: str, data: Path,
         text = Path(tmp) / "held_out.txt"
         text.write_text(plain_text(read_jsonl(data)), encoding="utf-8")
         result = kl_divergence(f16, files, variant, text, p)
-    write_json(out, {"variant": variant, "reference": "f16", "ctx": p.ctx, "chunks": p.chunks, **result})
+    write_json(out, {"variant": variant, "reference": F16, "ctx": p.ctx, "chunks": p.chunks, **result})

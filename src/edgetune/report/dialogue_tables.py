@@ -1,12 +1,13 @@
 """The summary's head for conversations (data.task: sft): perplexity per variant, each variant's
 greedy replies to the same held-out prompts, training, and what cleaning removed rule by rule."""
 
+from edgetune.core.variants import F16
 from edgetune.report.tables import quality_cells, training_table
 
 
 def dialogue_table(variants: dict, data: dict) -> list[str]:
     """Conversations (data.task: sft): perplexity on the replies of the test split, per variant."""
-    f16 = variants.get("f16", {}).get("perplexity")
+    f16 = variants.get(F16, {}).get("perplexity")
     lines = [
         f"Test split: {next(iter(variants.values()))['n_samples']} conversations from "
         f"{', '.join(f'`{s}`' for s in data.get('source', ['?']))}. "

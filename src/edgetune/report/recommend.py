@@ -8,6 +8,7 @@ qualifies, so there is always an answer.
 """
 
 from edgetune.core.config import RecommendParams
+from edgetune.core.variants import F16, NOT_SHIPPED
 
 
 def shortfall(v: dict, f16: dict, p: RecommendParams, metric: str) -> str | None:
@@ -42,10 +43,10 @@ def frontier(candidates: dict[str, dict], metric: str) -> list[str]:
 
 def recommend(variants: dict[str, dict], p: RecommendParams, metric: str) -> dict | None:
     """The recommended variant among f16 and the quant types by `metric` (tasks.METRIC), with the reason in words."""
-    f16 = variants.get("f16")
+    f16 = variants.get(F16)
     if not f16:
         return None
-    candidates = {n: v for n, v in variants.items() if n not in ("base", "tfidf") and v.get("model_bytes")}
+    candidates = {n: v for n, v in variants.items() if n not in NOT_SHIPPED and v.get("model_bytes")}
     verdicts = {n: shortfall(v, f16, p, metric) for n, v in candidates.items()}
     name = min((n for n, why in verdicts.items() if why is None), key=lambda n: candidates[n]["model_bytes"])
     v = candidates[name]

@@ -13,9 +13,10 @@ import click
 
 from edgetune.core import tasks
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import check_outputs, write_json, write_text
+from edgetune.core.files import write_json, write_text
+from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
-from edgetune.core.variants import names
+from edgetune.core.variants import F16, ORDER, names, plain_twin
 from edgetune.measure.significance import accuracy_interval, paired
 from edgetune.report import dialogue_tables, environment, tables
 from edgetune.report.phone_tables import phone_table
@@ -26,11 +27,9 @@ from edgetune.report.tables import (
     imatrix_table,
     lora_table,
     pictures,
-    plain_twin,
     tensors_table,
 )
 
-ORDER = ["tfidf", "base", "f16"]  # then the quant variants, largest first
 SCALARS = (
     "accuracy",
     "precision",
@@ -125,7 +124,7 @@ def add_significance(variants: dict, eval_dir: Path) -> None:
         mine = eval_dir / f"{name}.csv"
         if name in ORDER or not mine.is_file():
             continue
-        for key, reference in (("vs_f16", "f16"), ("vs_plain", plain_twin(name))):
+        for key, reference in (("vs_f16", F16), ("vs_plain", plain_twin(name))):
             if reference != name and (eval_dir / f"{reference}.csv").is_file():
                 v[key] = paired(eval_dir / f"{reference}.csv", mine)
 

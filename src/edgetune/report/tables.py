@@ -4,22 +4,16 @@ gathers the results (report.py), these turn them into what a person reads."""
 import collections
 from pathlib import Path
 
-from edgetune.core.variants import IMATRIX, LORA
+from edgetune.core.variants import BASE, F16, LORA, TFIDF, plain_twin
 from edgetune.report import charts
 
 
 def untuned_accuracy(variants: dict) -> float | None:
     """The untuned model at its fairest: asked freely if it was, else by label scoring."""
-    base = variants.get("base")
+    base = variants.get(BASE)
     if not base:
         return None
     return base.get("free_answer", {}).get("accuracy", base["accuracy"])
-
-
-def plain_twin(name: str) -> str:
-    """The variant quantized without the importance matrix: q4_k_m-imatrix+lora -> q4_k_m+lora."""
-    lora = name.endswith(LORA)
-    return name.removesuffix(LORA).removesuffix(IMATRIX) + (LORA if lora else "")
 
 
 def device_table(bench: dict) -> str:
@@ -102,7 +96,7 @@ def significance_table(variants: dict) -> list[str]:
         "| variant | accuracy | 95% interval | Δ f16 | lost | gained | p |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    f16 = variants.get("f16", {}).get("accuracy")
+    f16 = variants.get(F16, {}).get("accuracy")
     for name, v in variants.items():
         low, high = v["accuracy_ci95"]
         vs = v.get("vs_f16")
@@ -205,9 +199,9 @@ def training_table(train: dict, keys: tuple[str, ...]) -> list[str]:
 
 def summary_markdown(variants: dict, data: dict, train: dict) -> str:
     """The summary's head for labelled texts (dialogue_tables.py has the one for conversations)."""
-    f16 = variants.get("f16", {}).get("accuracy")
+    f16 = variants.get(F16, {}).get("accuracy")
     untuned = untuned_accuracy(variants)
-    tfidf = variants.get("tfidf", {}).get("accuracy")
+    tfidf = variants.get(TFIDF, {}).get("accuracy")
     lines = [
         "# edgetune report",
         "",
@@ -230,7 +224,7 @@ def summary_markdown(variants: dict, data: dict, train: dict) -> str:
             f"{v['seconds_per_sample']:.3f} | {tps} | {fmt_delta(v['accuracy'], f16)} | "
             f"{fmt_delta(v['accuracy'], untuned)} | {fmt_delta(v['accuracy'], tfidf)} |"
         )
-    if "base" in variants:
+    if BASE in variants:
         lines += [
             "",
             "*base* is the untuned model; its label-scoring accuracy is unfair to it (it starts its "

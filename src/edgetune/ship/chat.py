@@ -14,7 +14,7 @@ import click
 
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.remote_code import allowed
-from edgetune.core.variants import Files
+from edgetune.gguf.files import Files
 
 
 class GGUFChat:

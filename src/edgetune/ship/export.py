@@ -22,10 +22,12 @@ import click
 
 from edgetune.core.config import ExportParams
 from edgetune.core.errors import EdgetuneError, shown
-from edgetune.core.files import atomic_dir, check_outputs, sha256_file, write_checksums
+from edgetune.core.files import sha256_file, write_checksums
+from edgetune.core.outputs import atomic_dir, check_outputs
 from edgetune.core.params import reads
 from edgetune.core.remote_code import allowed as trust_remote_code
-from edgetune.core.variants import LORA, Files
+from edgetune.core.variants import LORA, NOT_SHIPPED
+from edgetune.gguf.files import Files
 from edgetune.report import environment
 
 CARD_SECTIONS = ("model", "data", "lora", "train", "quantize")  # declared as its params in dvc.yaml
@@ -133,7 +135,7 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, o
     if not variant or variant not in report["variants"]:
         raise EdgetuneError(
             f"params.yaml: export.variant is {variant!r}; use one of "
-            f"{', '.join(v for v in report['variants'] if v not in ('base', 'tfidf'))}, or null for the recommended one."
+            f"{', '.join(v for v in report['variants'] if v not in NOT_SHIPPED)}, or null for the recommended one."
         )
     shipped = variant.removesuffix(LORA) if p.merged else variant  # the merged file for runtimes without LoRA
     record = report["variants"][shipped].get("files")

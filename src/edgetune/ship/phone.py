@@ -35,12 +35,13 @@ import numpy as np
 from edgetune.core import tasks
 from edgetune.core.config import PhoneParams
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import check_outputs, read_checksums, read_jsonl, sha256_file, write_json
+from edgetune.core.files import read_checksums, read_jsonl, sha256_file, write_json
 from edgetune.core.labels import log_softmax
+from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
 from edgetune.core.prompts import plain_text
-from edgetune.core.variants import Files
 from edgetune.gguf import llamacpp
+from edgetune.gguf.files import Files
 from edgetune.measure.kld import parse as parse_kld
 
 

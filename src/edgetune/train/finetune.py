@@ -22,7 +22,8 @@ import click
 from edgetune.core import tasks
 from edgetune.core.config import LoraParams, TrainParams
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import check_outputs, mark, read_jsonl
+from edgetune.core.files import read_jsonl
+from edgetune.core.outputs import check_outputs, mark
 from edgetune.core.params import reads
 from edgetune.core.remote_code import allowed as trust_remote_code
 from edgetune.train import base_weights, resume

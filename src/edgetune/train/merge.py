@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import atomic_dir, check_outputs, read_adapter
+from edgetune.core.outputs import atomic_dir, check_outputs
 from edgetune.core.params import reads
 from edgetune.core.remote_code import allowed as trust_remote_code
+from edgetune.core.weights import read_adapter
 
 
 def merge_adapter(base: Path, adapter: Path, out: Path, trust: bool) -> None:
