@@ -23,10 +23,10 @@ import tempfile
 from pathlib import Path
 
 from edgetune.core import params
-from edgetune.core.variants import Files
 from edgetune.gguf import llamacpp
+from edgetune.gguf.files import Files
 from edgetune.report import environment
-from edgetune.train.finetune import LoraParams, adapter_targets
+from edgetune.train.finetune import adapter_targets
 
 SHAPES = {  # name: (target modules, adapted top layers or None for all, rank)
     "attention only, top 12, r16": (["q_proj", "k_proj", "v_proj", "o_proj"], 12, 16),
@@ -77,7 +77,7 @@ def random_adapter(base: Path, targets, top: int | None, r: int, out: Path) -> P
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
-    shape = dataclasses.replace(params.load("lora", LoraParams), r=r, target_modules=targets, top_layers=top)
+    shape = dataclasses.replace(params.Reading(("lora",)).lora, r=r, target_modules=targets, top_layers=top)
     modules = adapter_targets(shape, model)  # as train picks them
     config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=modules, init_lora_weights=False, task_type="CAUSAL_LM")
     get_peft_model(model, config).save_pretrained(out / "peft")

@@ -25,10 +25,10 @@ def qwen_tokenizer(tmp_path_factory):
     """The real Qwen2.5 tokenizer and chat template, read from the registry-packaged GGUF."""
     from transformers import AutoTokenizer
 
-    from edgetune.core.params import load
-    from edgetune.data.fetch_model import ModelParams, assemble, package_file
+    from edgetune.core.params import Reading
+    from edgetune.data.fetch_model import assemble, package_file
 
-    p = load("model", ModelParams, REPO / "params.yaml")
+    p = Reading(("model",), REPO / "params.yaml").model
     folder = tmp_path_factory.mktemp("qwen-gguf")
     assemble([package_file(s) for s in p.packages], folder / "model.gguf", p.sha256)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="model.gguf")
@@ -42,7 +42,8 @@ def gemma_tokenizer(tmp_path_factory):
     """Gemma 3's real tokenizer, read from the registry-packaged Gemma-3-270M GGUF (no template)."""
     from transformers import AutoTokenizer
 
-    from edgetune.data.fetch_model import ModelParams, assemble, package_file
+    from edgetune.core.config import ModelParams
+    from edgetune.data.fetch_model import assemble, package_file
 
     p = ModelParams(**yaml.safe_load((REPO / "conf" / "model" / "gemma-3-270m.yaml").read_text()))
     folder = tmp_path_factory.mktemp("gemma-gguf")
@@ -124,13 +125,14 @@ def set_params(folder: Path, **sections):
     (folder / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
 
 
-def committed(section: str, cls, **changes):
+def committed(section: str, **changes):
     """A params section as conf/ composes it (the committed params.yaml), with `changes`: the code
     holds no defaults of its own."""
-    from edgetune.core import params
+    from edgetune.core.config import SCHEMA
+    from edgetune.core.params import parse
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())[section]
-    return params.parse(section, cls, {**raw, **changes})
+    return parse(section, SCHEMA[section], {**raw, **changes})
 
 
 def run(*args):
@@ -151,7 +153,7 @@ def workdir(tmp_path, monkeypatch):
 def report_files(folder: Path, f16: Path) -> list[str]:
     """What the report stage hands export (metrics naming f16, the GGUF at `f16`, as recommended, a
     summary, the environment), written into `folder`; returns export's options for them."""
-    from edgetune.core.variants import Files
+    from edgetune.gguf.files import Files
     from edgetune.report.environment import describe
 
     folder.mkdir(parents=True, exist_ok=True)

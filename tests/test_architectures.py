@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import committed, make_tiny_model, run
 
-from edgetune.data.fetch_model import ModelParams, supply_template
+from edgetune.data.fetch_model import supply_template
 from edgetune.gguf.llamacpp import convert_checkpoint
 from edgetune.train.merge import merge_adapter
 
@@ -24,12 +24,12 @@ def test_tiny_model_merges_converts_quantizes_and_loads(arch, request, tmp_path)
 
     tokenizer = copy.deepcopy(request.getfixturevalue(ARCHS[arch]))
     if arch == "gemma3":  # the registry's Gemma-3-270M carries no template: as its preset does
-        supply_template(tokenizer, committed("model", ModelParams, chat_template="gemma"))
+        supply_template(tokenizer, committed("model", chat_template="gemma"))
     base = make_tiny_model(tokenizer, tmp_path / "base", arch=arch)
     lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
     get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(tmp_path / "adapter")
 
-    merge_adapter(base, tmp_path / "adapter", tmp_path / "merged")
+    merge_adapter(base, tmp_path / "adapter", tmp_path / "merged", trust=False)
     convert_checkpoint(tmp_path / "merged", tmp_path / "f16.gguf", "f16")
     result = run(
         "quantize",

@@ -317,9 +317,9 @@ def test_warmup_ratio_is_a_fraction_of_the_run(workdir, ratio, warm):
     import torch
     from transformers import Trainer
 
-    from edgetune.train.finetune import TrainParams, sft_config
+    from edgetune.train.finetune import sft_config
 
-    p = committed("train", TrainParams, warmup_ratio=ratio, scheduler="linear", lr=0.001)
+    p = committed("train", warmup_ratio=ratio, scheduler="linear", lr=0.001)
     trainer = Trainer(model=torch.nn.Linear(2, 1), args=sft_config(p, workdir / "checkpoints", False, False))
     trainer.create_optimizer_and_scheduler(num_training_steps=300)
     rates = []

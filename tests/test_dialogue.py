@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run, set_params, write_jsonl
+from conftest import REPO, committed, run, set_params, write_jsonl
 
 from edgetune.core import params
 from edgetune.core.errors import EdgetuneError
@@ -63,6 +63,7 @@ def test_sharegpt_and_alpaca_files_are_merged_and_cleaned(tmp_path, qwen_tokeniz
         max_tokens=512,
         rules=KEEP_ALL,
         revision="main",
+        hub_params=committed("hub"),
     )
     assert stats["raw"] == 12 and stats["clean"] == 4
     assert stats["dropped"] == {"duplicate": 1, "empty_reply": 2, "invalid": 4, "too_long": 1}
@@ -92,7 +93,7 @@ def test_each_reply_rule_drops_what_it_names(tmp_path, qwen_tokenizer):
             chat(("你是谁", "我是助手。"), ("你真傻", "你才傻。")),  # the second reply holds a blocked word
         ],
     )
-    rows, stats = load_and_clean([str(tmp_path / "a.jsonl")], qwen_tokenizer, 512, rules, "main")
+    rows, stats = load_and_clean([str(tmp_path / "a.jsonl")], qwen_tokenizer, 512, rules, "main", committed("hub"))
     assert stats["dropped"] == {"too_short": 1, "non_answer": 2, "echo": 1, "blocked_word": 1}
     assert [r["messages"][-1]["content"] for r in rows] == ["小助手。", "我不知道怎么办，我们一起想想。"]
     with pytest.raises(EdgetuneError, match=r"data.non_answers: `\(不知道` is not a regular expression"):
@@ -122,11 +123,10 @@ def test_the_installed_chatterbot_corpus_loads_as_conversations(qwen_tokenizer):
     import yaml
 
     from edgetune.data.dialogue_sources import chatterbot_files
-    from edgetune.data.prepare import DataParams
 
-    p = params.load("data", DataParams, compose(data="chatterbot-zh"))
+    p = params.Reading(("data",), compose(data="chatterbot-zh")).data
     rules = ReplyRules(p.min_reply_chars, p.non_answers, p.blocked_words)
-    rows, stats = load_and_clean(p.source, qwen_tokenizer, p.max_tokens, rules, p.revision)
+    rows, stats = load_and_clean(p.source, qwen_tokenizer, p.max_tokens, rules, p.revision, committed("hub"))
 
     files = chatterbot_files("chatterbot:chinese")
     corpus = [c for f in files for c in yaml.safe_load(f.read_text(encoding="utf-8"))["conversations"]]
@@ -305,15 +305,10 @@ def greedy(gguf, row: dict, n: int) -> str:
 
 def test_dialogue_presets_compose():
     from edgetune.data.dialogue_sources import is_dataset_id
-    from edgetune.data.prepare import DataParams
-    from edgetune.measure.evaluate import EvaluateParams
-    from edgetune.train.finetune import LoraParams, TrainParams
 
     out = compose(model="qwen2.5-1.5b-instruct", data="emotional-dialogue", experiment="dialogue")
-    data, train, lora, evaluate = (
-        params.load(s, c, out)
-        for s, c in (("data", DataParams), ("train", TrainParams), ("lora", LoraParams), ("evaluate", EvaluateParams))
-    )
+    read = params.Reading(("data", "train", "lora", "evaluate"), out)
+    data, train, lora, evaluate = read.data, read.train, read.lora, read.evaluate
     assert data.task == "sft" and data.max_tokens == 1024
     assert [is_dataset_id(s) for s in data.source] == [True, True, False, False]  # two hub sets, then local files
     assert (lora.r, lora.dropout, lora.target_modules, lora.top_layers) == (16, 0.05, "all-linear", None)

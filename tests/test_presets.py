@@ -2,10 +2,8 @@
 composes into params the stages accept, Gemma's template is supplied where a model has none,
 and ChnSentiCorp loads from the hub, ModelScope or a local folder, in that order."""
 
-import ast
 import copy
 import dataclasses
-import importlib
 import json
 import time
 from dataclasses import MISSING
@@ -15,9 +13,9 @@ import yaml
 from conftest import REPO, committed, run, set_params, write_jsonl
 
 from edgetune.core import params
+from edgetune.core.config import SCHEMA
 from edgetune.core.errors import EdgetuneError
-from edgetune.data.fetch_model import ModelParams, supply_template
-from edgetune.data.prepare import DataParams
+from edgetune.data.fetch_model import supply_template
 
 
 def compose(tmp_path, *overrides) -> dict:
@@ -36,26 +34,20 @@ def test_params_yaml_is_the_composed_conf(tmp_path):
     )
 
 
-def params_classes() -> dict[str, type]:
-    """Each section the code reads, with the dataclass it reads it into: every `params.load`
-    call in the package, found in the source."""
-    found = {}
-    for path in sorted((REPO / "src" / "edgetune").glob("*.py")):
-        module = importlib.import_module(f"edgetune.{path.stem}")
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and ast.unparse(node.func) == "params.load":
-                section, cls = node.args[0].value, eval(ast.unparse(node.args[1]), vars(module))
-                assert found.setdefault(section, cls) is cls, f"{section} is read into two classes"
-    return found
-
-
 def test_every_value_lives_in_conf_alone():
     """The dataclasses hold no default, a second copy that would drift from conf/; conf/ gives
-    every key each one names, and nothing else."""
+    every key each one names, and nothing else; and some command reads every section."""
+    from edgetune.cli import main
+
     composed = params.read_params(REPO / "params.yaml")
-    classes = params_classes()
-    assert set(classes) == set(params.SECTIONS) == set(composed)
-    for section, cls in classes.items():
+    read = {
+        k.partition(".")[0]
+        for c in main.commands.values()
+        if c.name != "inputs"
+        for k in getattr(c.callback, "reads", ())
+    }
+    assert read == set(SCHEMA) == set(composed)
+    for section, cls in SCHEMA.items():
         fields = dataclasses.fields(cls)
         with_default = [f.name for f in fields if f.default is not MISSING or f.default_factory is not MISSING]
         assert with_default == [], f"{cls.__name__} has defaults for {with_default}: keep them in conf/ only"
@@ -66,16 +58,14 @@ def test_a_missing_key_is_named_with_where_it_lives(tmp_path):
     raw = params.read_params(REPO / "params.yaml")
     del raw["train"]["eval_steps"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True))
-    from edgetune.train.finetune import TrainParams
-
     with pytest.raises(EdgetuneError, match=r"train.eval_steps missing. Every value lives in conf/"):
-        params.load("train", TrainParams, tmp_path / "params.yaml")
+        params.Reading(("train",), tmp_path / "params.yaml")
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml")))
 def test_every_model_preset_composes(tmp_path, preset):
     path = compose(tmp_path, f"model={preset}")
-    model = params.load("model", ModelParams, path)
+    model = params.Reading(("model",), path).model
     assert model.name == preset
     assert model.trust_remote_code is False  # remote code only when the user allows it
     assert params.read_params(path)["data"] == params.read_params(REPO / "params.yaml")["data"]
@@ -83,7 +73,7 @@ def test_every_model_preset_composes(tmp_path, preset):
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml")))
 def test_every_data_preset_composes(tmp_path, preset):
-    params.load("data", DataParams, compose(tmp_path, f"data={preset}"))
+    params.Reading(("data",), compose(tmp_path, f"data={preset}"))
 
 
 def test_seed_experiment_a_is_one_override_away(tmp_path):
@@ -104,17 +94,15 @@ def test_seed_experiment_a_is_one_override_away(tmp_path):
 def test_gemma_template_is_supplied_with_its_end_of_turn(gemma_tokenizer, qwen_tokenizer):
     gemma_tokenizer, qwen_template = copy.deepcopy(gemma_tokenizer), qwen_tokenizer.chat_template
     assert not gemma_tokenizer.chat_template  # the registry's Gemma-3-270M carries none
-    supply_template(gemma_tokenizer, committed("model", ModelParams, chat_template="gemma"))
+    supply_template(gemma_tokenizer, committed("model", chat_template="gemma"))
     turns = [{"role": "system", "content": ""}, {"role": "user", "content": "你好"}]
     text = gemma_tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     assert text == "<bos><start_of_turn>user\n你好<end_of_turn>\n<start_of_turn>model\n"
     assert gemma_tokenizer.eos_token == "<end_of_turn>"
     with pytest.raises(EdgetuneError, match="model.chat_template is gemma"):
-        supply_template(
-            qwen_tokenizer, committed("model", ModelParams, chat_template="gemma")
-        )  # Qwen has no <end_of_turn>
+        supply_template(qwen_tokenizer, committed("model", chat_template="gemma"))  # Qwen has no <end_of_turn>
     with pytest.raises(EdgetuneError, match="'vicuna'"):
-        supply_template(qwen_tokenizer, committed("model", ModelParams, chat_template="vicuna"))
+        supply_template(qwen_tokenizer, committed("model", chat_template="vicuna"))
     assert qwen_tokenizer.chat_template == qwen_template  # refused before anything changed
 
 

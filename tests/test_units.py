@@ -15,8 +15,8 @@ from edgetune.core.labels import (
     parse_answer,
     pick_label,
 )
-from edgetune.core.prompts import ELLIPSIS, PromptParams, messages, render_prompt, truncate
-from edgetune.data.prepare import DataParams, cap, clean, split
+from edgetune.core.prompts import ELLIPSIS, messages, render_prompt, truncate
+from edgetune.data.prepare import cap, clean, split
 
 LABELS = {"negative": "负面", "positive": "正面"}
 
@@ -30,7 +30,7 @@ def test_clean_strips_dedups_and_drops_conflicts():
         {"text": "一般", "label": "negative"},  # same text, two labels: dropped entirely
         {"text": "太差", "label": "negative"},
     ]
-    out, stats = clean(rows, committed("data", DataParams, labels=LABELS), "test")
+    out, stats = clean(rows, committed("data", labels=LABELS), "test")
     assert sorted((r["text"], r["label"]) for r in out) == [("太差", "negative"), ("好评", "positive")]
     assert stats["dropped"] == {"duplicate": 2, "empty": 1, "conflicting_labels": 1}
     assert stats == {**stats, "raw": 6, "clean": 2}
@@ -38,17 +38,17 @@ def test_clean_strips_dedups_and_drops_conflicts():
 
 def test_clean_rejects_unknown_labels_and_single_class():
     with pytest.raises(EdgetuneError, match="'neutral' are not in data.labels"):
-        clean([{"text": "a", "label": "neutral"}], committed("data", DataParams, labels=LABELS), "x.jsonl")
+        clean([{"text": "a", "label": "neutral"}], committed("data", labels=LABELS), "x.jsonl")
     with pytest.raises(EdgetuneError, match="only 1 class"):
         clean(
             [{"text": "a", "label": "positive"}, {"text": "b", "label": "positive"}],
-            committed("data", DataParams, labels=LABELS),
+            committed("data", labels=LABELS),
             "x.jsonl",
         )
 
 
 def test_split_is_stratified_seeded_disjoint_and_capped(reviews):
-    p = committed("data", DataParams, labels=LABELS, split=[0.6, 0.2, 0.2], max_test=6, seed=3)
+    p = committed("data", labels=LABELS, split=[0.6, 0.2, 0.2], max_test=6, seed=3)
     parts = split(reviews, p)
     again = split(reviews, p)
     assert parts == again  # seeded
@@ -57,11 +57,9 @@ def test_split_is_stratified_seeded_disjoint_and_capped(reviews):
     assert len(parts["train"]) == 36 and len(parts["val"]) == 12
     assert collections.Counter(r["label"] for r in parts["test"]) == {"positive": 3, "negative": 3}
     assert collections.Counter(r["label"] for r in parts["val"]) == {"positive": 6, "negative": 6}
-    other = split(reviews, committed("data", DataParams, labels=LABELS, split=[0.6, 0.2, 0.2], max_test=6, seed=4))
+    other = split(reviews, committed("data", labels=LABELS, split=[0.6, 0.2, 0.2], max_test=6, seed=4))
     assert other["test"] != parts["test"]
-    fewer = split(
-        reviews, committed("data", DataParams, labels=LABELS, split=[0.6, 0.2, 0.2], max_test=6, seed=3, max_train=10)
-    )
+    fewer = split(reviews, committed("data", labels=LABELS, split=[0.6, 0.2, 0.2], max_test=6, seed=3, max_train=10))
     assert len(fewer["train"]) == 10 and fewer["test"] == parts["test"]  # held-out splits stay put
 
 
@@ -83,14 +81,14 @@ def test_truncate_keeps_head_and_tail_on_character_boundaries(qwen_tokenizer):
 
 
 def test_render_uses_the_models_chat_template(qwen_tokenizer):
-    turns = messages("房间很干净", "正面", committed("prompt", PromptParams, system="", instruction="情感："))
+    turns = messages("房间很干净", "正面", committed("prompt", system="", instruction="情感："))
     assert turns[-1] == {"role": "assistant", "content": "正面"}
     prompt = render_prompt(turns[:-1], qwen_tokenizer)
     assert (
         prompt
         == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n情感：房间很干净<|im_end|>\n<|im_start|>assistant\n"
     )
-    default = render_prompt(messages("x", None, committed("prompt", PromptParams, system=None)), qwen_tokenizer)
+    default = render_prompt(messages("x", None, committed("prompt", system=None)), qwen_tokenizer)
     assert default.startswith("<|im_start|>system\nYou are Qwen")  # the template's own default
 
 
@@ -150,7 +148,7 @@ def test_batched_scoring_matches_a_plain_full_evaluation(tiny_gguf, qwen_tokeniz
     from edgetune.runtimes.llamacpp.scorer import Scorer
 
     texts = ("质量很好，推荐", "太差了，退货", "一般般吧，还可以再便宜点", "物流快")
-    prompts_text = [render_prompt(messages(t, None, committed("prompt", PromptParams)), qwen_tokenizer) for t in texts]
+    prompts_text = [render_prompt(messages(t, None, committed("prompt")), qwen_tokenizer) for t in texts]
     full = Llama(model_path=str(tiny_gguf), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
     prompts = [full.tokenize(p.encode(), add_bos=False, special=True) for p in prompts_text]
     answer_tokens = {label: full.tokenize(w.encode(), add_bos=False, special=False) for label, w in answers.items()}
@@ -172,7 +170,7 @@ def test_batched_scoring_matches_a_plain_full_evaluation(tiny_gguf, qwen_tokeniz
 
 
 def test_the_recommended_variant_is_the_smallest_close_enough_to_f16():
-    from edgetune.report.recommend import RecommendParams, recommend
+    from edgetune.report.recommend import recommend
 
     def variant(mb, accuracy, kld=None):
         v = {"model_bytes": mb * 10**6, "accuracy": accuracy}
@@ -187,9 +185,7 @@ def test_the_recommended_variant_is_the_smallest_close_enough_to_f16():
         "q4_k_m": variant(491, 0.800, 0.03) | {"vs_f16": {"lost": 20, "gained": 7, "p_value": 0.019}},
         "q4_0": variant(470, 0.824, 0.09),
     }
-    choice = recommend(
-        variants, committed("recommend", RecommendParams, accuracy_tolerance=0.01, max_kld=0.05), "accuracy"
-    )
+    choice = recommend(variants, committed("recommend", accuracy_tolerance=0.01, max_kld=0.05), "accuracy")
     assert choice["variant"] == "q5_k_m"  # q4_k_m loses 2.6 points; q4_0 keeps accuracy but drifts (KLD 0.09)
     assert (
         "q4_k_m loses 2.6 points of accuracy (allowed 1.0; 20 examples lost and 7 gained, p = 0.019)"
@@ -197,15 +193,11 @@ def test_the_recommended_variant_is_the_smallest_close_enough_to_f16():
         and "q4_0 mean KLD 0.0900" in choice["reason"]
     )
     assert (
-        recommend(variants, committed("recommend", RecommendParams, accuracy_tolerance=0.03, max_kld=0.1), "accuracy")[
-            "variant"
-        ]
+        recommend(variants, committed("recommend", accuracy_tolerance=0.03, max_kld=0.1), "accuracy")["variant"]
         == "q4_0"
     )
     assert (
-        recommend(
-            variants, committed("recommend", RecommendParams, accuracy_tolerance=0.0, max_kld=0.001), "accuracy"
-        )["variant"]
+        recommend(variants, committed("recommend", accuracy_tolerance=0.0, max_kld=0.001), "accuracy")["variant"]
         == "f16"
     )
     assert choice["frontier"] == ["q4_0", "q8_0"]  # q4_k_m, q5_k_m, f16: a smaller variant scores as well
@@ -214,12 +206,7 @@ def test_the_recommended_variant_is_the_smallest_close_enough_to_f16():
         "q8_0": {"model_bytes": 6, "perplexity": 5.1},
         "q4_k_m": {"model_bytes": 4, "perplexity": 5.6},
     }
-    assert (
-        recommend(dialogue, committed("recommend", RecommendParams, perplexity_tolerance=0.05), "perplexity")[
-            "variant"
-        ]
-        == "q8_0"
-    )
+    assert recommend(dialogue, committed("recommend", perplexity_tolerance=0.05), "perplexity")["variant"] == "q8_0"
 
 
 def test_the_report_sets_each_imatrix_variant_beside_its_plain_twin():
