@@ -26,7 +26,7 @@ from edgetune.core import params
 from edgetune.gguf import llamacpp
 from edgetune.gguf.files import Files
 from edgetune.report import environment
-from edgetune.train.finetune import adapter_targets
+from edgetune.train.adapter import adapter_targets
 
 SHAPES = {  # name: (target modules, adapted top layers or None for all, rank)
     "attention only, top 12, r16": (["q_proj", "k_proj", "v_proj", "o_proj"], 12, 16),

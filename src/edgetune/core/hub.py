@@ -23,6 +23,13 @@ from edgetune.core.config import HubParams
 from edgetune.core.errors import EdgetuneError
 
 
+def is_id(name: str) -> bool:
+    """Could `name` be a hub repository, owner/name: one slash, and not a path written as one
+    (absolute, or beginning with `.` or `~`)? A caller that reads local paths too asks first
+    whether one exists."""
+    return name.count("/") == 1 and not name.startswith(("/", ".", "~"))
+
+
 def endpoint() -> str:
     """The hub in use: HF_ENDPOINT, else https://huggingface.co (as huggingface_hub read them at import)."""
     from huggingface_hub import constants

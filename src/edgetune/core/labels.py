@@ -9,6 +9,14 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum())
 
 
+def first_tokens(tokenize, words) -> list[int] | None:
+    """The first token of each label word (`tokenize`: a word's tokens, no special ones); None
+    where two words start with the same token, so a first token cannot tell them apart. Training's
+    validation accuracy and phone-check's label margins decide between these."""
+    first = [tokenize(w)[0] for w in words]
+    return first if len(set(first)) == len(first) else None
+
+
 def pick_label(scores: dict[str, float]) -> str:
     """The label whose answer has the highest log-probability (ties: the first label)."""
     return max(scores, key=scores.get)

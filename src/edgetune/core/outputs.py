@@ -23,6 +23,28 @@ from edgetune.core.files import clear_stale, mkdir, umask
 MARKER = ".edgetune"  # in every folder edgetune writes: the proof that it may replace that folder
 
 
+def check_place(out: Path, where: Path, cwd: Path) -> None:
+    """An output path any command may write: not the working directory, a folder above it or home,
+    not an unexpanded `~`, and not under a file."""
+    if str(out) in ("", ".") or cwd.is_relative_to(where) or where == Path.home().resolve():
+        raise EdgetuneError(
+            f"output `{out}` is the working directory, a folder above it or the home folder; "
+            "edgetune writes only into a folder of its own. Choose a new folder, e.g. "
+            "--out deploy."
+        )
+    if out.parts[0].startswith("~"):
+        raise EdgetuneError(
+            f"output `{out}` begins with `~`, which no shell expanded (it was quoted, or came from a "
+            "file): edgetune would make a folder named `~`. Write the full path, e.g. $HOME/..."
+        )
+    standing = next((p for p in where.parents if p.exists() and not p.is_dir()), None)
+    if standing is not None:
+        raise EdgetuneError(
+            f"output `{out}`: the file {standing} stands where its folder should go. Move it, or choose "
+            "another output path."
+        )
+
+
 def check_outputs(inputs=(), files=(), folders=(), shared=()) -> None:
     """Refuse, before any work, output paths that would replace what is not the command's own, and
     take each output for this command alone until it ends (release_outputs).
@@ -44,26 +66,10 @@ def check_outputs(inputs=(), files=(), folders=(), shared=()) -> None:
     seen = set()
     for kind, out in outs:
         where = out.resolve()
-        if str(out) in ("", ".") or cwd.is_relative_to(where) or where == Path.home().resolve():
-            raise EdgetuneError(
-                f"output `{out}` is the working directory, a folder above it or the home folder; "
-                "edgetune writes only into a folder of its own. Choose a new folder, e.g. "
-                "--out deploy."
-            )
-        if out.parts[0].startswith("~"):
-            raise EdgetuneError(
-                f"output `{out}` begins with `~`, which no shell expanded (it was quoted, or came from a "
-                "file): edgetune would make a folder named `~`. Write the full path, e.g. $HOME/..."
-            )
+        check_place(out, where, cwd)
         if where in seen:
             raise EdgetuneError(f"output `{out}` is given twice; each output needs a path of its own.")
         seen.add(where)
-        standing = next((p for p in where.parents if p.exists() and not p.is_dir()), None)
-        if standing is not None:
-            raise EdgetuneError(
-                f"output `{out}`: the file {standing} stands where its folder should go. Move it, or choose "
-                "another output path."
-            )
         if kind == "shared":
             continue
         for i, given in ins.items():

@@ -43,7 +43,7 @@ def is_dataset_id(source: str) -> bool:
     """owner/name, optionally @revision: one slash, not a file name this reads, and no such path here."""
     name = source.split("@")[0]
     return (
-        name.count("/") == 1
+        hub.is_id(name)
         and Path(name).suffix.lower() not in SUFFIXES
         and not glob.has_magic(name)
         and not Path(source).exists()

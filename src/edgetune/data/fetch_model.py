@@ -72,7 +72,7 @@ def kind(p: ModelParams) -> str:
         return "gguf"
     if source.is_dir():
         return "folder"
-    if source.is_absolute() or p.source.startswith((".", "~")) or p.source.count("/") != 1:
+    if not hub.is_id(p.source):
         raise EdgetuneError(
             f"model.source `{p.source}`: no such folder or file, and not a hub id (owner/name). "
             "Fix the path in params.yaml."

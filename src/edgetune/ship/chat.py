@@ -14,57 +14,8 @@ import click
 
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.remote_code import allowed
-from edgetune.gguf.files import Files
-
-
-class GGUFChat:
-    """llama-cpp-python, with the chat template and end-of-turn token stored in the GGUF."""
-
-    def __init__(self, path: Path, n_ctx: int, threads: int | None, gpu_layers: int, lora: Path | None = None):
-        from llama_cpp import Llama
-
-        self.n_ctx = n_ctx
-        self.llm = Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_threads=threads,
-            n_gpu_layers=gpu_layers,
-            lora_path=str(lora) if lora else None,
-            verbose=False,
-        )
-
-    def room(self, turns: list[dict]) -> int:
-        """Tokens left in the context for the reply once `turns` are in it, rendered as
-        llama-cpp-python renders them: in the GGUF's own chat template."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        def text(token: int) -> str:  # a model without a BOS token says -1
-            return self.llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
-
-        template = self.llm.metadata.get("tokenizer.chat_template")
-        if template:
-            prompt = Jinja2ChatFormatter(
-                template, eos_token=text(self.llm.token_eos()), bos_token=text(self.llm.token_bos())
-            )
-            used = len(self.llm.tokenize(prompt(messages=turns).prompt.encode("utf-8"), special=True))
-        else:  # llama-cpp-python's generic format: the words, and a margin for its role markers
-            used = sum(len(self.llm.tokenize(t["content"].encode("utf-8"))) + 8 for t in turns)
-        return self.n_ctx - used
-
-    def stream(self, turns: list[dict], s: dict):
-        chunks = self.llm.create_chat_completion(
-            turns,
-            stream=True,
-            temperature=s["temperature"],
-            top_p=s["top_p"],
-            repeat_penalty=s["repetition_penalty"],
-            max_tokens=s["max_tokens"],
-            seed=s["seed"],
-        )
-        for chunk in chunks:
-            text = chunk["choices"][0]["delta"].get("content")
-            if text:
-                yield text
+from edgetune.runtimes.base import Chat
+from edgetune.runtimes.registry import RUNTIMES, open_variant
 
 
 class HFChat:
@@ -107,7 +58,7 @@ class HFChat:
         worker.join()
 
 
-def make_room(bot: GGUFChat, turns: list[dict], turn: dict, keep: int, max_tokens: int) -> int:
+def make_room(bot: Chat, turns: list[dict], turn: dict, keep: int, max_tokens: int) -> int:
     """Fit the user's `turn` after `turns` in the context: the oldest exchanges (after the first
     `keep` turns, the system prompt) are forgotten until a whole reply fits, else the reply is
     shortened. The reply's length; 0 where the line alone does not fit."""
@@ -130,9 +81,10 @@ def make_room(bot: GGUFChat, turns: list[dict], turn: dict, keep: int, max_token
 
 
 def open_model(model: Path, n_ctx: int, threads: int | None, gpu_layers: int, trust: bool, lora: Path | None = None):
-    if model.is_file() and model.suffix == ".gguf":
-        Files(model, lora).check()  # llama-cpp-python crashes on a LoRA made for another model
-        return GGUFChat(model, n_ctx, threads, gpu_layers, lora)
+    if model.is_file() and model.suffix in RUNTIMES:
+        variant = open_variant(model, lora)
+        variant.check()  # llama-cpp-python crashes on a LoRA made for another model
+        return variant.chat(n_ctx, threads, gpu_layers)
     if lora:
         raise EdgetuneError(
             f"--lora {lora}: a GGUF LoRA runs on a GGUF model; {model} is not one. Point MODEL at the "
@@ -210,7 +162,7 @@ def chat(
             click.echo(f"you> {text}")
         turn = {"role": "user", "content": text}
         max_tokens = sampling["max_tokens"]
-        if isinstance(bot, GGUFChat):  # llama.cpp's context holds --n-ctx tokens; an HF model's, its own
+        if not isinstance(bot, HFChat):  # a runtime's context holds --n-ctx tokens; an HF model's, its own
             max_tokens = make_room(bot, turns, turn, len(start), max_tokens)
             if not max_tokens:
                 continue

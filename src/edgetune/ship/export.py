@@ -27,8 +27,9 @@ from edgetune.core.outputs import atomic_dir, check_outputs
 from edgetune.core.params import reads
 from edgetune.core.remote_code import allowed as trust_remote_code
 from edgetune.core.variants import LORA, NOT_SHIPPED
-from edgetune.gguf.files import Files
 from edgetune.report import environment
+from edgetune.runtimes.base import Variant
+from edgetune.runtimes.registry import open_variant
 
 CARD_SECTIONS = ("model", "data", "lora", "train", "quantize")  # declared as its params in dvc.yaml
 
@@ -52,7 +53,7 @@ def tables(summary: str) -> str:
 
 
 def model_card(
-    name: str, variant: str, metrics: dict, summary: str, settings: dict, env: dict, files: Files, p: ExportParams
+    name: str, variant: str, metrics: dict, summary: str, settings: dict, env: dict, files: Variant, p: ExportParams
 ) -> str:
     made = portable({section: settings.get(section, {}) for section in CARD_SECTIONS})
     recommended = metrics.get("recommended") or {}
@@ -90,6 +91,63 @@ llama-completion -m {shlex.quote(files.gguf.name)}{lora_args(files)} --chat-temp
 
 {environment.one_line(env)}
 """
+
+
+def chosen(report: dict, p: ExportParams, metrics: Path) -> tuple[str, list[dict]]:
+    """The variant to ship (export.variant, else the recommended one; its merged twin with
+    export.merged) and its files as evaluate recorded them."""
+    variant = p.variant or (report.get("recommended") or {}).get("variant")
+    if not variant or variant not in report["variants"]:
+        raise EdgetuneError(
+            f"params.yaml: export.variant is {variant!r}; use one of "
+            f"{', '.join(v for v in report['variants'] if v not in NOT_SHIPPED)}, or null for the recommended one."
+        )
+    shipped = variant.removesuffix(LORA) if p.merged else variant  # the merged file for runtimes without LoRA
+    record = report["variants"][shipped].get("files")
+    if not record:
+        raise EdgetuneError(f"{metrics}: no files recorded for {shipped}; rerun the pipeline (`dvc repro`).")
+    return shipped, record
+
+
+def copy_measured(record: list[dict], folder: Path, metrics: Path) -> None:
+    """The files the report measured into `folder`, each checked against its recorded sha256, and SHA256SUMS."""
+    for f in record:
+        copy = folder / Path(f["path"]).name
+        shutil.copyfile(f["path"], copy)
+        if sha256_file(copy) != f["sha256"]:
+            raise EdgetuneError(
+                f"{f['path']}: changed since the report measured it (its sha256 is not the one in {metrics}). "
+                "Rerun the pipeline (`dvc repro`) to measure the file you ship."
+            )
+    write_checksums(folder / "SHA256SUMS", {Path(f["path"]).name: f["sha256"] for f in record})
+
+
+def write_run_files(folder: Path, files: Variant, p: ExportParams, end_of_turn: str) -> None:
+    """The sampling settings, and how Ollama and llama-server run the files with them."""
+    settings = {
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "repetition_penalty": p.repetition_penalty,
+        "context": p.context,
+        "stop": [end_of_turn],
+    }
+    (folder / "generation.json").write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n")
+    (folder / "Modelfile").write_text(
+        f"FROM ./{files.gguf.name}\n"
+        + (f"ADAPTER ./{files.lora.name}\n" if files.lora else "")
+        + f"PARAMETER temperature {p.temperature}\nPARAMETER top_p {p.top_p}\n"
+        f"PARAMETER repeat_penalty {p.repetition_penalty}\nPARAMETER num_ctx {p.context}\n"
+        f'PARAMETER stop "{end_of_turn}"\n'
+    )
+    adapter = f' --lora "$here"/{shlex.quote(files.lora.name)}' if files.lora else ""
+    (folder / "llama-server.sh").write_text(
+        "#!/bin/sh\n# llama.cpp's server with the template the model was trained with\n"
+        'here=$(dirname "$0")\n'
+        f'exec llama-server -m "$here"/{shlex.quote(files.gguf.name)}{adapter} --jinja --chat-template-file "$here"/chat_template.jinja '
+        f"-c {p.context} --temp {p.temperature} --top-p {p.top_p} --repeat-penalty {p.repetition_penalty} "
+        '--host 127.0.0.1 --port 8080 "$@"\n'
+    )
+    (folder / "llama-server.sh").chmod(0o755)
 
 
 @click.command("export")
@@ -131,59 +189,18 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, o
 
     p = params.export
     report = json.loads(metrics.read_text())
-    variant = p.variant or (report.get("recommended") or {}).get("variant")
-    if not variant or variant not in report["variants"]:
-        raise EdgetuneError(
-            f"params.yaml: export.variant is {variant!r}; use one of "
-            f"{', '.join(v for v in report['variants'] if v not in NOT_SHIPPED)}, or null for the recommended one."
-        )
-    shipped = variant.removesuffix(LORA) if p.merged else variant  # the merged file for runtimes without LoRA
-    record = report["variants"][shipped].get("files")
-    if not record:
-        raise EdgetuneError(f"{metrics}: no files recorded for {shipped}; rerun the pipeline (`dvc repro`).")
-    files = Files.recorded(record)
+    shipped, record = chosen(report, p, metrics)
+    files = open_variant(*(Path(f["path"]) for f in record))
     check_names(files)
     check_outputs(inputs=[metrics, summary, environment_file, merged, *files.paths], folders=[out])
     files.check(whole=False)  # the copies are checked against the sha256 evaluate recorded
     tokenizer = AutoTokenizer.from_pretrained(
         merged, trust_remote_code=trust_remote_code(merged, params.model.trust_remote_code)
     )
-    end_of_turn = tokenizer.eos_token
-    settings = {
-        "temperature": p.temperature,
-        "top_p": p.top_p,
-        "repetition_penalty": p.repetition_penalty,
-        "context": p.context,
-        "stop": [end_of_turn],
-    }
     with atomic_dir(out) as tmp:
-        for f in record:
-            copy = tmp / Path(f["path"]).name
-            shutil.copyfile(f["path"], copy)
-            if sha256_file(copy) != f["sha256"]:
-                raise EdgetuneError(
-                    f"{f['path']}: changed since the report measured it (its sha256 is not the one in {metrics}). "
-                    "Rerun the pipeline (`dvc repro`) to measure the file you ship."
-                )
-        write_checksums(tmp / "SHA256SUMS", {Path(f["path"]).name: f["sha256"] for f in record})
+        copy_measured(record, tmp, metrics)
         (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
-        (tmp / "generation.json").write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n")
-        (tmp / "Modelfile").write_text(
-            f"FROM ./{files.gguf.name}\n"
-            + (f"ADAPTER ./{files.lora.name}\n" if files.lora else "")
-            + f"PARAMETER temperature {p.temperature}\nPARAMETER top_p {p.top_p}\n"
-            f"PARAMETER repeat_penalty {p.repetition_penalty}\nPARAMETER num_ctx {p.context}\n"
-            f'PARAMETER stop "{end_of_turn}"\n'
-        )
-        adapter = f' --lora "$here"/{shlex.quote(files.lora.name)}' if files.lora else ""
-        (tmp / "llama-server.sh").write_text(
-            "#!/bin/sh\n# llama.cpp's server with the template the model was trained with\n"
-            'here=$(dirname "$0")\n'
-            f'exec llama-server -m "$here"/{shlex.quote(files.gguf.name)}{adapter} --jinja --chat-template-file "$here"/chat_template.jinja '
-            f"-c {p.context} --temp {p.temperature} --top-p {p.top_p} --repeat-penalty {p.repetition_penalty} "
-            '--host 127.0.0.1 --port 8080 "$@"\n'
-        )
-        (tmp / "llama-server.sh").chmod(0o755)
+        write_run_files(tmp, files, p, tokenizer.eos_token)
         (tmp / "README.md").write_text(
             model_card(
                 params.model.name,
@@ -199,7 +216,7 @@ def export(metrics: Path, summary: Path, environment_file: Path, merged: Path, o
     click.echo(f"exported {shipped} to {out}/ ({files.bytes / 1e6:.0f} MB)")
 
 
-def android_recipe(files: Files, env: dict, p: ExportParams) -> str:
+def android_recipe(files: Variant, env: dict, p: ExportParams) -> str:
     """The pinned llama.cpp built with the Android NDK (llama.cpp's docs/android.md), the files pushed
     with adb, and llama-cli run on the phone: the arm kernels `make phone-check` ran under emulation."""
     version = env["packages"].get("llama-cpp-python") or "<version>"
@@ -238,7 +255,7 @@ adb shell {shlex.quote(on_phone)}
 """
 
 
-def check_names(files: Files) -> None:
+def check_names(files: Variant) -> None:
     """File names the Modelfile can hold: a control character (a newline) would start a line of its own there."""
     for path in files.paths:
         if any(unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" for c in path.name):
@@ -248,5 +265,5 @@ def check_names(files: Files) -> None:
             )
 
 
-def lora_args(files: Files) -> str:
+def lora_args(files: Variant) -> str:
     return f" --lora {shlex.quote(files.lora.name)}" if files.lora else ""

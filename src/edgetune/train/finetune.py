@@ -7,83 +7,28 @@ Checkpoints go to <adapter>/checkpoints every `train.save_steps`; the stage's ou
 `persist: true` in dvc.yaml, so an interrupted `dvc repro` resumes from the last one (resume.py).
 Train and validation loss go through dvclive into `dvc plots`.
 `lora.quantization: 4bit` trains on a 4-bit base (QLoRA, qlora.py); several visible GPUs make
-the stage relaunch itself under DDP (distributed.py). The loss is in answer_loss.py. What stays
-here (the params, the adapter's targets, TRL's config and the command) is read together when a
-setting changes, hence one module a little over 300 lines.
+the stage relaunch itself under DDP (distributed.py). The loss is in answer_loss.py, the
+adapter's targets and config in adapter.py, bf16 and memory in precision.py.
 """
 
 import math
-import os
-import shutil
 from pathlib import Path
 
 import click
 
 from edgetune.core import tasks
-from edgetune.core.config import LoraParams, TrainParams
+from edgetune.core.config import TrainParams
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import read_jsonl
+from edgetune.core.labels import first_tokens
 from edgetune.core.outputs import check_outputs, mark
 from edgetune.core.params import reads
 from edgetune.core.remote_code import allowed as trust_remote_code
 from edgetune.train import base_weights, resume
+from edgetune.train.adapter import lora_config, save_adapter
 from edgetune.train.answer_loss import label_accuracy, make_trainer_class
 from edgetune.train.distributed import relaunch_on_gpus
-
-
-def adapter_targets(lp: LoraParams, model) -> str | list[str]:
-    """PEFT's target_modules: as given, or those modules within the last `lora.top_layers` layers."""
-    if lp.top_layers is None:
-        return lp.target_modules
-    import torch
-
-    n_layers = model.config.get_text_config().num_hidden_layers
-    if not 0 < lp.top_layers <= n_layers:
-        raise EdgetuneError(
-            f"params.yaml: lora.top_layers is {lp.top_layers}; the model has {n_layers} decoder "
-            f"layers. Use 1..{n_layers}, or null for all."
-        )
-    top = {str(i) for i in range(n_layers - lp.top_layers, n_layers)}
-    targets = []
-    for name, module in model.named_modules():
-        parts = name.split(".")
-        if "layers" not in parts[:-1] or parts[parts.index("layers") + 1] not in top:
-            continue
-        if (
-            isinstance(module, torch.nn.Linear)
-            if lp.target_modules == "all-linear"
-            else parts[-1] in lp.target_modules
-        ):
-            targets.append(name)
-    return targets
-
-
-def bf16_supported() -> bool:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:  # bf16 matmuls are fast only with native support (AVX-512 BF16 or AMX)
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(p: TrainParams) -> bool:
-    return p.precision == "bf16" or (p.precision == "auto" and bf16_supported())
-
-
-def peak_memory() -> dict:
-    """This process's peak resident memory and, on a GPU, the peak memory torch allocated there."""
-    import resource
-
-    import torch
-
-    peak = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # Linux reports KiB
-    if torch.cuda.is_available():
-        peak["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    return peak
+from edgetune.train.precision import peak_memory, use_bf16
 
 
 def to_dataset(rows: list[dict], task: str):
@@ -100,7 +45,10 @@ def to_dataset(rows: list[dict], task: str):
 
 
 # A checkpoint made by other training code is not resumed.
-CODE = [Path(__file__), *(Path(__file__).with_name(m) for m in ("answer_loss.py", "qlora.py", "base_weights.py"))]
+CODE = [
+    Path(__file__),
+    *(Path(__file__).with_name(m) for m in ("adapter.py", "answer_loss.py", "qlora.py", "base_weights.py")),
+]
 
 
 def check_settings(p: TrainParams, train_rows: list, val_rows: list, data: Path) -> None:
@@ -117,8 +65,8 @@ def label_choices(tokenizer, rows: list[dict]) -> list[int] | None:
     """The first token of each label answer (data.task: classify), for validation accuracy by
     first-token label scoring; None where those tokens do not tell the answers apart."""
     answers = sorted({r["answer"] for r in rows})
-    choices = [tokenizer(a, add_special_tokens=False).input_ids[0] for a in answers]
-    return choices if len(set(choices)) == len(choices) > 1 else None
+    choices = first_tokens(lambda a: tokenizer(a, add_special_tokens=False).input_ids, answers)
+    return choices if choices and len(choices) > 1 else None
 
 
 def sft_config(p: TrainParams, checkpoints: Path, validate: bool, by_accuracy: bool):
@@ -213,14 +161,35 @@ def run_summary(trainer, result, validate: bool, best: bool) -> dict:
     return summary
 
 
-def save_adapter(model, out: Path) -> None:
-    """The adapter lands beside its checkpoints only once training has finished."""
-    tmp = out / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    for f in tmp.iterdir():
-        os.replace(f, out / f.name)
-    tmp.rmdir()
+def take_outputs(state, out: Path, live_dir: Path, resume_from, stamp: str, source: Path, lr: float):
+    """Everything is checked and loaded: only now may checkpoints this run cannot use go. The
+    training's callbacks, and (in the main process) its dvclive run."""
+    from transformers.integrations import DVCLiveCallback
+
+    state.wait_for_everyone()  # every process has decided before the main one clears old checkpoints
+    if state.is_main_process:
+        click.echo(f"resuming from {resume_from}" if resume_from else f"training from {source}")
+        mark(out)
+        if resume_from is None:
+            resume.start_afresh(out / "checkpoints", stamp)
+    state.wait_for_everyone()
+    callbacks, live = [stop_when_not_finite(lr)], None
+    if state.is_main_process:
+        mark(live_dir)
+        live = resume.open_live(live_dir, resume=resume_from is not None)
+        callbacks.append(DVCLiveCallback(live=live))
+    return callbacks, live
+
+
+def finish(trainer, summary: dict, live, out: Path, stamp: str) -> None:
+    """The run's figures into dvclive's summary, and the adapter beside its checkpoints."""
+    for key, value in summary.items():
+        if isinstance(value, (int, float)):
+            live.summary[key] = value
+    live.end()
+    save_adapter(trainer.model, out)
+    resume.finish(out / "checkpoints", stamp)
+    click.echo(f"adapter saved to {out}: {summary}")
 
 
 @click.command("train")
@@ -267,9 +236,7 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
     """
     import torch
     from accelerate import PartialState
-    from peft import LoraConfig
     from transformers import AutoTokenizer
-    from transformers.integrations import DVCLiveCallback
 
     check_outputs(inputs=[model, weights, data], folders=[out, live_dir])
     p, lp, task = params.train, params.lora, params.data.task
@@ -297,26 +264,8 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
     base = base_weights.load(
         model, weights, lp.quantization == "4bit", bf16, str(state.device), p.gradient_checkpointing, trust
     )
-    lora = LoraConfig(
-        r=lp.r,
-        lora_alpha=lp.alpha,
-        lora_dropout=lp.dropout,
-        target_modules=adapter_targets(lp, base),
-        task_type="CAUSAL_LM",
-    )
-    # Everything is checked and loaded: only now may checkpoints this run cannot use go.
-    state.wait_for_everyone()  # every process has decided before the main one clears old checkpoints
-    if state.is_main_process:
-        click.echo(f"resuming from {resume_from}" if resume_from else f"training from {weights or model}")
-        mark(out)
-        if resume_from is None:
-            resume.start_afresh(checkpoints, stamp)
-    state.wait_for_everyone()
-    callbacks = [stop_when_not_finite(p.lr)]
-    if state.is_main_process:
-        mark(live_dir)
-        live = resume.open_live(live_dir, resume=resume_from is not None)
-        callbacks.append(DVCLiveCallback(live=live))
+    lora = lora_config(lp, base)
+    callbacks, live = take_outputs(state, out, live_dir, resume_from, stamp, weights or model, p.lr)
     trainer = make_trainer_class()(
         model=base,
         args=sft_config(p, checkpoints, validate=bool(val_rows), by_accuracy=bool(choices)),
@@ -335,12 +284,5 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
         "qlora": lp.quantization == "4bit",
         "processes": state.num_processes,
     }
-    if not state.is_main_process:
-        return
-    for key, value in summary.items():
-        if isinstance(value, (int, float)):
-            live.summary[key] = value
-    live.end()
-    save_adapter(trainer.model, out)
-    resume.finish(checkpoints, stamp)
-    click.echo(f"adapter saved to {out}: {summary}")
+    if state.is_main_process:
+        finish(trainer, summary, live, out, stamp)

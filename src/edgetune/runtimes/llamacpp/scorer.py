@@ -161,6 +161,16 @@ class Scorer:
             for (_, _, seq, _), row in zip(step, self.decode(step)):
                 logprobs[seq] = row
 
+    def renders(self, messages: list[dict]) -> str | None:
+        """The prompt for `messages` in the GGUF's own chat template, as llama-cpp-python renders it."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        eos = self.llm.detokenize([self.llm.token_eos()], special=True).decode("utf-8", "replace")
+        return Jinja2ChatFormatter(template, eos_token=eos, bos_token="")(messages=messages).prompt
+
     def close(self):
         self.lib.llama_batch_free(self.batch)
         self.lib.llama_free(self.ctx)

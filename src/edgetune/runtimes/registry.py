@@ -1,0 +1,14 @@
+"""Which runtime runs a variant's files: told by the model file's format."""
+
+from pathlib import Path
+
+from edgetune.runtimes.base import Variant
+from edgetune.runtimes.llamacpp.variant import GGUFVariant
+
+RUNTIMES = {".gguf": GGUFVariant}  # the model file's suffix -> its runtime's Variant
+DEFAULT = GGUFVariant  # a file named otherwise is read as GGUF: its check says what the file holds
+
+
+def open_variant(model: Path, adapter: Path | None = None) -> Variant:
+    """The variant that runs from `model` (and `adapter`), in its runtime; not yet checked."""
+    return RUNTIMES.get(Path(model).suffix.lower(), DEFAULT)(Path(model), adapter)
