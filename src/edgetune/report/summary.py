@@ -12,13 +12,12 @@ from pathlib import Path
 import click
 
 from edgetune.core import tasks
-from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import write_json, write_text
 from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
-from edgetune.core.variants import F16, ORDER, names, plain_twin
-from edgetune.measure.significance import accuracy_interval, paired
+from edgetune.core.variants import ORDER, names
 from edgetune.report import dialogue_tables, environment, tables
+from edgetune.report.gather import gather, gather_bench, read_each
 from edgetune.report.phone_tables import phone_table
 from edgetune.report.recommend import recommend
 from edgetune.report.tables import (
@@ -51,21 +50,6 @@ SCALARS = (
 )
 
 
-def load_variants(eval_dir: Path, names: list[str]) -> dict[str, dict]:
-    """The named variants' results; files of variants no longer in params.yaml are left out."""
-    missing = [n for n in names if not (eval_dir / f"{n}.json").is_file()]
-    if missing:
-        raise EdgetuneError(
-            f"{eval_dir}: no results for {', '.join(missing)}. Run the evaluate stages first (`dvc repro`)."
-        )
-    variants = {n: json.loads((eval_dir / f"{n}.json").read_text()) for n in names}
-    variants = {name: v for name, v in variants.items() if "skipped" not in v}
-    rank = {name: i for i, name in enumerate(ORDER)}
-    return dict(
-        sorted(variants.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), -(kv[1].get("model_bytes") or 0)))
-    )
-
-
 def side_by_side(variants: dict[str, dict]) -> dict[str, dict]:
     """The scalar metrics of each variant, plus per-class scores and the free-answer result."""
     table = {}
@@ -80,53 +64,6 @@ def side_by_side(variants: dict[str, dict]) -> dict[str, dict]:
         row |= {k: v[k] for k in ("accuracy_ci95", "vs_f16", "vs_plain", "files") if k in v}
         table[name] = row
     return table
-
-
-def read_each(folder: Path, variants: list[str]) -> dict[str, dict]:
-    """FOLDER/<variant>.json of each variant that has one (a stage per variant wrote them)."""
-    return {v: json.loads((folder / f"{v}.json").read_text()) for v in variants if (folder / f"{v}.json").is_file()}
-
-
-def gather_bench(runs: dict[str, dict]) -> dict:
-    """The bench stages' results as one table: the settings they share, each variant's figures,
-    and the adapter's cost on each +lora variant."""
-    if not runs:
-        return {}
-    first = next(iter(runs.values()))
-    return {
-        **{k: first[k] for k in ("threads", "prompt_tokens", "gen_tokens")},
-        "variants": {
-            v: {k: r[k] for k in ("completion", "peak_rss_bytes", "speed", "bytes_read_per_token") if k in r}
-            for v, r in runs.items()
-        },
-        "adapter_cost": {v: r["adapter_cost"] for v, r in runs.items() if "adapter_cost" in r},
-    }
-
-
-def add_quantize_stats(variants: dict, quantize_dir: Path) -> dict[str, dict]:
-    """What llama-quantize made of each variant (quantize stage): tensor types and fallbacks."""
-    stats = {}
-    for name in variants:
-        path = quantize_dir / f"{name}.json"
-        if path.is_file():
-            stats[name] = json.loads(path.read_text())
-            variants[name]["fallback_tensors"] = len(stats[name]["fallbacks"])
-    return stats
-
-
-def add_significance(variants: dict, eval_dir: Path) -> None:
-    """Each accuracy's 95% interval; each quantized variant against f16, and each -imatrix variant
-    against its plain twin, review by review (evaluate's predictions CSVs)."""
-    for name, v in variants.items():
-        if "accuracy" not in v:
-            continue
-        v["accuracy_ci95"] = accuracy_interval(v["accuracy"], v["n_samples"])
-        mine = eval_dir / f"{name}.csv"
-        if name in ORDER or not mine.is_file():
-            continue
-        for key, reference in (("vs_f16", F16), ("vs_plain", plain_twin(name))):
-            if reference != name and (eval_dir / f"{reference}.csv").is_file():
-                v[key] = paired(eval_dir / f"{reference}.csv", mine)
 
 
 def made_from(folder: Path) -> str:
@@ -245,13 +182,7 @@ def report(
     check_outputs(shared=[out])
     metric = tasks.METRIC[params.data.task]  # what tells the variants apart
     ggufs = names(params.quantize.types)
-    variants = load_variants(eval_dir, [*ORDER, *ggufs[1:]])
-    for name, q in read_each(quality_dir, ggufs).items():
-        variants.get(name, {}).update(
-            {k: v for k, v in q.items() if k not in ("variant", "reference", "ctx", "chunks")}
-        )
-    stats = add_quantize_stats(variants, quantize_dir)
-    add_significance(variants, eval_dir)
+    variants, stats = gather(eval_dir, quality_dir, quantize_dir, [*ORDER, *ggufs[1:]], ggufs)
     data = json.loads(data_stats.read_text()) if data_stats.is_file() else {}
     train = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
     choice = recommend(variants, params.recommend, metric)
