@@ -26,8 +26,8 @@ from edgetune.train.finetune import train
 from edgetune.train.merge import merge
 
 
-class Stages(click.Group):
-    """The stage commands, where a file the system will not let us write is a one-line error, and
+class PlainErrors(click.Group):
+    """The commands, where a file the system will not let us write is a one-line error, and
     the outputs a command took are let go when it ends."""
 
     def invoke(self, ctx):
@@ -44,7 +44,7 @@ class Stages(click.Group):
             release_outputs()  # a command run in-process (tests, notebooks) leaves no output held
 
 
-@click.group(cls=Stages, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PlainErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__)
 def main():
     """Fine-tune a small LLM, convert it to GGUF, quantize it, and measure every step.

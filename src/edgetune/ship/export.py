@@ -46,7 +46,7 @@ def portable(settings: dict) -> dict:
     return settings
 
 
-def tables(summary: str) -> str:
+def summary_tables(summary: str) -> str:
     """summary.md without its title, footer and pictures (the bundle does not carry the PNGs)."""
     body = summary.split("\n", 1)[1].split(environment.FOOTER)[0]
     return body.split("\n## Pictures\n")[0].strip()
@@ -81,7 +81,7 @@ llama-completion -m {shlex.quote(files.gguf.name)}{lora_args(files)} --chat-temp
 {android_recipe(files, env, p)}
 ## Every variant, measured in the same run
 
-{tables(summary)}
+{summary_tables(summary)}
 
 ## How it was made
 
