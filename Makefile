@@ -50,7 +50,7 @@ compiler-cache:
 		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends ccache >/dev/null; } \
 		|| echo "ccache could not be installed; llama.cpp compiles without a cache"
 
-# tests/test_pictures.py opens the pictures as a person would, in headless chromium
+# tests/e2e/test_pictures.py opens the pictures as a person would, in headless chromium
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
 		|| echo "chromium could not be installed (as root: apt-get install chromium); the browser tests will be skipped"

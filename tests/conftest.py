@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Qwen2 with the real Qwen tokenizer, its GGUF, and real reviews."""
+"""Shared fixtures: a tiny random Qwen2 with the real Qwen tokenizer, its GGUF, real reviews, and the
+tiny `dvc repro` project that the tests under e2e/ read and copy; the helpers the test files share."""
 
 import contextlib
 import importlib
@@ -7,6 +8,7 @@ import os
 import random
 import shutil
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -142,6 +144,13 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def failed(result, *needles):
+    assert result.exit_code != 0, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+    return True
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """An empty folder with the repository's params.yaml, as the working directory."""
@@ -174,6 +183,7 @@ def report_files(folder: Path, f16: Path) -> list[str]:
 
 
 GOOD = [{"text": f"评论{i}", "label": "positive" if i % 2 else "negative"} for i in range(40)]
+LABELS = {"negative": "负面", "positive": "正面"}
 
 
 def prepare(workdir: Path, tiny_model: Path, source: Path):
@@ -244,3 +254,100 @@ def request_line(connection) -> str:
     while b"\r\n\r\n" not in head and (chunk := connection.recv(4096)):
         head += chunk
     return " ".join(head.decode().split(" ")[:2])
+
+
+def conversation(*pairs, system=None):
+    """A dialogue row: each (user, reply) pair as two turns, after a system turn if one is given."""
+    turns = [{"role": "system", "content": system}] if system else []
+    for user, reply in pairs:
+        turns += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    return {"messages": turns}
+
+
+def live_summary(workdir, out="adapter") -> dict:
+    """The dvclive summary of a train run whose --live folder is workdir/OUT-live."""
+    return json.loads((workdir / f"{out}-live" / "metrics.json").read_text())
+
+
+# The tiny pipeline: `dvc repro` once on the tiny model and the reviews, for every test that reads
+# its results (session-scoped: made once however many files read it); `changed` copies it for a test
+# that changes it.
+
+
+def dvc(project: Path, *args, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def ran_stages(output: str, every_time: bool = False) -> set[str]:
+    """The stages a `dvc repro` ran; less `inputs`, which runs every time, unless `every_time`."""
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    return ran if every_time else ran - {"inputs"}
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory, tiny_model, reviews) -> Path:
+    """A fresh git + DVC project with the repo's pipeline, pointed at the tiny model and reviews."""
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "reports/phone.json"):
+        (root / name).parent.mkdir(exist_ok=True)
+        shutil.copy(REPO / name, root / name)  # reports/phone.json: the repo's own, of other files
+    shutil.copytree(REPO / "configs", root / "configs")
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    data = write_jsonl(root / "reviews.jsonl", reviews)
+    shutil.copytree(tiny_model, root / "model")  # the user's own model and data, in the project
+    set_params(
+        root,
+        model={"source": "model", "name": "tiny", "dtype": "float32"},
+        data={
+            "source": str(data.relative_to(root)),
+            "max_train": None,
+            "max_val": 8,
+            "max_test": 12,
+            "split": [0.6, 0.2, 0.2],
+            "max_text_tokens": 48,
+            "head_tokens": 16,
+        },
+        train={
+            "max_steps": 6,
+            "batch_size": 4,
+            "save_steps": 2,
+            "eval_steps": 2,
+            "logging_steps": 1,
+            "lr": 1e-3,
+            "best_checkpoint": True,
+        },
+        lora={"top_layers": 1},  # the tiny model has two layers; adapters in the last one
+        evaluate={"max_answer_tokens": 4, "threads": 2},
+        quality={"ctx": 64, "chunks": 4, "threads": 2},
+        imatrix={"ctx": 64, "chunks": 4, "threads": 2},
+        bench={"threads": [1], "prompt_tokens": 16, "gen_tokens": 4, "contexts": [128, 512], "repetitions": 1},
+        export={"variant": "q4_k_m+lora"},  # the bundle of a base and its adapter, whichever the tiny run recommends
+    )
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    dvc(root, "init", "-q")
+    git = ["git", "-c", "user.name=edgetune", "-c", "user.email=edgetune@localhost"]
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "pipeline"], cwd=root, check=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def first_run(project) -> str:
+    return dvc(project, "repro").stdout
+
+
+@pytest.fixture
+def changed(project, first_run, tmp_path) -> Path:
+    """A copy of the finished tiny project for a test that changes it: each such test starts from the
+    first run's results, whatever ran before it, and reruns only what its own change touches."""
+    copy = tmp_path / "project"
+    subprocess.run(["cp", "-a", str(project), str(copy)], check=True)
+    return copy
+
+
+def read(project: Path, path: str) -> dict:
+    """A JSON file of the project, by its path inside it."""
+    return json.loads((project / path).read_text())

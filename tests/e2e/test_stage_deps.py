@@ -3,14 +3,13 @@
 every module it imports, directly or not, except the plumbing every stage shares."""
 
 import importlib.util
-from pathlib import Path
 
 import yaml
+from conftest import REPO
 
 from edgetune.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts" / "import_graph.py")
+_spec = importlib.util.spec_from_file_location("import_graph", REPO / "scripts" / "import_graph.py")
 import_graph = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(import_graph)
 
@@ -33,7 +32,7 @@ GRAPH = import_graph.imports()
 
 
 def path_of(module: str) -> str:
-    return str(import_graph.modules()[module].relative_to(ROOT))
+    return str(import_graph.modules()[module].relative_to(REPO))
 
 
 def code_of(command: str) -> set[str]:
@@ -49,7 +48,7 @@ def code_of(command: str) -> set[str]:
 
 
 def test_every_stage_depends_on_the_modules_that_make_its_outputs():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert len(stages) >= 14
     for name, stage in stages.items():
         stage = stage.get("do", stage)
@@ -68,5 +67,5 @@ def test_every_stage_depends_on_the_modules_that_make_its_outputs():
 def test_export_declares_every_params_section_its_model_card_prints():
     from edgetune.ship.export import CARD_SECTIONS
 
-    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["export"]["params"]
+    declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["export"]["params"]
     assert {"export", *CARD_SECTIONS} <= set(declared)

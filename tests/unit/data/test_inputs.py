@@ -7,8 +7,7 @@ import os
 import shutil
 
 import pytest
-from conftest import run, set_params, write_jsonl
-from test_bad_input import failed
+from conftest import failed, run, set_params, write_jsonl
 
 PINS = ["--model-out", "pins/model.json", "--data-out", "pins/data.json"]
 

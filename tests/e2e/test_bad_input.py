@@ -9,14 +9,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import GOOD, REPO, make_tiny_model, prepare, report_files, run, set_params, write_jsonl
-
-
-def failed(result, *needles):
-    assert result.exit_code != 0, result.output
-    for needle in needles:
-        assert needle in result.output, result.output
-    return True
+from conftest import GOOD, REPO, failed, make_tiny_model, prepare, report_files, run, set_params, write_jsonl
 
 
 @pytest.mark.parametrize(

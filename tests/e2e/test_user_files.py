@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import GOOD, make_tiny_model, report_files, run, set_params, write_jsonl
-from test_bad_input import failed
+from conftest import GOOD, failed, make_tiny_model, report_files, run, set_params, write_jsonl
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -125,7 +124,8 @@ def test_quantize_refuses_to_overwrite_its_source(workdir, tiny_gguf):
 KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
-from edgetune.core.files import atomic_dir, atomic_path
+from edgetune.core.files import atomic_path
+from edgetune.core.outputs import atomic_dir
 out = Path(sys.argv[2])
 if sys.argv[1] == "dir":
     with atomic_dir(out) as tmp:

@@ -1,12 +1,11 @@
 """The +lora variants: a quantized base with a GGUF LoRA applied by llama.cpp at run time must be
 the model that was trained, i.e. PEFT's adapter on the same (dequantized) base weights."""
 
-import json
 import shutil
 
 import numpy as np
 import pytest
-from conftest import REPO, run, set_params
+from conftest import REPO, run
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -81,39 +80,6 @@ def test_llama_cpp_with_the_gguf_lora_gives_pefts_next_token_distribution(quanti
     assert kld(hf, hf_base).mean() > 1000 * same.mean()  # the adapter matters
     assert kld(hf, without).mean() > 1000 * same.mean()  # and llama.cpp applies it
     assert kld(hf_base, without).mean() < 1e-5  # the base alone agrees too
-
-
-def test_a_base_already_of_the_type_is_shipped_byte_for_byte(workdir, tiny_gguf):
-    q8 = workdir / "q8_0.gguf"
-    assert (
-        run("quantize", "--model", tiny_gguf, "--type", "q8_0", "--out", q8, "--stats", workdir / "a.json").exit_code
-        == 0
-    )
-    again = workdir / "again.gguf"
-    result = run("quantize", "--model", q8, "--type", "q8_0", "--out", again, "--stats", workdir / "b.json")
-    assert result.exit_code == 0, result.output
-    assert again.read_bytes() == q8.read_bytes()
-    stats = json.loads((workdir / "b.json").read_text())
-    assert stats["copied"] is True and stats["source_type"] == "q8_0"
-    # another type from a quantized source can only be rounded again, and says so
-    result = run(
-        "quantize", "--model", q8, "--type", "q4_0", "--out", workdir / "q4.gguf", "--stats", workdir / "c.json"
-    )
-    assert result.exit_code == 0, result.output
-    stats = json.loads((workdir / "c.json").read_text())
-    assert stats["copied"] is False and stats["source_type"] == "q8_0" and "q4_0" in stats["tensor_types"]
-
-
-def test_per_tensor_overrides_reach_llama_quantize(workdir, tiny_gguf):
-    from edgetune.gguf import header as gguf_header
-
-    set_params(workdir, quantize={"tensor_types": {"ffn_down": "q8_0"}, "token_embedding_type": "q8_0"})
-    out = workdir / "q4_0.gguf"
-    result = run("quantize", "--model", tiny_gguf, "--type", "q4_0", "--out", out, "--stats", workdir / "s.json")
-    assert result.exit_code == 0, result.output
-    types = {t.name: t.type.name for t in gguf_header.read(out).tensors}
-    assert {types[n] for n in types if "ffn_down" in n} == {"Q8_0"} and types["token_embd.weight"] == "Q8_0"
-    assert {types[n] for n in types if "ffn_up" in n} == {"Q4_0"}  # the others keep the type asked for
 
 
 def test_chat_answers_with_the_adapter_applied(quantized_base_and_adapter, tiny_model):

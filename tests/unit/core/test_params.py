@@ -1,21 +1,16 @@
-"""Presets: params.yaml is what DVC composes from conf/ (Hydra), every model and data preset
-composes into params the stages accept, Gemma's template is supplied where a model has none,
-and ChnSentiCorp loads from the hub, ModelScope or a local folder, in that order."""
+"""Presets: params.yaml is what DVC composes from conf/ (Hydra), and every model, data and experiment
+preset composes into params the stages accept."""
 
-import copy
 import dataclasses
-import json
-import time
 from dataclasses import MISSING
 
 import pytest
 import yaml
-from conftest import REPO, committed, run, set_params, write_jsonl
+from conftest import REPO
 
 from edgetune.core import params
 from edgetune.core.config import SCHEMA
 from edgetune.core.errors import EdgetuneError
-from edgetune.data.fetch_model import supply_template
 
 
 def compose(tmp_path, *overrides) -> dict:
@@ -89,73 +84,6 @@ def test_seed_experiment_a_is_one_override_away(tmp_path):
     )
     assert p["quantize"]["types"] == ["q4_k_m", "q5_k_m", "q8_0"]
     assert p["evaluate"] == params.read_params(REPO / "params.yaml")["evaluate"]  # the rest as committed
-
-
-def test_gemma_template_is_supplied_with_its_end_of_turn(gemma_tokenizer, qwen_tokenizer):
-    gemma_tokenizer, qwen_template = copy.deepcopy(gemma_tokenizer), qwen_tokenizer.chat_template
-    assert not gemma_tokenizer.chat_template  # the registry's Gemma-3-270M carries none
-    supply_template(gemma_tokenizer, committed("model", chat_template="gemma"))
-    turns = [{"role": "system", "content": ""}, {"role": "user", "content": "你好"}]
-    text = gemma_tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    assert text == "<bos><start_of_turn>user\n你好<end_of_turn>\n<start_of_turn>model\n"
-    assert gemma_tokenizer.eos_token == "<end_of_turn>"
-    with pytest.raises(EdgetuneError, match="model.chat_template is gemma"):
-        supply_template(qwen_tokenizer, committed("model", chat_template="gemma"))  # Qwen has no <end_of_turn>
-    with pytest.raises(EdgetuneError, match="'vicuna'"):
-        supply_template(qwen_tokenizer, committed("model", chat_template="vicuna"))
-    assert qwen_tokenizer.chat_template == qwen_template  # refused before anything changed
-
-
-def published_layout(folder, reviews):
-    """ChnSentiCorp's published layout: train / validation / test, columns text and label (0/1)."""
-    folder.mkdir(parents=True)
-    rows = [{"text": r["text"], "label": int(r["label"] == "positive")} for r in reviews]
-    write_jsonl(folder / "train.jsonl", rows[:40])
-    write_jsonl(folder / "validation.jsonl", rows[40:50] + rows[:2])  # two texts leak from train
-    write_jsonl(folder / "test.jsonl", rows[50:])
-    return rows
-
-
-@pytest.fixture
-def offline_hub(monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-
-
-def test_chnsenticorp_falls_back_to_the_local_published_splits(workdir, tiny_model, reviews, offline_hub):
-    rows = published_layout(workdir / "raw", reviews)
-    preset = yaml.safe_load((REPO / "conf" / "data" / "chnsenticorp.yaml").read_text())
-    set_params(workdir, data={**preset, "local_dir": str(workdir / "raw")})
-    result = run("prepare", "--model", tiny_model, "--out", workdir / "out", "--stats", workdir / "stats.json")
-    assert result.exit_code == 0, result.output
-    out = {
-        s: [json.loads(line) for line in (workdir / "out" / f"{s}.jsonl").read_text().splitlines()]
-        for s in ("train", "val", "test")
-    }
-    assert [r["text"] for r in out["test"]] and {r["text"] for r in out["test"]} <= {r["text"] for r in rows[50:]}
-    assert len(out["val"]) == 10 and not {r["text"] for r in out["val"]} & {r["text"] for r in out["train"]}
-    assert {r["answer"] for r in out["train"]} == {"正面", "负面"}
-    stats = json.loads((workdir / "stats.json").read_text())
-    assert stats["cleaning"]["published_splits"]["val"]["dropped"]["in_train"] == 2
-
-
-def test_dataset_id_fails_fast_naming_every_try(workdir, tiny_model, offline_hub):
-    set_params(
-        workdir,
-        data={
-            "source": "lansinuote/ChnSentiCorp",
-            "local_dir": str(workdir / "nowhere"),
-            "labels": {"0": "负面", "1": "正面"},
-        },
-    )
-    start = time.monotonic()
-    result = run("prepare", "--model", tiny_model, "--out", workdir / "out", "--stats", workdir / "stats.json")
-    assert time.monotonic() - start < 60
-    assert result.exit_code != 0
-    for needle in ("lansinuote/ChnSentiCorp", "HF hub", "ModelScope", "data.local_dir", "nowhere", "HF_ENDPOINT"):
-        assert needle in result.output, result.output
-    assert not (workdir / "out").exists() and not (workdir / "stats.json").exists()
 
 
 @pytest.mark.parametrize("experiment", [None, *sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))])
