@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -241,39 +242,31 @@ def test_rows_made_for_another_task(workdir, tiny_model, tiny_gguf, prepared, st
     assert not out.exists() and not (workdir / "live").exists()
 
 
-def test_calibration_without_a_validation_split(workdir, tiny_gguf, prepared):
-    result = run(
+def evaluate_f16(workdir, tiny_gguf, test: Path, val: Path):
+    return run(
         "evaluate",
         "--model",
         tiny_gguf,
         "--variant",
         "f16",
         "--data",
-        prepared / "test.jsonl",
+        test,
         "--val",
-        workdir / "none.jsonl",
+        val,
         "--out",
         workdir / "f16.json",
     )
+
+
+def test_calibration_without_a_validation_split(workdir, tiny_gguf, prepared):
+    result = evaluate_f16(workdir, tiny_gguf, prepared / "test.jsonl", workdir / "none.jsonl")
     assert failed(result, "none.jsonl", "evaluate.calibrate")
     assert not (workdir / "f16.json").exists()
 
 
 def test_labels_that_are_not_a_mapping(workdir, tiny_gguf, prepared):
     set_params(workdir, data={"labels": ["负面", "正面"]})
-    result = run(
-        "evaluate",
-        "--model",
-        tiny_gguf,
-        "--variant",
-        "f16",
-        "--data",
-        prepared / "test.jsonl",
-        "--val",
-        prepared / "val.jsonl",
-        "--out",
-        workdir / "f16.json",
-    )
+    result = evaluate_f16(workdir, tiny_gguf, prepared / "test.jsonl", prepared / "val.jsonl")
     assert failed(result, "params.yaml", "data.labels", "expected dict")
     assert not (workdir / "f16.json").exists()
 
