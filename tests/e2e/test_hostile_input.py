@@ -15,14 +15,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import GOOD, committed, fake_hub, report_files, request_line, run, set_params, write_jsonl
-
-
-def failed(result, *needles):
-    assert result.exit_code != 0, result.output[-2000:]
-    for needle in needles:
-        assert needle in result.output, result.output[:2000]
-    return True
+from conftest import GOOD, committed, failed, fake_hub, report_files, request_line, run, set_params, write_jsonl
 
 
 def edgetune_held(*args, cwd, gib: int = 4, seconds: int = 60):
