@@ -17,7 +17,7 @@ from edgetune.report import environment
 
 def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
     from edgetune.core.files import sha256_file
-    from edgetune.gguf import llamacpp
+    from edgetune.gguf import header, llamacpp
 
     deploy = project / "deploy"
     base, lora = deploy / "tiny-base-q4_k_m.gguf", deploy / "tiny-lora.gguf"  # export.variant: q4_k_m+lora
@@ -40,6 +40,11 @@ def test_the_exported_bundle_runs_in_llama_cpp_itself(project, first_run):
         "README.md",
         ".edgetune",
     }
+    # the phone file names the checkpoint as the user did, never a path of this machine
+    adapter_config = read(project, "models/adapter/adapter_config.json")
+    assert adapter_config["base_model_name_or_path"] == "models/base"
+    assert adapter_config["target_modules"] == sorted(adapter_config["target_modules"])
+    assert str(project.parent) not in repr(header.read(lora).fields)
     modelfile = (deploy / "Modelfile").read_text()
     assert f"FROM ./{base.name}\nADAPTER ./{lora.name}\n" in modelfile
     assert f'--lora "$here"/{lora.name}' in (deploy / "llama-server.sh").read_text()

@@ -49,6 +49,19 @@ def lora_config(lp: LoraParams, model):
     )
 
 
+def name_adapter(model, base: Path) -> None:
+    """What adapter_config.json records, the same in every checkout: the checkpoint trained on as
+    the user named it (not the folder its weights were dequantized from, an absolute path that
+    would reach the phone's LoRA GGUF), and the target modules in order (a set's order changes
+    from one process to the next). PEFT's model card takes the name from the base model itself."""
+    trained_on = model.get_base_model()
+    trained_on.name_or_path = trained_on.config.name_or_path = str(base)
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = str(base)
+        if isinstance(config.target_modules, set):
+            config.target_modules = sorted(config.target_modules)
+
+
 def save_adapter(model, out: Path) -> None:
     """The adapter lands beside its checkpoints only once training has finished."""
     tmp = out / ".adapter.tmp"

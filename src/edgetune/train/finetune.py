@@ -25,7 +25,7 @@ from edgetune.core.outputs import check_outputs, mark
 from edgetune.core.params import reads
 from edgetune.core.remote_code import allowed as trust_remote_code
 from edgetune.train import base_weights, resume
-from edgetune.train.adapter import lora_config, save_adapter
+from edgetune.train.adapter import lora_config, name_adapter, save_adapter
 from edgetune.train.answer_loss import label_accuracy, make_trainer_class
 from edgetune.train.distributed import relaunch_on_gpus
 from edgetune.train.precision import peak_memory, use_bf16
@@ -277,6 +277,7 @@ def train(model: Path, weights: Path | None, data: Path, out: Path, live_dir: Pa
         callbacks=callbacks,
     )
     trainer.choices = choices
+    name_adapter(trainer.model, model)
     result = trainer.train(resume_from_checkpoint=resume_from)
     summary = {
         **run_summary(trainer, result, validate=bool(val_rows), best=p.best_checkpoint and bool(val_rows)),
