@@ -19,6 +19,7 @@ from edgetune.measure.bench import bench
 from edgetune.measure.evaluate import evaluate
 from edgetune.measure.kld import quality
 from edgetune.report.summary import report
+from edgetune.runtimes.onnx.export import export_onnx
 from edgetune.ship.chat import chat
 from edgetune.ship.export import export
 from edgetune.ship.phone import phone_check
@@ -63,6 +64,7 @@ for command in (
     convert_lora,
     imatrix,
     quantize,
+    export_onnx,
     baseline,
     evaluate,
     quality,

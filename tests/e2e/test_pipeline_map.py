@@ -71,7 +71,7 @@ def stage_names() -> list[str]:
             keys = list(items)
         else:
             keys = [item if isinstance(item, (str, int, float, bool)) else index for index, item in enumerate(items)]
-        assert keys, f"{name}: foreach over nothing"
+        # over an empty list (runtimes.onnx: [], a runtime switched off) dvc makes no stage
         names.extend(f"{name}@{key}" for key in keys)
     return names
 

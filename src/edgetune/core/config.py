@@ -173,6 +173,22 @@ class QuantizeParams:
 
 
 # imatrix: read by gguf.imatrix
+# runtimes: read by core.variants and the runtimes' export stages
+@dataclasses.dataclass
+class RuntimesParams:
+    onnx: list[str]  # ONNX Runtime GenAI types (export-onnx --type); each makes an onnx-<type>+lora variant
+
+    def __post_init__(self):
+        from edgetune.core.variants import ONNX_TYPES
+
+        bad = [t for t in self.onnx if t not in ONNX_TYPES]
+        if bad or len(set(self.onnx)) < len(self.onnx):
+            raise EdgetuneError(
+                f"params.yaml: runtimes.onnx is {self.onnx}; list each of {', '.join(ONNX_TYPES)} at most once "
+                "(the types onnxruntime-genai's builder writes for a CPU), or [] for none."
+            )
+
+
 @dataclasses.dataclass
 class ImatrixParams:
     ctx: Annotated[int, Range(min=8)]  # tokens per chunk
@@ -254,6 +270,7 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     quantize: QuantizeParams
+    runtimes: RuntimesParams
     imatrix: ImatrixParams
     quality: QualityParams
     bench: BenchParams

@@ -6,6 +6,7 @@
   q4_k_m           the merged model, quantized (llama.cpp's lower-case type name)
   q4_k_m-imatrix   ... with the importance matrix
   q4_k_m+lora      the base quantized once, and the adapter applied at run time
+  onnx-int4+lora   another runtime (ONNX Runtime GenAI) at its own type, its adapter at run time
 
 A merged quant rounds the trained model a second time; a `+lora` variant ships the very base
 weights the adapter was trained on (lora.train_on) and keeps the adapter in 16 bits.
@@ -25,6 +26,16 @@ def names(types: list[str]) -> list[str]:
     the adapter at run time. The one place the variant list is made; dvc.yaml's foreach stages
     make the same list, one stage per item."""
     return [F16, *types, *(t + LORA for t in types)]
+
+
+ONNX = "onnx"
+ONNX_TYPES = ("int4", "int8", "fp32")  # what onnxruntime-genai's builder writes for a CPU
+
+
+def runtime_names(onnx: list[str]) -> list[str]:
+    """The variants of the other runtimes (runtimes.*): each type with the adapter at run time.
+    They are measured like the GGUF ones and reported beside them; the bundle stays a GGUF."""
+    return [f"{ONNX}-{t}{LORA}" for t in onnx]
 
 
 def plain_twin(name: str) -> str:

@@ -105,6 +105,7 @@ def evaluate_labels(
     prompt_tokens = sum(map(len, prompts))
     result.update(
         variant=variant,
+        runtime=files.runtime,
         label_offsets=offsets,
         uncalibrated={"accuracy": raw["accuracy"], "f1": raw["f1"]},
         seconds_per_sample=seconds / len(rows),

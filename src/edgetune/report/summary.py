@@ -15,11 +15,12 @@ from edgetune.core import tasks
 from edgetune.core.files import write_json, write_text
 from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
-from edgetune.core.variants import ORDER, names
+from edgetune.core.variants import ORDER, names, runtime_names
 from edgetune.report import dialogue_tables, environment, tables
 from edgetune.report.gather import gather, gather_bench, read_each
 from edgetune.report.phone_tables import phone_table
 from edgetune.report.recommend import recommend
+from edgetune.report.runtime_tables import runtimes_table
 from edgetune.report.tables import (
     device_table,
     frontier_line,
@@ -165,7 +166,7 @@ def write_size_plots(variants: dict, choice: dict | None, plots: Path) -> None:
     help="the inputs stage's pins of the model and data.",
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
-@reads("recommend", "quantize.types", "data.task", "phone.bandwidths")
+@reads("recommend", "quantize.types", "runtimes", "data.task", "phone.bandwidths")
 def report(
     eval_dir: Path,
     quality_dir: Path,
@@ -185,8 +186,19 @@ def report(
     variants, stats = gather(eval_dir, quality_dir, quantize_dir, [*ORDER, *ggufs[1:]], ggufs)
     data = json.loads(data_stats.read_text()) if data_stats.is_file() else {}
     train = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
+    # the other runtimes' variants: measured and reported beside the GGUFs, never the bundle's file
+    others = runtime_names(params.runtimes.onnx)
+    runtimes, _ = gather(eval_dir, quality_dir, quantize_dir, others, others)
     choice = recommend(variants, params.recommend, metric)
-    write_json(out / "metrics.json", {"variants": side_by_side(variants), "recommended": choice, "train": train})
+    write_json(
+        out / "metrics.json",
+        {
+            "variants": side_by_side(variants),
+            **({"runtimes": side_by_side(runtimes)} if runtimes else {}),
+            "recommended": choice,
+            "train": train,
+        },
+    )
     on_frontier = choice["frontier"] if choice else []
     write_size_plots(variants, choice, out / "plots")
     bench = gather_bench(read_each(bench_dir, ggufs))
@@ -194,6 +206,10 @@ def report(
     text = head.summary_markdown(variants, data, train) + "\n".join(
         [*lora_table(variants, metric, bench), *tensors_table(stats), *imatrix_table(variants, metric), ""]
     )
+    if runtimes:
+        shipped = choice["variant"] if choice else None
+        beside = read_each(bench_dir, [*others, *([shipped] if shipped else [])])
+        text += "\n".join([*runtimes_table(runtimes, variants, gather_bench(beside), shipped), ""])
     if bench:
         phone = json.loads(phone_file.read_text()) if phone_file.is_file() else {}
         text += device_table(bench) + phone_table(variants, bench, phone, params.phone.bandwidths)

@@ -63,6 +63,10 @@ class Variant(Protocol):
         """Next-token distributions on `text` against the reference's: kld_mean, kld_p99, kld_max,
         same_top_token, ppl, ppl_f16 (the reference's), ppl_ratio."""
 
+    def logits(self, ctx: int, threads: int | None):
+        """A callable from a chunk's tokens to its logits, one row per token, each chunk on a fresh
+        context: runtimes/logit_kld.py compares any two runtimes with it."""
+
     def chat(self, n_ctx: int, threads: int | None, gpu_layers: int) -> Chat: ...
 
     def speed(self, threads: int, prompt: Path, p) -> dict:

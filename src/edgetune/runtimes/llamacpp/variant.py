@@ -37,6 +37,29 @@ class GGUFVariant(Files):
     def kl_divergence(self, reference: "GGUFVariant", text: Path, ctx: int, chunks: int, threads, names) -> dict:
         return kld.kl_divergence(reference, self, text, ctx, chunks, threads, names)[0]
 
+    def logits(self, ctx: int, threads: int | None):
+        """A callable from a chunk's tokens to its logits (one row per token), on a fresh context:
+        what runtimes/logit_kld.py compares across runtimes."""
+        import numpy as np
+        from llama_cpp import Llama
+
+        llm = Llama(
+            model_path=str(self.gguf),
+            lora_path=self.lora and str(self.lora),
+            n_ctx=ctx,
+            logits_all=True,
+            n_threads=threads,
+            n_gpu_layers=0,
+            verbose=False,
+        )
+
+        def run(tokens: list[int]):
+            llm.reset()
+            llm.eval(tokens)
+            return np.array(llm.scores[: len(tokens)])
+
+        return run
+
     def chat(self, n_ctx: int, threads: int | None, gpu_layers: int) -> GGUFChat:
         return GGUFChat(self.gguf, n_ctx, threads, gpu_layers, self.lora)
 

@@ -1,0 +1,133 @@
+"""A variant in ONNX Runtime GenAI: the folder `edgetune export-onnx` wrote (model.onnx with its
+data, genai_config.json, the tokenizer), and for a +lora variant its adapter.onnx_adapter applied
+at run time (og.Adapters). The Variant that runtimes/base.py describes."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+from edgetune.core.errors import EdgetuneError
+from edgetune.core.files import sha256_file
+from edgetune.runtimes import logit_kld
+from edgetune.runtimes.onnx import speed
+from edgetune.runtimes.onnx.scorer import OnnxScorer
+
+NEEDED = ("model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxVariant:
+    model: Path  # the folder's model.onnx
+    lora: Path | None = None
+    runtime = "ONNX Runtime GenAI"
+
+    @property
+    def folder(self) -> Path:
+        return self.model.parent
+
+    @property
+    def paths(self) -> list[Path]:
+        shipped = [self.folder / f for f in NEEDED] + sorted(self.folder.glob("chat_template.jinja"))
+        return shipped + ([self.lora] if self.lora else [])
+
+    def check(self, whole: bool = True) -> None:
+        for path in [self.folder / f for f in NEEDED] + ([self.lora] if self.lora else []):
+            if not path.is_file():
+                raise EdgetuneError(
+                    f"{path}: not found. `edgetune export-onnx` writes the folder (`dvc repro` runs it); or fix --model."
+                )
+        if self.lora and whole:
+            import onnxruntime as ort
+
+            try:
+                ort.AdapterFormat.read_adapter(str(self.lora))
+            except Exception as e:
+                raise EdgetuneError(f"{self.lora}: not an ONNX Runtime adapter file ({str(e)[:200]}).") from None
+
+    def load(self, threads: int | None = None):
+        """The og.Model, at `threads` intra-op threads where given."""
+        import onnxruntime_genai as og
+
+        config = og.Config(str(self.folder))
+        if threads:
+            options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        return og.Model(config)
+
+    def stats(self) -> dict:
+        shipped = sum(p.stat().st_size for p in self.paths)
+        extra = self.lora.stat().st_size if self.lora else 0
+        n = speed.n_weights(self.model)
+        return {
+            "model_bytes": shipped,
+            "bits_per_weight": 8 * ((self.folder / "model.onnx.data").stat().st_size + extra) / n,
+            **({"adapter_bytes": extra} if self.lora else {}),
+            "files": [{"path": str(p), "sha256": sha256_file(p)} for p in self.paths],
+        }
+
+    def tokenize(self, texts: list[str], special: bool) -> list[list[int]]:
+        """The folder's own tokenizer (tokenizer.json) through transformers, which og's matches:
+        og's encode always parses special tokens, and label words must not be."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        return [tokenizer(t, add_special_tokens=False, split_special_tokens=not special).input_ids for t in texts]
+
+    def label_scorer(self, prompts, batch_size: int, max_new: int, threads: int, gpu_layers: int) -> OnnxScorer:
+        return OnnxScorer(self, prompts, max_new, threads)
+
+    def logits(self, ctx: int, threads: int | None):
+        """A callable from a chunk's tokens to its logits (one row per token), on a fresh context."""
+        import numpy as np
+        import onnxruntime_genai as og
+
+        model = self.load(threads)
+        adapters = og.Adapters(model) if self.lora else None
+        if adapters:
+            adapters.load(str(self.lora), "lora")
+
+        def run(tokens: list[int]):
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=len(tokens) + 1)
+            gen = og.Generator(model, params)
+            if adapters:
+                gen.set_active_adapter(adapters, "lora")
+            gen.append_tokens(np.array(tokens, dtype=np.int32))
+            return np.array(gen.get_output("logits"))[0]
+
+        return run
+
+    def kl_divergence(self, reference, text: Path, ctx: int, chunks: int, threads, names) -> dict:
+        tokens = reference.tokenize([text.read_text(encoding="utf-8")], special=False)[0]
+        return logit_kld.compare(
+            reference.logits(ctx, threads), self.logits(ctx, threads), logit_kld.chunks_of(tokens, ctx, chunks)
+        )
+
+    def perplexity(self, rows, threads: int, gpu_layers: int, desc: str, reply_tokens: int) -> dict:
+        raise EdgetuneError(
+            f"{self.model}: dialogue perplexity in ONNX Runtime GenAI is not measured yet; use a GGUF."
+        )
+
+    def chat(self, n_ctx: int, threads: int | None, gpu_layers: int):
+        raise EdgetuneError(f"{self.model}: `edgetune chat` runs GGUF variants; chat with this one in your app.")
+
+    def speed(self, threads: int, prompt: Path, p) -> dict:
+        return speed.generation_speed(self, threads, prompt, p)
+
+    def bench(self, threads: int, p) -> dict:
+        """No benchmark tool ships with onnxruntime-genai: the same timed generation, on its own prompt."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            prompt = Path(tmp) / "prompt.txt"
+            prompt.write_text("你好" * p.prompt_tokens, encoding="utf-8")
+            return speed.generation_speed(self, threads, prompt, p)
+
+    def peak_memory(self, context: int, p) -> int:
+        return speed.peak_rss(self, context, p)
+
+    def bytes_read_per_token(self) -> dict:
+        return speed.bytes_read_per_token(self)
+
+    def without_adapter(self) -> "OnnxVariant":
+        return OnnxVariant(self.model)
