@@ -162,11 +162,11 @@ def workdir(tmp_path, monkeypatch):
 def report_files(folder: Path, f16: Path) -> list[str]:
     """What the report stage hands export (metrics naming f16, the GGUF at `f16`, as recommended, a
     summary, the environment), written into `folder`; returns export's options for them."""
-    from edgetune.gguf.files import Files
+    from edgetune.core.files import records
     from edgetune.report.environment import describe
 
     folder.mkdir(parents=True, exist_ok=True)
-    f16 = {"accuracy": 0.5, "files": Files(Path(f16)).record()}
+    f16 = {"accuracy": 0.5, "files": records([Path(f16)])}
     (folder / "metrics.json").write_text(
         json.dumps({"variants": {"f16": f16}, "recommended": {"variant": "f16", "reason": "test"}})
     )
@@ -319,7 +319,8 @@ def project(tmp_path_factory, tiny_model, reviews) -> Path:
             "lr": 1e-3,
             "best_checkpoint": True,
         },
-        lora={"top_layers": 1},  # the tiny model has two layers; adapters in the last one
+        # the tiny model has two layers; adapters in the last one
+        lora={"top_layers": 1, "train_on_file": "models/gguf/tiny-base-q4_k_m.gguf"},
         evaluate={"max_answer_tokens": 4, "threads": 2},
         quality={"ctx": 64, "chunks": 4, "threads": 2},
         imatrix={"ctx": 64, "chunks": 4, "threads": 2},

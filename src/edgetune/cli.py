@@ -22,6 +22,7 @@ from edgetune.report.summary import report
 from edgetune.runtimes.onnx.export import export_onnx
 from edgetune.ship.chat import chat
 from edgetune.ship.export import export
+from edgetune.ship.onnx_bundle import export_onnx_bundle
 from edgetune.ship.phone import phone_check
 from edgetune.train.finetune import train
 from edgetune.train.merge import merge
@@ -71,6 +72,7 @@ for command in (
     bench,
     report,
     export,
+    export_onnx_bundle,
     chat,
     phone_check,
 ):

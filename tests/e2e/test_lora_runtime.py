@@ -7,11 +7,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run
 
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+from edgetune.core.labels import log_softmax
 
 
 def kld(p_log: np.ndarray, q_log: np.ndarray) -> np.ndarray:

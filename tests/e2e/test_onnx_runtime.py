@@ -4,12 +4,13 @@ at run time the model gives PEFT's next-token distribution, and the stages measu
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import LABELS, REPO, committed, run, write_jsonl
 
-from edgetune.runtimes.logit_kld import log_softmax
+from edgetune.core.labels import log_softmax
 
 
 def kld(p_log: np.ndarray, q_log: np.ndarray) -> np.ndarray:
@@ -18,7 +19,8 @@ def kld(p_log: np.ndarray, q_log: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exported(tiny_model, tmp_path_factory):
-    """A random nonzero PEFT adapter on the tiny model, and the model exported at fp32 and int4 with it."""
+    """A random nonzero PEFT adapter on the tiny model, and the model exported at fp32 and int4 with
+    it; and at int4 without it (export-onnx-base, what lora.train_on onnx-int4 trains on)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -38,6 +40,8 @@ def exported(tiny_model, tmp_path_factory):
             )  # fmt: skip
             assert result.exit_code == 0, result.output
             assert "adapter of 28 tensors" in result.output  # 2 layers x 7 projections x (A, B)
+        result = run("export-onnx", "--model", tiny_model, "--type", "int4", "--out", workdir / "int4-base")
+        assert result.exit_code == 0, result.output
     return workdir, peft_model.eval()
 
 
@@ -198,3 +202,88 @@ def test_the_stages_measure_an_onnx_variant_like_a_gguf(exported, tiny_gguf, rev
     assert (
         bench["completion"]["tg_tokens_per_second"] > 0 and 0 < bench["adapter_cost"]["base"]["pp_tokens_per_second"]
     )
+    bundle_is_what_the_report_measured(workdir, evaluated, quality, rows[0])
+
+
+def bundle_is_what_the_report_measured(workdir, evaluated, quality, row):
+    """export-onnx-bundle: the recorded files, checked by sha256sum; the card's prompt is the one
+    the variant was measured on; a file changed since is refused."""
+    import re
+    import subprocess
+
+    from edgetune.measure.significance import accuracy_interval
+
+    record = {
+        **evaluated,
+        **quality,
+        "accuracy_ci95": accuracy_interval(evaluated["accuracy"], evaluated["n_samples"]),
+    }
+    metrics = workdir / "metrics.json"
+    metrics.write_text(json.dumps({"variants": {"f16": record}, "runtimes": {"onnx-int4+lora": record}}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        result = run("export-onnx-bundle", "--metrics", metrics, "--variant", "onnx-int4+lora", "--out", "bundle")
+        assert result.exit_code == 0, result.output
+        bundle = workdir / "bundle"
+        assert subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=bundle).returncode == 0
+        names = {line.split()[1] for line in (bundle / "SHA256SUMS").read_text().splitlines()}
+        assert names == {Path(f["path"]).name for f in evaluated["files"]} and "adapter.onnx_adapter" in names
+        before, after = re.search(
+            r"val prompt = (\".*\") \+ review \+ (\".*\")\n", (bundle / "README.md").read_text()
+        ).groups()
+        text = row["prompt"].split(row["text"])
+        assert [json.loads(before), json.loads(after)] == text  # Kotlin's literals, read back
+        assert "Not run on a phone here" in (bundle / "README.md").read_text()
+        measured = Path(evaluated["files"][-1]["path"])
+        kept = measured.read_bytes()
+        measured.write_bytes(kept + b"\0")
+        try:
+            result = run("export-onnx-bundle", "--metrics", metrics, "--variant", "onnx-int4+lora", "--out", "again")
+        finally:
+            measured.write_bytes(kept)  # the module's export, as the other tests read it
+        assert result.exit_code != 0 and "changed since the report measured it" in result.output
+        assert not (workdir / "again").exists()
+
+
+def test_train_on_an_onnx_type_starts_from_the_weights_onnx_runs(
+    exported, tiny_model, qwen_tokenizer, workdir, prepared
+):
+    """lora.train_on onnx-int4: the weights dequantized from the int4 model.onnx give onnxruntime's
+    own distribution, far closer than the checkpoint's; the base built alone holds the same rounded
+    weights as the one built for the adapter; and train starts from them."""
+    import torch
+    from conftest import set_params
+    from transformers import AutoModelForCausalLM
+
+    from edgetune.runtimes.onnx.dequantize import dequantized, rounded_weights
+
+    folder, _ = exported
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    checkpoint = dict(plain.named_parameters(remove_duplicate=False))
+    shapes = {name: tuple(p.shape) for name, p in checkpoint.items()}
+    alone = rounded_weights(folder / "int4-base" / "model.onnx", shapes)  # q, k and v fused: split back
+    built_for_adapter = rounded_weights(folder / "int4" / "model.onnx", shapes)
+    assert len(alone) == 7 * plain.config.num_hidden_layers + 2  # the projections, the embedding and the output
+    assert alone.keys() == built_for_adapter.keys()
+    assert all(np.array_equal(alone[k], built_for_adapter[k]) for k in alone)
+    model = dequantized(folder / "int4-base" / "model.onnx", tiny_model).eval()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        rounded = torch.from_numpy(alone[name]) if name in alone else checkpoint[name].data
+        assert torch.equal(param.data, rounded)  # norms and biases: the checkpoint's own
+    ids = qwen_tokenizer("这家酒店的服务很好，房间也很干净，下次还会再来。").input_ids
+    runtime = onnx_logits(folder / "int4-base", ids, False)
+    with torch.no_grad():
+        ours, theirs = (log_softmax(m(torch.tensor([ids])).logits[0].numpy()) for m in (model, plain))
+    print(
+        f"onnx-int4 against its dequantized weights {kld(runtime, ours).mean():.2e}, the checkpoint's {kld(runtime, theirs).mean():.2e}"
+    )
+    assert kld(runtime, ours).mean() < kld(runtime, theirs).mean() / 10
+    set_params(
+        workdir, lora={"top_layers": None}, train={"max_steps": 2, "batch_size": 4, "eval_steps": 2, "save_steps": 2}
+    )
+    weights = folder / "int4-base" / "model.onnx"
+    result = run(
+        "train", "--model", tiny_model, "--weights", weights, "--data", prepared, "--out", "adapter", "--live", "live"
+    )
+    assert result.exit_code == 0, result.output
+    assert f"training from {weights}" in result.output

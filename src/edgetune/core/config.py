@@ -10,7 +10,7 @@ import dataclasses
 from typing import Annotated
 
 from edgetune.core.errors import EdgetuneError, shown
-from edgetune.core.rules import BatchSize, Name, OneOf, Positive, Range, Tokens, Variant
+from edgetune.core.rules import BatchSize, Name, OneOf, Positive, ProjectPath, Range, Tokens, Variant
 from edgetune.core.tasks import Task
 
 
@@ -107,7 +107,8 @@ class LoraParams:
     target_modules: str | list[str]
     top_layers: Positive | None  # adapters in the last N decoder layers only: backward stops there
     quantization: Annotated[str, OneOf("none", "4bit")]  # 4bit: QLoRA, the base in nf4 while training (qlora.py)
-    train_on: Name  # the quant type whose dequantized base GGUF the adapter trains on (dvc.yaml)
+    train_on: Name  # the type whose dequantized base the adapter trains on: a quantize type, or onnx-<type>
+    train_on_file: ProjectPath  # the file train_on names, spelled out in conf/ because dvc.yaml cannot compute a path
 
 
 # train: read by train.finetune

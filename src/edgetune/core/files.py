@@ -131,6 +131,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def records(paths: list[Path]) -> list[dict]:
+    """Each file's path and content hash, as evaluate records a variant's files and export checks
+    them: the file shipped is the file measured."""
+    return [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
+
+
 def read_checksums(path: Path) -> dict[str, str]:
     """A SHA256SUMS file (file name -> sha256) as `sha256sum` writes and checks it, or an error naming
     the line: each holds a digest and the plain name of a file in the same folder, so that checking
@@ -165,3 +171,16 @@ def read_checksums(path: Path) -> dict[str, str]:
 def write_checksums(path: Path, sums: dict[str, str]) -> None:
     """SHA256SUMS as read_checksums reads it, and `sha256sum -c` checks it."""
     write_text(path, "".join(f"{digest}  {name}\n" for name, digest in sums.items()))
+
+
+def copy_measured(record: list[dict], folder: Path, metrics: Path) -> None:
+    """The files the report measured into `folder`, each checked against its recorded sha256, and SHA256SUMS."""
+    for f in record:
+        copy = folder / Path(f["path"]).name
+        shutil.copyfile(f["path"], copy)
+        if sha256_file(copy) != f["sha256"]:
+            raise EdgetuneError(
+                f"{f['path']}: changed since the report measured it (its sha256 is not the one in {metrics}). "
+                "Rerun the pipeline (`dvc repro`) to measure the file you ship."
+            )
+    write_checksums(folder / "SHA256SUMS", {Path(f["path"]).name: f["sha256"] for f in record})

@@ -36,6 +36,16 @@ def render_prompt(turns: list[dict], tokenizer) -> str:
     return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
 
+def shared_prefix(prompts: list[list[int]]) -> list[int]:
+    """The tokens every prompt starts with (the template and instruction), at least one token
+    short of the shortest prompt: scorers compute it once and each prompt's own tokens after it."""
+    prefix = prompts[0][: min(map(len, prompts)) - 1]
+    for tokens in prompts:
+        while tokens[: len(prefix)] != prefix:
+            prefix = prefix[:-1]
+    return prefix
+
+
 def plain_text(rows: list[dict]) -> str:
     """The words of each conversation, one turn per line. Template markers such as <|im_start|>
     are left out: llama.cpp's perplexity tool would read them as plain text, not special tokens."""

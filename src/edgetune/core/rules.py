@@ -72,6 +72,10 @@ class Pattern:
 Name = Annotated[
     str, Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]*", "letters, digits, '.', '_' and '-' (starting with a letter or digit)")
 ]
+# A project path read in a dvc.yaml command: Names joined by '/'.
+ProjectPath = Annotated[
+    str, Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*", "a relative path of Names joined by '/'")
+]
 Positive = Annotated[int, Range(min=1)]
 # What a machine holds at once, bounded far above any real run: a slip such as 10**9 fails here,
 # not as an allocation deep inside torch. (A rule of its own: a value below 1 is told `>= 1`.)

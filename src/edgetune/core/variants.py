@@ -32,6 +32,14 @@ ONNX = "onnx"
 ONNX_TYPES = ("int4", "int8", "fp32")  # what onnxruntime-genai's builder writes for a CPU
 
 
+def train_on_file(model: str, train_on: str) -> str:
+    """The base file the adapter trains on (lora.train_on): a quant type's base GGUF, or for onnx-<type>
+    the base ONNX Runtime GenAI runs at that type (dvc.yaml's quantize-base and quantize-onnx write them)."""
+    if train_on.startswith(ONNX + "-"):
+        return f"models/onnx/{train_on.removeprefix(ONNX + '-')}-base/model.onnx"
+    return f"models/gguf/{model}-base-{train_on}.gguf"
+
+
 def runtime_names(onnx: list[str]) -> list[str]:
     """The variants of the other runtimes (runtimes.*): each type with the adapter at run time.
     They are measured like the GGUF ones and reported beside them; the bundle stays a GGUF."""

@@ -25,6 +25,7 @@ from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import sha256_file, write_json
 from edgetune.core.outputs import check_outputs
 from edgetune.core.params import PARAMS_FILE, reads
+from edgetune.core.variants import ONNX, train_on_file
 from edgetune.data import dialogue_sources, fetch_model, sources
 
 COMMIT = re.compile(r"[0-9a-f]{40}")  # a hub revision that cannot move, unlike a branch or tag
@@ -32,12 +33,19 @@ COMMIT = re.compile(r"[0-9a-f]{40}")  # a hub revision that cannot move, unlike 
 
 def check_params(params) -> None:
     """What no one section can check alone: the sections are checked as they are read."""
-    types, train_on = params.quantize.types, params.lora.train_on
+    train_on = params.lora.train_on
+    types = params.quantize.types + [f"{ONNX}-{t}" for t in params.runtimes.onnx]
     if train_on not in types:  # dvc.yaml's train stage reads the base quantized to it
         raise EdgetuneError(
-            f"{PARAMS_FILE}: lora.train_on is {train_on}, which is not among quantize.types "
+            f"{PARAMS_FILE}: lora.train_on is {train_on}, which is not among quantize.types or runtimes.onnx "
             f"({', '.join(types) or 'none'}): the adapter trains on the base quantized to one of them. "
-            "Add it to quantize.types, or choose one of them."
+            "Add it to quantize.types (onnx-<type>: the type to runtimes.onnx), or choose one of them."
+        )
+    wanted = train_on_file(params.model.name, train_on)
+    if params.lora.train_on_file != wanted:
+        raise EdgetuneError(
+            f"{PARAMS_FILE}: lora.train_on_file is {params.lora.train_on_file}, but lora.train_on {train_on} "
+            f"is the file {wanted}. Set lora.train_on_file: {wanted} (conf/config.yaml composes it)."
         )
 
 

@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import sha256_file
+from edgetune.core.files import records
 from edgetune.core.weights import NONFINITE_BITS, count_nonfinite, not_finite
 from edgetune.gguf import header
 
@@ -136,11 +136,6 @@ class Files:
         if self.lora:
             check_lora(self.gguf, self.lora)
 
-    def record(self) -> list[dict]:
-        """Each file's path and content hash, as evaluate records them and export checks them:
-        the file shipped is the file measured."""
-        return [{"path": str(p), "sha256": sha256_file(p)} for p in self.paths]
-
     @classmethod
     def recorded(cls, record: list[dict]) -> "Files":
         return cls(*(Path(f["path"]) for f in record))
@@ -173,5 +168,5 @@ def file_stats(files: Files) -> dict:
         "model_bytes": files.bytes,
         "bits_per_weight": stats["bits_per_weight"] + 8 * extra / stats["n_weights"],
         **({"adapter_bytes": extra} if files.lora else {}),
-        "files": files.record(),
+        "files": records(files.paths),
     }

@@ -51,7 +51,7 @@ def bench(model: Path, lora: Path | None, variant: str, out: Path, params):
         result["completion"] = c = files.speed(threads[-1], prompt, p)
         result["peak_rss_bytes"] = {str(n): files.peak_memory(n, p) for n in p.contexts}
         if not files.lora:
-            result["speed"] = [files.bench(t, p) for t in threads]
+            result["speed"] = [files.bench(t, prompt, p) for t in threads]
         else:  # the same base without the adapter, the same way: what the adapter costs
             alone = files.without_adapter().speed(threads[-1], prompt, p)
             result["adapter_cost"] = {

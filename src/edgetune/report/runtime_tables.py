@@ -1,13 +1,21 @@
 """summary.md's section on the other phone runtimes (runtimes.*): each runtime's variant beside
 llama.cpp's, measured the same way against the same f16: accuracy with its interval, what it loses
 and gains against f16 (McNemar), KLD and same top token (computed in Python from each runtime's
-logits), size, speed at the bench stage's threads and peak RAM."""
+logits), size, speed at the bench stage's threads and peak RAM. Then which file to ship for each
+runtime, and where a runtime's own rounding of the base moves the model, the fix: lora.train_on."""
 
-from edgetune.core.variants import F16
+from edgetune.core.config import RecommendParams
+from edgetune.core.variants import F16, LORA, ONNX, train_on_file
+from edgetune.report.recommend import shortfall
+
+BUNDLE = "deploy-onnx"  # export-onnx-bundle's folders, one per type
 
 
-def runtimes_table(runtimes: dict, variants: dict, bench: dict, gguf: str | None) -> list[str]:
-    """`runtimes`: the other runtimes' records; `gguf`: the llama.cpp variant to set beside them."""
+def runtimes_table(
+    runtimes: dict, variants: dict, bench: dict, gguf: str | None, p: RecommendParams, train_on: str
+) -> list[str]:
+    """`runtimes`: the other runtimes' records; `gguf`: the llama.cpp variant to set beside them;
+    `train_on`: the base the adapter was trained on (lora.train_on)."""
     if not runtimes:
         return []
     rows = {**({gguf: variants[gguf]} if gguf in variants else {}), **runtimes}
@@ -38,4 +46,36 @@ def runtimes_table(runtimes: dict, variants: dict, bench: dict, gguf: str | None
             f"| {name} | {v.get('runtime', 'llama.cpp')} | {100 * v['accuracy']:.1f} | {100 * low:.1f}–{100 * high:.1f} | "
             f"{paired} | {quality} | {v['model_bytes'] / 1e6:.0f} | {tok} | {ram} |"
         )
-    return lines
+    return lines + ["", *ship_lines(runtimes, variants[F16], p), *drift_lines(runtimes, p, train_on)]
+
+
+def ship_lines(runtimes: dict, f16: dict, p: RecommendParams) -> list[str]:
+    """The ONNX file to ship: the smallest within the recommendation's tolerances, else the closest to f16."""
+    close = [n for n, v in runtimes.items() if shortfall(v, f16, p, "accuracy") is None]
+    best = min(close, key=lambda n: runtimes[n]["model_bytes"]) if close else None
+    best = best or min(runtimes, key=lambda n: runtimes[n].get("kld_mean", float("inf")))
+    folder = f"{BUNDLE}/{best.removeprefix(ONNX + '-').removesuffix(LORA)}/"
+    why = (
+        "the smallest within the recommendation's tolerances"
+        if close
+        else "none is within tolerance; the closest to f16"
+    )
+    return [f"**To ship in ONNX Runtime GenAI:** {best} ({why}), bundled in `{folder}`.", ""]
+
+
+def drift_lines(runtimes: dict, p: RecommendParams, train_on: str) -> list[str]:
+    """Where a runtime's rounding of the base moves the model past recommend.max_kld: say so, and how to train on it."""
+    lines = []
+    for name, v in runtimes.items():
+        own = name.removesuffix(LORA)
+        if own == train_on:
+            lines.append(
+                f"The adapter was trained on {own}'s own base (lora.train_on: {own}): {name} is the model trained."
+            )
+        elif v.get("kld_mean", 0.0) > p.max_kld:
+            lines.append(
+                f"**{name} drifts from f16** (KLD {v['kld_mean']:.4f}, allowed {p.max_kld}): the runtime rounds the base "
+                f"a second time, after the adapter was trained on {train_on}'s. Train the adapter on the weights it runs: "
+                f"`dvc exp run -S lora.train_on={own} -S lora.train_on_file={train_on_file('', own)}`."
+            )
+    return lines + ([""] if lines else [])

@@ -166,7 +166,7 @@ def write_size_plots(variants: dict, choice: dict | None, plots: Path) -> None:
     help="the inputs stage's pins of the model and data.",
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
-@reads("recommend", "quantize.types", "runtimes", "data.task", "phone.bandwidths")
+@reads("recommend", "quantize.types", "runtimes", "lora.train_on", "data.task", "phone.bandwidths")
 def report(
     eval_dir: Path,
     quality_dir: Path,
@@ -209,7 +209,14 @@ def report(
     if runtimes:
         shipped = choice["variant"] if choice else None
         beside = read_each(bench_dir, [*others, *([shipped] if shipped else [])])
-        text += "\n".join([*runtimes_table(runtimes, variants, gather_bench(beside), shipped), ""])
+        text += "\n".join(
+            [
+                *runtimes_table(
+                    runtimes, variants, gather_bench(beside), shipped, params.recommend, params.lora.train_on
+                ),
+                "",
+            ]
+        )
     if bench:
         phone = json.loads(phone_file.read_text()) if phone_file.is_file() else {}
         text += device_table(bench) + phone_table(variants, bench, phone, params.phone.bandwidths)

@@ -72,8 +72,9 @@ class Variant(Protocol):
     def speed(self, threads: int, prompt: Path, p) -> dict:
         """Prefill and decode tokens/s (pp_tokens_per_second, tg_tokens_per_second) on `prompt`."""
 
-    def bench(self, threads: int, p) -> dict:
-        """The runtime's own benchmark of the model alone at this thread count: pp and tg tokens/s."""
+    def bench(self, threads: int, prompt: Path, p) -> dict:
+        """The runtime's own benchmark of the model alone at this thread count: pp and tg tokens/s
+        (on `prompt` where the runtime has no benchmark tool of its own)."""
 
     def peak_memory(self, context: int, p) -> int:
         """Peak resident bytes answering one prompt at this context length."""

@@ -8,6 +8,7 @@ has at least ctx/2 tokens before it. On a GGUF the two agree (tests/unit/runtime
 import numpy as np
 
 from edgetune.core.errors import EdgetuneError
+from edgetune.core.labels import log_softmax
 
 
 def chunks_of(tokens: list[int], ctx: int, chunks: int) -> list[list[int]]:
@@ -15,12 +16,6 @@ def chunks_of(tokens: list[int], ctx: int, chunks: int) -> list[list[int]]:
     if n == 0:
         raise EdgetuneError(f"the held-out text has {len(tokens)} tokens, fewer than quality.ctx ({ctx}).")
     return [tokens[i * ctx : (i + 1) * ctx] for i in range(n)]
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def compare(reference, variant, chunks: list[list[int]]) -> dict:

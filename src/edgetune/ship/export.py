@@ -22,7 +22,7 @@ import click
 
 from edgetune.core.config import ExportParams
 from edgetune.core.errors import EdgetuneError, shown
-from edgetune.core.files import sha256_file, write_checksums
+from edgetune.core.files import copy_measured
 from edgetune.core.outputs import atomic_dir, check_outputs
 from edgetune.core.params import reads
 from edgetune.core.remote_code import allowed as trust_remote_code
@@ -107,19 +107,6 @@ def chosen(report: dict, p: ExportParams, metrics: Path) -> tuple[str, list[dict
     if not record:
         raise EdgetuneError(f"{metrics}: no files recorded for {shipped}; rerun the pipeline (`dvc repro`).")
     return shipped, record
-
-
-def copy_measured(record: list[dict], folder: Path, metrics: Path) -> None:
-    """The files the report measured into `folder`, each checked against its recorded sha256, and SHA256SUMS."""
-    for f in record:
-        copy = folder / Path(f["path"]).name
-        shutil.copyfile(f["path"], copy)
-        if sha256_file(copy) != f["sha256"]:
-            raise EdgetuneError(
-                f"{f['path']}: changed since the report measured it (its sha256 is not the one in {metrics}). "
-                "Rerun the pipeline (`dvc repro`) to measure the file you ship."
-            )
-    write_checksums(folder / "SHA256SUMS", {Path(f["path"]).name: f["sha256"] for f in record})
 
 
 def write_run_files(folder: Path, files: Variant, p: ExportParams, end_of_turn: str) -> None:

@@ -202,7 +202,8 @@ def finish(trainer, summary: dict, live, out: Path, stamp: str) -> None:
 @click.option(
     "--weights",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A quantized GGUF of the base: train on its dequantized weights (lora.train_on). Default: the checkpoint's.",
+    help="A quantized GGUF of the base, or an ONNX Runtime GenAI model.onnx: train on its dequantized "
+    "weights (lora.train_on). Default: the checkpoint's.",
 )
 @click.option(
     "--data",

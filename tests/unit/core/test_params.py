@@ -88,9 +88,14 @@ def test_seed_experiment_a_is_one_override_away(tmp_path):
 
 @pytest.mark.parametrize("experiment", [None, *sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))])
 def test_every_preset_trains_on_a_base_it_ships(tmp_path, experiment):
-    """train depends on the base of type lora.train_on, which only a quantize-base stage makes."""
+    """train depends on the base of type lora.train_on, which only a quantize-base (or export-onnx-base)
+    stage makes, at the path lora.train_on_file names."""
+    from edgetune.core.variants import train_on_file
+
     p = params.read_params(compose(tmp_path, *([f"experiment={experiment}"] if experiment else [])))
-    assert p["lora"]["train_on"] in p["quantize"]["types"]
+    lora = p["lora"]
+    assert lora["train_on"] in p["quantize"]["types"] + [f"onnx-{t}" for t in p["runtimes"]["onnx"]]
+    assert lora["train_on_file"] == train_on_file(p["model"]["name"], lora["train_on"])
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))

@@ -91,6 +91,12 @@ def test_the_adapter_trains_on_a_base_the_run_quantizes(workdir, types):
     assert failed(run("inputs", *PINS), "lora.train_on is q4_k_m, which is not among quantize.types")
 
 
+def test_the_file_train_reads_is_the_one_train_on_names(workdir):
+    """dvc.yaml's train reads lora.train_on_file: set by hand to another type's file, it is refused."""
+    set_params(workdir, runtimes={"onnx": ["int4"]}, lora={"train_on": "onnx-int4"})
+    assert failed(run("inputs", *PINS), "Set lora.train_on_file: models/onnx/int4-base/model.onnx")
+
+
 def test_inputs_checks_every_section():
     from edgetune.cli import main
     from edgetune.core.config import SECTIONS

@@ -8,6 +8,7 @@ import numpy as np
 
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.labels import log_softmax, parse_answer
+from edgetune.core.prompts import shared_prefix
 
 
 class Scorer:
@@ -38,11 +39,7 @@ class Scorer:
         self.llm = Llama(model_path=str(path), n_ctx=64, n_threads=threads, n_gpu_layers=gpu_layers, verbose=False)
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.n_vocab = self.llm.n_vocab()
-        shortest = min(map(len, prompts))
-        self.prefix = prompts[0][: shortest - 1]
-        for tokens in prompts:
-            while tokens[: len(self.prefix)] != self.prefix:
-                self.prefix = self.prefix[:-1]
+        self.prefix = shared_prefix(prompts)
         self.batch_size = batch_size
         longest = max(map(len, prompts)) - len(self.prefix) + max_new + 8
         cparams = llama_cpp.llama_context_default_params()

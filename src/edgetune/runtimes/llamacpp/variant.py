@@ -66,8 +66,8 @@ class GGUFVariant(Files):
     def speed(self, threads: int, prompt: Path, p) -> dict:
         return speed.completion_speed(self, threads, prompt, p)
 
-    def bench(self, threads: int, p) -> dict:
-        """llama-bench, which takes no adapter: of the GGUF alone."""
+    def bench(self, threads: int, prompt: Path, p) -> dict:
+        """llama-bench, which takes no adapter and makes its own prompt of p.prompt_tokens: of the GGUF alone."""
         return speed.speed(self.gguf, threads, p)
 
     def peak_memory(self, context: int, p) -> int:

@@ -22,6 +22,7 @@ import click
 import numpy as np
 
 from edgetune.core.errors import EdgetuneError
+from edgetune.core.files import umask
 from edgetune.core.outputs import atomic_dir, check_outputs
 from edgetune.core.variants import ONNX_TYPES
 
@@ -106,6 +107,7 @@ def split_adapter(folder: Path, weights: dict[str, np.ndarray], adapter: Path) -
         raise EdgetuneError(f"{path}: the builder made no node {sorted(missing)[0]} for {adapter}.")
     (folder / (MODEL + ".data")).unlink()  # onnx appends to an existing data file
     onnx.save(graph_model, path, save_as_external_data=True, location=MODEL + ".data")
+    (folder / (MODEL + ".data")).chmod(0o666 & ~umask())  # onnx writes it 0600, unlike the folder's other files
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(1)
     fmt.set_model_version(1)

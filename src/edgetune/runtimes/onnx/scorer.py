@@ -6,30 +6,19 @@ import time
 
 import numpy as np
 
-from edgetune.core.labels import parse_answer
-from edgetune.runtimes.logit_kld import log_softmax
+from edgetune.core.labels import log_softmax, parse_answer
+from edgetune.core.prompts import shared_prefix
 
 
 class OnnxScorer:
     def __init__(self, variant, prompts: list[list[int]], max_new: int, threads: int):
         import onnxruntime_genai as og
 
-        self.og = og
-        self.model = variant.load(threads)
-        self.tokenizer = og.Tokenizer(self.model)
+        session = variant.load(threads)
+        self.tokenizer = og.Tokenizer(session.model)
         self.eos = set(self.tokenizer.eos_token_ids)
-        shortest = min(map(len, prompts))
-        self.prefix = prompts[0][: shortest - 1]
-        for tokens in prompts:
-            while tokens[: len(self.prefix)] != self.prefix:
-                self.prefix = self.prefix[:-1]
-        params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=max(map(len, prompts)) + max_new + 16)
-        self.gen = og.Generator(self.model, params)
-        if variant.lora:
-            self.adapters = og.Adapters(self.model)
-            self.adapters.load(str(variant.lora), "lora")
-            self.gen.set_active_adapter(self.adapters, "lora")
+        self.prefix = shared_prefix(prompts)
+        self.gen = session.generator(max(map(len, prompts)) + max_new + 16)
         self.answer_seconds = 0.0
         self.prompt_evaluated = 0
         self.append(self.prefix)

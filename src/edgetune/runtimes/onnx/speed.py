@@ -23,20 +23,11 @@ from edgetune.core.errors import EdgetuneError
 
 
 def generation_speed(variant, threads: int, prompt: Path, p) -> dict:
-    import onnxruntime_genai as og
-
-    model = variant.load(threads)
+    session = variant.load(threads)
     tokens = np.array(variant.tokenize([prompt.read_text(encoding="utf-8")], special=False)[0], dtype=np.int32)
-    adapters = og.Adapters(model) if variant.lora else None
-    if adapters:
-        adapters.load(str(variant.lora), "lora")
     runs = []
     for _ in range(p.repetitions):
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(tokens) + p.gen_tokens + 1, min_length=len(tokens) + p.gen_tokens)
-        gen = og.Generator(model, params)
-        if adapters:
-            gen.set_active_adapter(adapters, "lora")
+        gen = session.generator(len(tokens) + p.gen_tokens + 1, min_length=len(tokens) + p.gen_tokens)
         start = time.perf_counter()
         gen.append_tokens(tokens)
         middle = time.perf_counter()
@@ -54,24 +45,20 @@ def generation_speed(variant, threads: int, prompt: Path, p) -> dict:
 
 # A fresh interpreter that loads the variant and answers one prompt: its peak RSS is the variant's.
 _ANSWER = """
-import sys, numpy as np, onnxruntime_genai as og
-folder, lora, context, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-model = og.Model(folder)
-params = og.GeneratorParams(model)
-params.set_search_options(max_length=context)
-gen = og.Generator(model, params)
-if lora:
-    adapters = og.Adapters(model)
-    adapters.load(lora, "lora")
-    gen.set_active_adapter(adapters, "lora")
-gen.append_tokens(og.Tokenizer(model).encode("你好"))
+import sys
+from pathlib import Path
+from edgetune.runtimes.onnx.variant import OnnxVariant
+model, lora, context, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+session = OnnxVariant(Path(model), Path(lora) if lora else None).load()
+gen = session.generator(context)
+gen.append_tokens(session.og.Tokenizer(session.model).encode("你好"))
 for _ in range(n):
     gen.generate_next_token()
 """
 
 
 def peak_rss(variant, context: int, p) -> int:
-    cmd = [sys.executable, "-c", _ANSWER, variant.folder, variant.lora or "", context, p.gen_tokens]
+    cmd = [sys.executable, "-c", _ANSWER, variant.model, variant.lora or "", context, p.gen_tokens]
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import sha256_file
+from edgetune.core.files import records
 from edgetune.runtimes import logit_kld
 from edgetune.runtimes.onnx import speed
 from edgetune.runtimes.onnx.scorer import OnnxScorer
@@ -44,15 +44,8 @@ class OnnxVariant:
             except Exception as e:
                 raise EdgetuneError(f"{self.lora}: not an ONNX Runtime adapter file ({str(e)[:200]}).") from None
 
-    def load(self, threads: int | None = None):
-        """The og.Model, at `threads` intra-op threads where given."""
-        import onnxruntime_genai as og
-
-        config = og.Config(str(self.folder))
-        if threads:
-            options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
-        return og.Model(config)
+    def load(self, threads: int | None = None) -> "Session":
+        return Session(self, threads)
 
     def stats(self) -> dict:
         shipped = sum(p.stat().st_size for p in self.paths)
@@ -62,7 +55,7 @@ class OnnxVariant:
             "model_bytes": shipped,
             "bits_per_weight": 8 * ((self.folder / "model.onnx.data").stat().st_size + extra) / n,
             **({"adapter_bytes": extra} if self.lora else {}),
-            "files": [{"path": str(p), "sha256": sha256_file(p)} for p in self.paths],
+            "files": records(self.paths),
         }
 
     def tokenize(self, texts: list[str], special: bool) -> list[list[int]]:
@@ -79,19 +72,11 @@ class OnnxVariant:
     def logits(self, ctx: int, threads: int | None):
         """A callable from a chunk's tokens to its logits (one row per token), on a fresh context."""
         import numpy as np
-        import onnxruntime_genai as og
 
-        model = self.load(threads)
-        adapters = og.Adapters(model) if self.lora else None
-        if adapters:
-            adapters.load(str(self.lora), "lora")
+        session = self.load(threads)
 
         def run(tokens: list[int]):
-            params = og.GeneratorParams(model)
-            params.set_search_options(max_length=len(tokens) + 1)
-            gen = og.Generator(model, params)
-            if adapters:
-                gen.set_active_adapter(adapters, "lora")
+            gen = session.generator(len(tokens) + 1)
             gen.append_tokens(np.array(tokens, dtype=np.int32))
             return np.array(gen.get_output("logits"))[0]
 
@@ -114,14 +99,9 @@ class OnnxVariant:
     def speed(self, threads: int, prompt: Path, p) -> dict:
         return speed.generation_speed(self, threads, prompt, p)
 
-    def bench(self, threads: int, p) -> dict:
-        """No benchmark tool ships with onnxruntime-genai: the same timed generation, on its own prompt."""
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            prompt = Path(tmp) / "prompt.txt"
-            prompt.write_text("你好" * p.prompt_tokens, encoding="utf-8")
-            return speed.generation_speed(self, threads, prompt, p)
+    def bench(self, threads: int, prompt: Path, p) -> dict:
+        """No benchmark tool ships with onnxruntime-genai: the same timed generation."""
+        return speed.generation_speed(self, threads, prompt, p)
 
     def peak_memory(self, context: int, p) -> int:
         return speed.peak_rss(self, context, p)
@@ -131,3 +111,29 @@ class OnnxVariant:
 
     def without_adapter(self) -> "OnnxVariant":
         return OnnxVariant(self.model)
+
+
+class Session:
+    """A variant's og.Model with its adapter loaded once: each generator runs with it active."""
+
+    def __init__(self, variant: OnnxVariant, threads: int | None):
+        import onnxruntime_genai as og
+
+        self.og = og
+        config = og.Config(str(variant.folder))
+        if threads:
+            options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        self.model = og.Model(config)
+        self.adapters = None
+        if variant.lora:
+            self.adapters = og.Adapters(self.model)
+            self.adapters.load(str(variant.lora), "lora")
+
+    def generator(self, max_length: int, min_length: int = 0):
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=max_length, min_length=min_length)
+        gen = self.og.Generator(self.model, params)
+        if self.adapters:
+            gen.set_active_adapter(self.adapters, "lora")
+        return gen
