@@ -66,6 +66,7 @@ def ship_lines(runtimes: dict, f16: dict, p: RecommendParams) -> list[str]:
 def drift_lines(runtimes: dict, p: RecommendParams, train_on: str) -> list[str]:
     """Where a runtime's rounding of the base moves the model past recommend.max_kld: say so, and how to train on it."""
     lines = []
+    types = ",".join(n.removeprefix(ONNX + "-").removesuffix(LORA) for n in runtimes)
     for name, v in runtimes.items():
         own = name.removesuffix(LORA)
         if own == train_on:
@@ -76,6 +77,7 @@ def drift_lines(runtimes: dict, p: RecommendParams, train_on: str) -> list[str]:
             lines.append(
                 f"**{name} drifts from f16** (KLD {v['kld_mean']:.4f}, allowed {p.max_kld}): the runtime rounds the base "
                 f"a second time, after the adapter was trained on {train_on}'s. Train the adapter on the weights it runs: "
-                f"`dvc exp run -S lora.train_on={own} -S lora.train_on_file={train_on_file('', own)}`."
+                f"`dvc exp run -S 'runtimes.onnx=[{types}]' -S lora.train_on={own} "
+                f"-S lora.train_on_file={train_on_file('', own)}` (for int4: -S experiment=runtimes-train-on-onnx)."
             )
     return lines + ([""] if lines else [])

@@ -14,7 +14,6 @@ README.md                the model card: metrics of every variant, how the model
 
 import json
 import shlex
-import shutil
 import unicodedata
 from pathlib import Path
 

@@ -25,7 +25,10 @@ def test_the_smallest_close_variant_ships_and_the_drifting_one_is_told_how_to_tr
     assert "**To ship in ONNX Runtime GenAI:** onnx-int8+lora (the smallest within" in text
     assert "`deploy-onnx/int8/`" in text
     assert "**onnx-int4+lora drifts from f16** (KLD 0.1270" in text
-    assert "-S lora.train_on=onnx-int4 -S lora.train_on_file=models/onnx/int4-base/model.onnx" in text
+    assert (
+        "`dvc exp run -S 'runtimes.onnx=[int4,int8]' -S lora.train_on=onnx-int4 "
+        "-S lora.train_on_file=models/onnx/int4-base/model.onnx`" in text
+    )
     assert "onnx-int8+lora drifts" not in text
 
 
