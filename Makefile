@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml scripts/build_llama_cpp.sh scripts/plots_temp
 	# longer of the two, not their sum
 	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh & build=$$!; \
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps build/llama.cpp/wheels/llama_cpp_python-*.whl \
-	&& $(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test,dialogue,onnx]'; \
+	&& $(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test,dialogue,onnx,executorch]'; \
 	installed=$$?; wait $$build && exit $$installed
 	scripts/plots_template.sh build/plots/template.html
 	$(BIN)/dvc config --local plots.html_template ../build/plots/template.html

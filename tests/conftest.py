@@ -352,3 +352,43 @@ def changed(project, first_run, tmp_path) -> Path:
 def read(project: Path, path: str) -> dict:
     """A JSON file of the project, by its path inside it."""
     return json.loads((project / path).read_text())
+
+
+def bundle_is_what_the_report_measured(workdir, variant, evaluated, quality, row):
+    """export-runtime-bundle of another runtime's `variant`: the recorded files, checked by sha256sum; the card's prompt is the one
+    the variant was measured on; a file changed since is refused."""
+    import re
+    import subprocess
+
+    from edgetune.measure.significance import accuracy_interval
+
+    record = {
+        **evaluated,
+        **quality,
+        "accuracy_ci95": accuracy_interval(evaluated["accuracy"], evaluated["n_samples"]),
+    }
+    metrics = workdir / "metrics.json"
+    metrics.write_text(json.dumps({"variants": {"f16": record}, "runtimes": {variant: record}}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        result = run("export-runtime-bundle", "--metrics", metrics, "--variant", variant, "--out", "bundle")
+        assert result.exit_code == 0, result.output
+        bundle = workdir / "bundle"
+        assert subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=bundle).returncode == 0
+        names = {line.split()[1] for line in (bundle / "SHA256SUMS").read_text().splitlines()}
+        assert names == {Path(f["path"]).name for f in evaluated["files"]}
+        before, after = re.search(
+            r"val prompt = (\".*\") \+ review \+ (\".*\")\n", (bundle / "README.md").read_text()
+        ).groups()
+        text = row["prompt"].split(row["text"])
+        assert [json.loads(before), json.loads(after)] == text  # Kotlin's literals, read back
+        assert "Not run on a phone here" in (bundle / "README.md").read_text()
+        measured = Path(evaluated["files"][-1]["path"])
+        kept = measured.read_bytes()
+        measured.write_bytes(kept + b"\0")
+        try:
+            result = run("export-runtime-bundle", "--metrics", metrics, "--variant", variant, "--out", "again")
+        finally:
+            measured.write_bytes(kept)  # the module's export, as the other tests read it
+        assert result.exit_code != 0 and "changed since the report measured it" in result.output
+        assert not (workdir / "again").exists()

@@ -19,11 +19,13 @@ from edgetune.measure.bench import bench
 from edgetune.measure.evaluate import evaluate
 from edgetune.measure.kld import quality
 from edgetune.report.summary import report
+from edgetune.runtimes.coreml.export import export_coreml, verify_coreml
+from edgetune.runtimes.executorch.export import export_executorch
 from edgetune.runtimes.onnx.export import export_onnx
 from edgetune.ship.chat import chat
 from edgetune.ship.export import export
-from edgetune.ship.onnx_bundle import export_onnx_bundle
 from edgetune.ship.phone import phone_check
+from edgetune.ship.runtime_bundle import export_runtime_bundle
 from edgetune.train.finetune import train
 from edgetune.train.merge import merge
 
@@ -66,13 +68,16 @@ for command in (
     imatrix,
     quantize,
     export_onnx,
+    export_executorch,
+    export_coreml,
+    verify_coreml,
     baseline,
     evaluate,
     quality,
     bench,
     report,
     export,
-    export_onnx_bundle,
+    export_runtime_bundle,
     chat,
     phone_check,
 ):

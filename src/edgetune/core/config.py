@@ -178,16 +178,25 @@ class QuantizeParams:
 @dataclasses.dataclass
 class RuntimesParams:
     onnx: list[str]  # ONNX Runtime GenAI types (export-onnx --type); each makes an onnx-<type>+lora variant
+    executorch: list[str]  # ExecuTorch XNNPACK types (export-executorch --type): executorch-<type>+lora
+    coreml: list[str]  # Core ML weight types (export-coreml --type): coreml-<type>, verified, not run
 
     def __post_init__(self):
-        from edgetune.core.variants import ONNX_TYPES
+        from edgetune.core.variants import RUNTIMES
 
-        bad = [t for t in self.onnx if t not in ONNX_TYPES]
-        if bad or len(set(self.onnx)) < len(self.onnx):
-            raise EdgetuneError(
-                f"params.yaml: runtimes.onnx is {self.onnx}; list each of {', '.join(ONNX_TYPES)} at most once "
-                "(the types onnxruntime-genai's builder writes for a CPU), or [] for none."
-            )
+        for runtime, (types, what) in RUNTIMES.items():
+            listed = getattr(self, runtime)
+            if any(t not in types for t in listed) or len(set(listed)) < len(listed):
+                raise EdgetuneError(
+                    f"params.yaml: runtimes.{runtime} is {listed}; list each of {', '.join(types)} at most once "
+                    f"({what}), or [] for none."
+                )
+
+    def listed(self) -> dict[str, list[str]]:
+        """The types of each runtime that runs here, in the report's order (Core ML is only verified)."""
+        from edgetune.core.variants import COREML, RUNTIMES
+
+        return {runtime: getattr(self, runtime) for runtime in RUNTIMES if runtime != COREML}
 
 
 @dataclasses.dataclass

@@ -5,10 +5,10 @@ logits), size, speed at the bench stage's threads and peak RAM. Then which file 
 runtime, and where a runtime's own rounding of the base moves the model, the fix: lora.train_on."""
 
 from edgetune.core.config import RecommendParams
-from edgetune.core.variants import F16, LORA, ONNX, train_on_file
+from edgetune.core.variants import F16, LORA, ONNX, onnx_base_file, runtime_of
 from edgetune.report.recommend import shortfall
 
-BUNDLE = "deploy-onnx"  # export-onnx-bundle's folders, one per type
+BUNDLE = "deploy-{runtime}"  # the runtimes' bundle stages' folders, one per type
 
 
 def runtimes_table(
@@ -50,34 +50,83 @@ def runtimes_table(
 
 
 def ship_lines(runtimes: dict, f16: dict, p: RecommendParams) -> list[str]:
-    """The ONNX file to ship: the smallest within the recommendation's tolerances, else the closest to f16."""
-    close = [n for n, v in runtimes.items() if shortfall(v, f16, p, "accuracy") is None]
-    best = min(close, key=lambda n: runtimes[n]["model_bytes"]) if close else None
-    best = best or min(runtimes, key=lambda n: runtimes[n].get("kld_mean", float("inf")))
-    folder = f"{BUNDLE}/{best.removeprefix(ONNX + '-').removesuffix(LORA)}/"
-    why = (
-        "the smallest within the recommendation's tolerances"
-        if close
-        else "none is within tolerance; the closest to f16"
-    )
-    return [f"**To ship in ONNX Runtime GenAI:** {best} ({why}), bundled in `{folder}`.", ""]
+    """Each runtime's file to ship: the smallest within the recommendation's tolerances, else the closest to f16."""
+    lines = []
+    for runtime in dict.fromkeys(runtime_of(n)[0] for n in runtimes):
+        mine = {n: v for n, v in runtimes.items() if runtime_of(n)[0] == runtime}
+        close = [n for n, v in mine.items() if shortfall(v, f16, p, "accuracy") is None]
+        best = min(close, key=lambda n: mine[n]["model_bytes"]) if close else None
+        best = best or min(mine, key=lambda n: mine[n].get("kld_mean", float("inf")))
+        why = (
+            "the smallest within the recommendation's tolerances"
+            if close
+            else "none is within tolerance; the closest to f16"
+        )
+        lines.append(
+            f"**To ship in {mine[best].get('runtime', runtime)}:** {best} ({why}), bundled in "
+            f"`{BUNDLE.format(runtime=runtime)}/{runtime_of(best)[1]}/`."
+        )
+    return lines + [""]
 
 
 def drift_lines(runtimes: dict, p: RecommendParams, train_on: str) -> list[str]:
-    """Where a runtime's rounding of the base moves the model past recommend.max_kld: say so, and how to train on it."""
+    """Where a runtime's rounding of the base moves the model past recommend.max_kld: say so, and how
+    to train on it where lora.train_on can name that runtime's type (ONNX)."""
     lines = []
-    types = ",".join(n.removeprefix(ONNX + "-").removesuffix(LORA) for n in runtimes)
     for name, v in runtimes.items():
         own = name.removesuffix(LORA)
+        runtime, _ = runtime_of(name)
         if own == train_on:
             lines.append(
                 f"The adapter was trained on {own}'s own base (lora.train_on: {own}): {name} is the model trained."
             )
         elif v.get("kld_mean", 0.0) > p.max_kld:
-            lines.append(
+            drift = (
                 f"**{name} drifts from f16** (KLD {v['kld_mean']:.4f}, allowed {p.max_kld}): the runtime rounds the base "
-                f"a second time, after the adapter was trained on {train_on}'s. Train the adapter on the weights it runs: "
-                f"`dvc exp run -S 'runtimes.onnx=[{types}]' -S lora.train_on={own} "
-                f"-S lora.train_on_file={train_on_file('', own)}` (for int4: -S experiment=runtimes-train-on-onnx)."
+                f"a second time, after the adapter was trained on {train_on}'s."
             )
+            if runtime == ONNX:
+                types = ",".join(runtime_of(n)[1] for n in runtimes if runtime_of(n)[0] == ONNX)
+                drift += (
+                    f" Train the adapter on the weights it runs: `dvc exp run -S 'runtimes.onnx=[{types}]' "
+                    f"-S lora.train_on={own} -S lora.train_on_file={onnx_base_file(runtime_of(name)[1])}` "
+                    "(for int4: -S experiment=runtimes-train-on-onnx)."
+                )
+            else:
+                drift += " lora.train_on cannot name this runtime's types yet: ship its closest type, or GGUF."
+            lines.append(drift)
     return lines + ([""] if lines else [])
+
+
+def coreml_table(verified: dict) -> list[str]:
+    """Core ML's variants: what was verified without Apple's runtime, and the file to ship."""
+    if not verified:
+        return []
+    lines = [
+        "",
+        "## Core ML (verified, not run)",
+        "",
+        "Core ML runs only on Apple's systems, so these files were **not run here, nor on a device**. Verified: "
+        "the package's spec, its inputs and outputs, its ops, and each compressed weight against the trained "
+        "(merged) model's; and the merged model run in PyTorch with those weights, against f16 on the quality "
+        "stage's text (the rounding alone: Core ML's fp16 activations and kernels are not in it).",
+        "",
+        "| variant | spec | inputs | compressed | weight error mean / max | KLD (its weights) | same top | MB | on a device |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, v in verified.items():
+        inputs = ", ".join(f"{k} {'x'.join(f'{lo}..{hi}' if lo != hi else str(lo) for lo, hi in s['ranges'])}"
+                           for k, s in v["inputs"].items())  # fmt: skip
+        e = v["weight_error"]
+        w = v.get("weights_in_pytorch", {})
+        quality = f"{w['kld_mean']:.4f} | {100 * w['same_top_token']:.1f}%" if w else " | "
+        lines.append(
+            f"| {name} | {v['spec_version']} | {inputs} | {v['compressed_tensors']} of {v['matrices']} | "
+            f"{100 * e['mean']:.1f}% / {100 * e['max']:.1f}% | {quality} | {v['model_bytes'] / 1e6:.0f} | untested |"
+        )
+    best = min(
+        verified,
+        key=lambda n: verified[n].get("weights_in_pytorch", {}).get("kld_mean", verified[n]["weight_error"]["mean"]),
+    )
+    return lines + ["", f"**To ship in Core ML:** {best} (the closest to the trained model), bundled in "
+                    f"`{BUNDLE.format(runtime=runtime_of(best)[0])}/{runtime_of(best)[1]}/` with a Swift recipe.", ""]  # fmt: skip

@@ -15,12 +15,12 @@ from edgetune.core import tasks
 from edgetune.core.files import write_json, write_text
 from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
-from edgetune.core.variants import ORDER, names, runtime_names
+from edgetune.core.variants import COREML, ORDER, names, runtime_names
 from edgetune.report import dialogue_tables, environment, tables
 from edgetune.report.gather import gather, gather_bench, read_each
 from edgetune.report.phone_tables import phone_table
 from edgetune.report.recommend import recommend
-from edgetune.report.runtime_tables import runtimes_table
+from edgetune.report.runtime_tables import coreml_table, runtimes_table
 from edgetune.report.tables import (
     device_table,
     frontier_line,
@@ -187,14 +187,16 @@ def report(
     data = json.loads(data_stats.read_text()) if data_stats.is_file() else {}
     train = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
     # the other runtimes' variants: measured and reported beside the GGUFs, never the bundle's file
-    others = runtime_names(params.runtimes.onnx)
+    others = runtime_names(params.runtimes.listed())
     runtimes, _ = gather(eval_dir, quality_dir, quantize_dir, others, others)
+    verified = read_each(quality_dir, [f"{COREML}-{t}" for t in params.runtimes.coreml])  # Core ML: not run here
     choice = recommend(variants, params.recommend, metric)
     write_json(
         out / "metrics.json",
         {
             "variants": side_by_side(variants),
             **({"runtimes": side_by_side(runtimes)} if runtimes else {}),
+            **({"coreml": verified} if verified else {}),
             "recommended": choice,
             "train": train,
         },
@@ -217,6 +219,7 @@ def report(
                 "",
             ]
         )
+    text += "\n".join(coreml_table(verified))
     if bench:
         phone = json.loads(phone_file.read_text()) if phone_file.is_file() else {}
         text += device_table(bench) + phone_table(variants, bench, phone, params.phone.bandwidths)

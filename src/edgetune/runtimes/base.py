@@ -10,6 +10,8 @@ naming the variant.
 from pathlib import Path
 from typing import Iterator, Protocol
 
+from edgetune.core.errors import EdgetuneError
+
 
 class LabelScorer(Protocol):
     """A model scoring label answers after prompts, and answering them greedily."""
@@ -84,3 +86,57 @@ class Variant(Protocol):
 
     def without_adapter(self) -> "Variant":
         """The same base alone: what the run-time adapter costs is the difference."""
+
+
+class PythonRuntime:
+    """What a runtime run from Python shares (ONNX Runtime GenAI, ExecuTorch): the folder's own
+    tokenizer through transformers, KLD computed from its logits (runtimes/logit_kld.py), its timed
+    generation as its benchmark (neither ships a benchmark tool), and what it does not do yet. A
+    subclass has `model` (a file in the folder), `runtime`, and logits and speed of its own."""
+
+    model: Path
+    runtime: str
+
+    @property
+    def folder(self) -> Path:
+        return self.model.parent
+
+    def tokenize(self, texts: list[str], special: bool) -> list[list[int]]:
+        """The folder's tokenizer.json through transformers: label words are never read as special tokens."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        return [tokenizer(t, add_special_tokens=False, split_special_tokens=not special).input_ids for t in texts]
+
+    def kl_divergence(self, reference, text: Path, ctx: int, chunks: int, threads, names) -> dict:
+        from edgetune.runtimes import logit_kld
+
+        tokens = reference.tokenize([text.read_text(encoding="utf-8")], special=False)[0]
+        return logit_kld.compare(
+            reference.logits(ctx, threads), self.logits(ctx, threads), logit_kld.chunks_of(tokens, ctx, chunks)
+        )
+
+    def bench(self, threads: int, prompt: Path, p) -> dict:
+        return self.speed(threads, prompt, p)
+
+    def perplexity(self, rows, threads: int, gpu_layers: int, desc: str, reply_tokens: int) -> dict:
+        raise EdgetuneError(f"{self.model}: dialogue perplexity in {self.runtime} is not measured yet; use a GGUF.")
+
+    def chat(self, n_ctx: int, threads: int | None, gpu_layers: int):
+        raise EdgetuneError(f"{self.model}: `edgetune chat` runs GGUF variants; chat with this one in your app.")
+
+
+def peak_rss(cmd: list, what: str) -> int:
+    """Peak resident bytes of a fresh process running `cmd` (a variant loaded, one prompt answered),
+    or an error naming `what` with the end of its stderr."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status):
+            err.seek(0)
+            raise EdgetuneError(f"{what} failed: {err.read().decode()[-800:]}")
+    return usage.ru_maxrss * 1024  # Linux reports KiB

@@ -4,10 +4,15 @@ imported only when its variant runs (onnxruntime-genai is an optional extra)."""
 from pathlib import Path
 
 from edgetune.runtimes.base import Variant
+from edgetune.runtimes.executorch.variant import ExecuTorchVariant
 from edgetune.runtimes.llamacpp.variant import GGUFVariant
 from edgetune.runtimes.onnx.variant import OnnxVariant
 
-RUNTIMES = {".gguf": GGUFVariant, ".onnx": OnnxVariant}  # the model file's suffix -> its runtime's Variant
+RUNTIMES = {
+    ".gguf": GGUFVariant,
+    ".onnx": OnnxVariant,
+    ".pte": ExecuTorchVariant,
+}  # the model file's suffix -> its runtime's Variant
 DEFAULT = GGUFVariant  # a file named otherwise is read as GGUF: its check says what the file holds
 
 

@@ -9,17 +9,14 @@ calls on the CPU: prefill is one append_tokens of the prompt, decode is generate
 """
 
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from edgetune.core.errors import EdgetuneError
+from edgetune.runtimes import base
 
 
 def generation_speed(variant, threads: int, prompt: Path, p) -> dict:
@@ -59,13 +56,7 @@ for _ in range(n):
 
 def peak_rss(variant, context: int, p) -> int:
     cmd = [sys.executable, "-c", _ANSWER, variant.model, variant.lora or "", context, p.gen_tokens]
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status):
-            err.seek(0)
-            raise EdgetuneError(f"{variant.model} at context {context} failed: {err.read().decode()[-800:]}")
-    return usage.ru_maxrss * 1024  # Linux reports KiB
+    return base.peak_rss(cmd, f"{variant.model} at context {context}")
 
 
 def initializers(model: Path) -> dict[str, tuple[list[int], int]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import records
-from edgetune.runtimes import logit_kld
+from edgetune.runtimes.base import PythonRuntime
 from edgetune.runtimes.onnx import speed
 from edgetune.runtimes.onnx.scorer import OnnxScorer
 
@@ -16,14 +16,10 @@ NEEDED = ("model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class OnnxVariant:
+class OnnxVariant(PythonRuntime):
     model: Path  # the folder's model.onnx
     lora: Path | None = None
     runtime = "ONNX Runtime GenAI"
-
-    @property
-    def folder(self) -> Path:
-        return self.model.parent
 
     @property
     def paths(self) -> list[Path]:
@@ -58,14 +54,6 @@ class OnnxVariant:
             "files": records(self.paths),
         }
 
-    def tokenize(self, texts: list[str], special: bool) -> list[list[int]]:
-        """The folder's own tokenizer (tokenizer.json) through transformers, which og's matches:
-        og's encode always parses special tokens, and label words must not be."""
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(self.folder)
-        return [tokenizer(t, add_special_tokens=False, split_special_tokens=not special).input_ids for t in texts]
-
     def label_scorer(self, prompts, batch_size: int, max_new: int, threads: int, gpu_layers: int) -> OnnxScorer:
         return OnnxScorer(self, prompts, max_new, threads)
 
@@ -82,25 +70,7 @@ class OnnxVariant:
 
         return run
 
-    def kl_divergence(self, reference, text: Path, ctx: int, chunks: int, threads, names) -> dict:
-        tokens = reference.tokenize([text.read_text(encoding="utf-8")], special=False)[0]
-        return logit_kld.compare(
-            reference.logits(ctx, threads), self.logits(ctx, threads), logit_kld.chunks_of(tokens, ctx, chunks)
-        )
-
-    def perplexity(self, rows, threads: int, gpu_layers: int, desc: str, reply_tokens: int) -> dict:
-        raise EdgetuneError(
-            f"{self.model}: dialogue perplexity in ONNX Runtime GenAI is not measured yet; use a GGUF."
-        )
-
-    def chat(self, n_ctx: int, threads: int | None, gpu_layers: int):
-        raise EdgetuneError(f"{self.model}: `edgetune chat` runs GGUF variants; chat with this one in your app.")
-
     def speed(self, threads: int, prompt: Path, p) -> dict:
-        return speed.generation_speed(self, threads, prompt, p)
-
-    def bench(self, threads: int, prompt: Path, p) -> dict:
-        """No benchmark tool ships with onnxruntime-genai: the same timed generation."""
         return speed.generation_speed(self, threads, prompt, p)
 
     def peak_memory(self, context: int, p) -> int:
