@@ -46,8 +46,10 @@ SCALARS = (
     "samples_per_second",
     "prompt_tokens_per_second",
     "model_bytes",
+    "adapter_bytes",
     "bits_per_weight",
     "fallback_tensors",
+    "runtime",  # who ran it: the bundles of the other runtimes name it
 )
 
 
