@@ -19,7 +19,8 @@ from edgetune.measure.bench import bench
 from edgetune.measure.evaluate import evaluate
 from edgetune.measure.kld import quality
 from edgetune.report.summary import report
-from edgetune.runtimes.coreml.export import export_coreml, verify_coreml
+from edgetune.runtimes.coreml.export import export_coreml
+from edgetune.runtimes.coreml.verify import verify_coreml
 from edgetune.runtimes.executorch.export import export_executorch
 from edgetune.runtimes.onnx.export import export_onnx
 from edgetune.ship.chat import chat

@@ -63,7 +63,8 @@ def test_its_weights_are_the_merged_model_rounded_to_int4(verified, tiny_model):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgetune.runtimes.coreml.export import compressed_weights, merged_model, program_of, weight_errors
+    from edgetune.runtimes.coreml.export import merged_model
+    from edgetune.runtimes.coreml.verify import compressed_weights, program_of, weight_errors
 
     workdir, v = verified
     _, program = program_of(workdir / "int4" / "model.mlpackage")
