@@ -392,3 +392,19 @@ def bundle_is_what_the_report_measured(workdir, variant, evaluated, quality, row
             measured.write_bytes(kept)  # the module's export, as the other tests read it
         assert result.exit_code != 0 and "changed since the report measured it" in result.output
         assert not (workdir / "again").exists()
+
+
+def labelled_rows(reviews: list[dict], tokenizer) -> list[dict]:
+    """Reviews as prepare writes the test split: the answer, the conversation and the rendered prompt."""
+    from edgetune.core.prompts import messages, render_prompt
+
+    p = committed("prompt")
+    return [
+        {
+            **r,
+            "answer": LABELS[r["label"]],
+            "messages": messages(r["text"], LABELS[r["label"]], p),
+            "prompt": render_prompt(messages(r["text"], None, p), tokenizer),
+        }
+        for r in reviews
+    ]

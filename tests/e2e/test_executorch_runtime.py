@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import LABELS, REPO, bundle_is_what_the_report_measured, committed, run, write_jsonl
+from conftest import LABELS, REPO, bundle_is_what_the_report_measured, committed, labelled_rows, run, write_jsonl
 
 from edgetune.core.labels import log_softmax
 from edgetune.runtimes.executorch.variant import ExecuTorchVariant
@@ -128,20 +128,11 @@ def test_shared_prefix_scoring_matches_a_fresh_evaluation(exported, qwen_tokeniz
 
 def test_the_stages_measure_an_executorch_variant_like_a_gguf(exported, tiny_gguf, reviews, qwen_tokenizer):
     """evaluate, quality and bench take the program as they take a GGUF; the bundle ships what they measured."""
-    from edgetune.core.prompts import messages, plain_text, render_prompt
+    from edgetune.core.prompts import plain_text
 
     workdir, _ = exported
-    p = committed("prompt")
     model = ["--model", workdir / "8da4w" / "model.pte"]
-    rows = [
-        {
-            **r,
-            "answer": LABELS[r["label"]],
-            "messages": messages(r["text"], LABELS[r["label"]], p),
-            "prompt": render_prompt(messages(r["text"], None, p), qwen_tokenizer),
-        }
-        for r in reviews[:12]
-    ]
+    rows = labelled_rows(reviews[:12], qwen_tokenizer)
     data = write_jsonl(workdir / "test.jsonl", rows)
     name = "executorch-8da4w+lora"
     with pytest.MonkeyPatch.context() as mp:
