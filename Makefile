@@ -2,6 +2,8 @@
 #              offline `dvc plots` page template; cached
 # make repro   setup, then `dvc repro` on the committed params.yaml
 # make test    setup, a headless browser (Debian's chromium) and phone-setup, then the test suite
+# make runtimes  the LiteRT converter's own venv (.venv-litert, envs/litert.txt: litert-torch with
+#              tensorflow-cpu, about 2 GB): for runtimes.litert (-S experiment=runtimes); cached
 # make phone-setup  the aarch64 cross compiler and qemu (Debian's), and the pinned llama.cpp built for
 #              an arm64 phone (build/llama.cpp/aarch64); cached
 # make phone-check  the exported bundle (deploy/) on that build under qemu-aarch64, against the x86
@@ -13,7 +15,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test browser compiler-cache phone-setup phone-check bench pipeline-map clean-build
+.PHONY: setup repro test runtimes browser compiler-cache phone-setup phone-check bench pipeline-map clean-build
 
 setup: $(VENV)/.installed
 
@@ -25,7 +27,7 @@ $(VENV)/.installed: pyproject.toml scripts/build_llama_cpp.sh scripts/plots_temp
 	# longer of the two, not their sum
 	PYTHON=$(BIN)/python scripts/build_llama_cpp.sh & build=$$!; \
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps build/llama.cpp/wheels/llama_cpp_python-*.whl \
-	&& $(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test,dialogue,onnx,executorch]'; \
+	&& $(BIN)/python -m pip install --quiet --find-links build/llama.cpp/wheels -e '.[test,dialogue,onnx,executorch,litert]'; \
 	installed=$$?; wait $$build && exit $$installed
 	scripts/plots_template.sh build/plots/template.html
 	$(BIN)/dvc config --local plots.html_template ../build/plots/template.html
@@ -39,10 +41,17 @@ repro: setup
 	@python -c 'import json; r = json.load(open("reports/metrics.json"))["recommended"]; print("recommended: ", r["variant"], "-", r["reason"])'
 
 # the 25 slowest tests, on every run: a new test pays for its time (docs/testing.md)
-test: setup browser phone-setup
+test: setup runtimes browser phone-setup
 	ruff check .
 	ruff format --check .
 	pytest -q --durations=25
+
+runtimes: .venv-litert/.installed
+
+.venv-litert/.installed: envs/litert.txt
+	test -x .venv-litert/bin/python || $(PYTHON) -m venv .venv-litert
+	.venv-litert/bin/python -m pip install --quiet -r envs/litert.txt
+	touch $@
 
 # Debian's ccache, where we may install it: both llama.cpp builds compile through it (~/.cache/ccache)
 compiler-cache:

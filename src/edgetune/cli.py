@@ -22,6 +22,7 @@ from edgetune.report.summary import report
 from edgetune.runtimes.coreml.export import export_coreml
 from edgetune.runtimes.coreml.verify import verify_coreml
 from edgetune.runtimes.executorch.export import export_executorch
+from edgetune.runtimes.litert.export import export_litert
 from edgetune.runtimes.onnx.export import export_onnx
 from edgetune.ship.chat import chat
 from edgetune.ship.export import export
@@ -70,6 +71,7 @@ for command in (
     quantize,
     export_onnx,
     export_executorch,
+    export_litert,
     export_coreml,
     verify_coreml,
     baseline,

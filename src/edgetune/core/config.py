@@ -179,6 +179,7 @@ class QuantizeParams:
 class RuntimesParams:
     onnx: list[str]  # ONNX Runtime GenAI types (export-onnx --type); each makes an onnx-<type>+lora variant
     executorch: list[str]  # ExecuTorch XNNPACK types (export-executorch --type): executorch-<type>+lora
+    litert: list[str]  # LiteRT types (export-litert --type): litert-<type>, the adapter merged
     coreml: list[str]  # Core ML weight types (export-coreml --type): coreml-<type>, verified, not run
 
     def __post_init__(self):

@@ -8,6 +8,7 @@
   q4_k_m+lora      the base quantized once, and the adapter applied at run time
   onnx-int4+lora   another runtime (ONNX Runtime GenAI) at its own type, its adapter at run time
   executorch-8da4w+lora   ExecuTorch (XNNPACK) at its own type, its adapter in fp32 in the program
+  litert-int8      LiteRT (litert-torch) with the adapter merged: its LoRA covers attention alone
   coreml-int4      Core ML with the adapter merged (no run-time LoRA): verified here, not run
 
 A merged quant rounds the trained model a second time; a `+lora` variant ships the very base
@@ -34,13 +35,17 @@ ONNX = "onnx"
 ONNX_TYPES = ("int4", "int8", "fp32")  # what onnxruntime-genai's builder writes for a CPU
 EXECUTORCH = "executorch"
 EXECUTORCH_TYPES = ("8da4w",)  # XNNPACK's: 8-bit dynamic activations, 4-bit weights (its int8 drops LoRA's biases)
+LITERT = "litert"
+LITERT_TYPES = ("int8", "int4")  # litert-torch's dynamic types: 8-bit per channel, 4-bit in 32-weight blocks
 COREML = "coreml"
 COREML_TYPES = ("int4", "int8")  # coremltools' weight compression: 4-bit in 32-weight blocks, 8-bit per channel
 RUNTIMES = {  # runtimes.<key>: its types, and what they are
     ONNX: (ONNX_TYPES, "the types onnxruntime-genai's builder writes for a CPU"),
     EXECUTORCH: (EXECUTORCH_TYPES, "ExecuTorch's XNNPACK type with the adapter beside the base"),
+    LITERT: (LITERT_TYPES, "litert-torch's dynamic types, the adapter merged"),
     COREML: (COREML_TYPES, "coremltools' weight compression, the adapter merged"),
 }
+MERGED = (LITERT, COREML)  # no run-time LoRA that holds the trained adapter: it is merged into the base
 
 
 def train_on_file(model: str, train_on: str) -> str:
@@ -58,9 +63,10 @@ def onnx_base_file(kind: str) -> str:
 
 def runtime_names(listed: dict[str, list[str]]) -> list[str]:
     """The variants of the other runtimes (runtimes.*, by runtime): each type with the adapter at run
-    time, <runtime>-<type>+lora. They are measured like the GGUF ones and reported beside them; each
-    runtime's bundle is its own folder (deploy-<runtime>/<type>)."""
-    return [f"{runtime}-{t}{LORA}" for runtime, types in listed.items() for t in types]
+    time, <runtime>-<type>+lora, or merged where the runtime cannot apply it, <runtime>-<type>. They
+    are measured like the GGUF ones and reported beside them; each runtime's bundle is its own folder
+    (deploy-<runtime>/<type>)."""
+    return [f"{runtime}-{t}{'' if runtime in MERGED else LORA}" for runtime, types in listed.items() for t in types]
 
 
 def runtime_of(name: str) -> tuple[str, str]:

@@ -5,7 +5,7 @@ logits), size, speed at the bench stage's threads and peak RAM. Then which file 
 runtime, and where a runtime's own rounding of the base moves the model, the fix: lora.train_on."""
 
 from edgetune.core.config import RecommendParams
-from edgetune.core.variants import F16, LORA, ONNX, onnx_base_file, runtime_of
+from edgetune.core.variants import F16, LORA, MERGED, ONNX, onnx_base_file, runtime_of
 from edgetune.report.recommend import shortfall
 
 BUNDLE = "deploy-{runtime}"  # the runtimes' bundle stages' folders, one per type
@@ -23,7 +23,8 @@ def runtimes_table(
         "",
         "## Other phone runtimes",
         "",
-        f"The same trained model in each runtime, its adapter applied at run time, against {F16} on the same "
+        f"The same trained model in each runtime, its adapter applied at run time (a name without +lora: merged, "
+        f"where the runtime cannot apply it), against {F16} on the same "
         f"{variants[F16]['n_samples']} test examples. KLD and same top token: the quality stage's text, computed in "
         "Python from each runtime's own logits (for a GGUF, llama-perplexity gives the same figures). tok/s: "
         "prefill/decode of one prompt at the bench stage's largest thread count; RAM: peak resident memory "
@@ -85,7 +86,13 @@ def drift_lines(runtimes: dict, p: RecommendParams, train_on: str) -> list[str]:
                 f"**{name} drifts from f16** (KLD {v['kld_mean']:.4f}, allowed {p.max_kld}): the runtime rounds the base "
                 f"a second time, after the adapter was trained on {train_on}'s."
             )
-            if runtime == ONNX:
+            if runtime in MERGED:
+                drift = (
+                    f"**{name} drifts from f16** (KLD {v['kld_mean']:.4f}, allowed {p.max_kld}): the runtime cannot apply "
+                    "the adapter at run time, so the merged model is rounded, adapter and all. Ship a type with "
+                    "more bits, or GGUF's +lora."
+                )
+            elif runtime == ONNX:
                 types = ",".join(runtime_of(n)[1] for n in runtimes if runtime_of(n)[0] == ONNX)
                 drift += (
                     f" Train the adapter on the weights it runs: `dvc exp run -S 'runtimes.onnx=[{types}]' "

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from edgetune.runtimes.base import Variant
 from edgetune.runtimes.executorch.variant import ExecuTorchVariant
+from edgetune.runtimes.litert.variant import LiteRTVariant
 from edgetune.runtimes.llamacpp.variant import GGUFVariant
 from edgetune.runtimes.onnx.variant import OnnxVariant
 
@@ -12,6 +13,7 @@ RUNTIMES = {
     ".gguf": GGUFVariant,
     ".onnx": OnnxVariant,
     ".pte": ExecuTorchVariant,
+    ".tflite": LiteRTVariant,
 }  # the model file's suffix -> its runtime's Variant
 DEFAULT = GGUFVariant  # a file named otherwise is read as GGUF: its check says what the file holds
 

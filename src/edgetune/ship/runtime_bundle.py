@@ -1,14 +1,17 @@
-"""Stages export-onnx-bundle and export-executorch-bundle: another runtime's variant as a folder an
-app loads, with the recipe for that runtime.
+"""Stages export-<runtime>-bundle: another runtime's variant as a folder an app loads, with the
+recipe for that runtime.
 
     edgetune export-runtime-bundle --metrics reports/metrics.json --variant onnx-int4+lora --out deploy-onnx/int4
     edgetune export-runtime-bundle --metrics reports/metrics.json --variant executorch-8da4w+lora --out deploy-executorch/8da4w
+    edgetune export-runtime-bundle --metrics reports/metrics.json --variant litert-int8 --out deploy-litert/int8
 
 ONNX Runtime GenAI: model.onnx and its data (the base at its type), adapter.onnx_adapter (the
 trained adapter, applied at run time with Adapters), genai_config.json; ExecuTorch: model.pte (the
-program with the adapter in fp32), foundation.ptd (the base at its type), export.json. Both: the
-tokenizer files and chat_template.jinja, SHA256SUMS (each file as the report measured it: evaluate
-recorded the hashes), and a README with what it scored against f16 and the app-side recipe.
+program with the adapter in fp32), foundation.ptd (the base at its type), export.json; LiteRT:
+model.litertlm (LiteRT-LM's bundle) and the model.tflite it wraps (the merged model at its type).
+Each: the tokenizer files and chat_template.jinja, SHA256SUMS (each file as the report measured
+it: evaluate recorded the hashes), and a README with what it scored against f16 and the app-side
+recipe. Core ML: the package's tree as verify-coreml checked it, and a Swift recipe.
 """
 
 import json
@@ -22,7 +25,7 @@ from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import copy_measured, sha256_file
 from edgetune.core.outputs import atomic_dir, check_outputs
 from edgetune.core.params import reads
-from edgetune.core.variants import EXECUTORCH, ONNX, runtime_of
+from edgetune.core.variants import EXECUTORCH, LITERT, ONNX, runtime_of
 from edgetune.runtimes.coreml import PACKAGE
 
 
@@ -43,7 +46,7 @@ def kotlin(text: str) -> str:
     return json.dumps(text, ensure_ascii=False).replace("$", "\\$")
 
 
-def card(variant: str, v: dict, f16: dict, files: list[str], prompt: tuple[str, str]) -> str:
+def card(variant: str, v: dict, f16: dict, files: list[str], prompt: tuple[str, str], p) -> str:
     low, high = v["accuracy_ci95"]
     vs = v.get("vs_f16") or {}
     paired = (
@@ -57,6 +60,12 @@ def card(variant: str, v: dict, f16: dict, files: list[str], prompt: tuple[str, 
     runtime, _ = runtime_of(variant)
     what, recipe = RECIPES[runtime]
     before, after = (kotlin(part) for part in prompt)
+    size = f"{v['model_bytes'] / 1e6:.0f} MB"
+    size += (
+        f" with the adapter ({v['adapter_bytes'] / 1e6:.1f} MB of it)"
+        if "adapter_bytes" in v
+        else ", the adapter merged"
+    )
     return f"""# {variant} for {v.get("runtime", runtime)}
 
 The trained model as {v.get("runtime", runtime)} runs it: {what}
@@ -64,11 +73,11 @@ The trained model as {v.get("runtime", runtime)} runs it: {what}
 
 Accuracy {100 * v["accuracy"]:.1f}% (95% interval {100 * low:.1f}–{100 * high:.1f}) on
 {v["n_samples"]} test examples, f16 {100 * f16["accuracy"]:.1f}%{paired}. {kld}
-{v["model_bytes"] / 1e6:.0f} MB with the adapter ({v.get("adapter_bytes", 0) / 1e6:.1f} MB of it).
+{size}.
 
 Files: {", ".join(f"`{f}`" for f in files)}; check them with `sha256sum -c SHA256SUMS`.
 
-{recipe.format(variant=variant, before=before, after=after)}"""
+{recipe.format(variant=variant, before=before, after=after, system=kotlin(p.system or ""), instruction=kotlin(p.instruction))}"""
 
 
 ONNX_RECIPE = """## Android (Kotlin)
@@ -142,6 +151,39 @@ weights by hash): ship both, or export both again. The answer holds the label wo
 trained to give.
 """
 
+LITERT_RECIPE = """## Android (Kotlin), with LiteRT-LM
+
+Add `com.google.ai.edge.litertlm:litertlm-android`, push `model.litertlm` to the app's files
+directory, and:
+
+```kotlin
+import com.google.ai.edge.litertlm.*
+
+val config = EngineConfig(modelPath = "${{context.filesDir}}/{variant}/model.litertlm", backend = Backend.CPU)
+Engine(config).use {{ engine ->
+    engine.initialize()
+    // the chat template and stop tokens are inside model.litertlm; the run's system prompt and
+    // instruction are the ones the model was trained on
+    val conversation = engine.createConversation(
+        ConversationConfig(systemInstruction = Contents.of({system})))
+    conversation.use {{
+        val answer = it.sendMessage({instruction} + review).toString()
+    }}
+}}
+```
+
+`model.litertlm` wraps `model.tflite` (the file measured here) with the tokenizer, the chat
+template and the stop tokens. The `.tflite` alone runs in the LiteRT interpreter
+(`com.google.ai.edge.litert:litert`) through its `prefill_<n>` and `decode` signatures, the KV cache
+passed in and out of each call, as the report's evaluation ran it, on the tokens of
+
+```kotlin
+val prompt = {before} + review + {after}
+```
+
+The answer holds the label word the model was trained to give.
+"""
+
 RECIPES = {
     ONNX: (
         "the base rounded by onnxruntime-genai's builder (`model.onnx` with its data) and the adapter "
@@ -152,6 +194,11 @@ RECIPES = {
         "the base rounded by ExecuTorch's exporter for XNNPACK (`foundation.ptd`) and the program "
         "with the adapter in fp32 beside it (`model.pte`).",
         EXECUTORCH_RECIPE,
+    ),
+    LITERT: (
+        "the adapter merged into the base (LiteRT's LoRA covers attention alone, the adapter the MLP "
+        "too) and the merged model rounded by litert-torch (`model.tflite`, wrapped as `model.litertlm`).",
+        LITERT_RECIPE,
     ),
 }
 
@@ -165,7 +212,7 @@ RECIPES = {
     help="The report's metrics: the variant's files and hashes, and its figures.",
 )
 @click.option(
-    "--variant", required=True, help="Another runtime's variant of the report: onnx-int4+lora, executorch-8da4w+lora"
+    "--variant", required=True, help="Another runtime's variant of the report: onnx-int4+lora, litert-int8, ..."
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write.")
 @reads("prompt")
@@ -188,7 +235,7 @@ def export_runtime_bundle(metrics: Path, variant: str, out: Path, params):
         else:
             copy_measured(record, tmp, metrics)
             names = [Path(f["path"]).name for f in record]
-            text = card(variant, v, report["variants"]["f16"], names, prompt_around(tmp, params.prompt))
+            text = card(variant, v, report["variants"]["f16"], names, prompt_around(tmp, params.prompt), params.prompt)
         (tmp / "README.md").write_text(text)
     click.echo(f"exported {variant} to {out}/ ({v['model_bytes'] / 1e6:.0f} MB)")
 

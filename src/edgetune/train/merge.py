@@ -41,6 +41,20 @@ def merge_adapter(base: Path, adapter: Path, out: Path, trust: bool) -> None:
     click.echo(f"merged {adapter} into {base} -> {out}")
 
 
+def merged_model(model: Path, adapter: Path | None):
+    """The HF model in fp32 with the adapter merged into its weights (PEFT's merge_and_unload), in
+    memory: what the runtimes without a run-time LoRA ship (Core ML, LiteRT)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    if adapter:
+        from peft import PeftModel
+
+        hf = PeftModel.from_pretrained(hf, adapter).merge_and_unload()
+    return hf.eval()
+
+
 @click.command("merge")
 @click.option(
     "--base",

@@ -15,6 +15,8 @@ RUNTIMES = {
     "onnx-int4+lora": record(0.83, 0.127, 450),
     "onnx-int8+lora": record(0.82, 0.004, 700),
     "executorch-8da4w+lora": record(0.81, 0.06, 430, "ExecuTorch (XNNPACK)"),
+    "litert-int8": record(0.825, 0.004, 680, "LiteRT (XNNPACK)"),
+    "litert-int4": record(0.75, 0.11, 350, "LiteRT (XNNPACK)"),
 }
 VARIANTS = {"f16": record(0.826, 0.0, 1266), "q4_k_m+lora": record(0.82, 0.0012, 500)}
 
@@ -24,7 +26,8 @@ def test_the_smallest_close_variant_ships_and_the_drifting_one_is_told_how_to_tr
     assert p.max_kld < 0.127
     text = "\n".join(runtimes_table(RUNTIMES, VARIANTS, {}, "q4_k_m+lora", p, "q4_k_m"))
     assert [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:] == [
-        "| q4_k_m+lora", "| onnx-int4+lora", "| onnx-int8+lora", "| executorch-8da4w+lora"
+        "| q4_k_m+lora", "| onnx-int4+lora", "| onnx-int8+lora", "| executorch-8da4w+lora", "| litert-int8",
+        "| litert-int4",
     ]  # fmt: skip
     assert "**To ship in ONNX Runtime GenAI:** onnx-int8+lora (the smallest within" in text
     assert "`deploy-onnx/int8/`" in text
@@ -40,6 +43,12 @@ def test_the_smallest_close_variant_ships_and_the_drifting_one_is_told_how_to_tr
     assert "**executorch-8da4w+lora drifts from f16** (KLD 0.0600" in text
     assert "lora.train_on cannot name this runtime's types yet" in text
     assert "runtimes.onnx=[int4,int8]" in text  # the ONNX fix names the ONNX types alone
+    # a runtime that ships the adapter merged: its drift is the merged model rounded, and no train_on fix
+    assert "**To ship in LiteRT (XNNPACK):** litert-int8 (the smallest within" in text
+    assert "`deploy-litert/int8/`" in text
+    assert "**litert-int4 drifts from f16** (KLD 0.1100" in text
+    assert "the merged model is rounded, adapter and all" in text.split("litert-int4 drifts")[1].split("\n")[0]
+    assert "litert-int8 drifts" not in text
 
 
 def test_trained_on_the_runtimes_own_base_it_says_so_instead():

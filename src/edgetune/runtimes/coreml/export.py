@@ -21,23 +21,11 @@ import click
 from edgetune.core.outputs import atomic_dir, check_outputs
 from edgetune.core.variants import COREML_TYPES
 from edgetune.runtimes.coreml import PACKAGE
+from edgetune.train.merge import merged_model
 
 INFO = "export.json"
 CONTEXT = 512  # the longest prompt one call takes
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-
-
-def merged_model(model: Path, adapter: Path | None):
-    """The HF model in fp32 with the adapter merged into its weights: what Core ML ships."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    if adapter:
-        from peft import PeftModel
-
-        hf = PeftModel.from_pretrained(hf, adapter).merge_and_unload()
-    return hf.eval()
 
 
 def _register_alias() -> None:

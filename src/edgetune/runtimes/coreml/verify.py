@@ -22,7 +22,8 @@ from edgetune.core.outputs import check_outputs
 from edgetune.core.params import reads
 from edgetune.core.variants import COREML
 from edgetune.runtimes.coreml import PACKAGE
-from edgetune.runtimes.coreml.export import INFO, TOKENIZER, merged_model
+from edgetune.runtimes.coreml.export import INFO, TOKENIZER
+from edgetune.train.merge import merged_model
 
 _QUANTIZED = ("constexpr_blockwise_shift_scale", "constexpr_affine_dequantize")
 

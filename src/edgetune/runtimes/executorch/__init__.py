@@ -1,4 +1,4 @@
-"""ExecuTorch (XNNPACK): export.py writes a folder, variant.py runs it (scorer.py, speed.py); the
+"""ExecuTorch (XNNPACK): export.py writes a folder, variant.py runs it (runtimes/positional.py); the
 folder's files, which both read:"""
 
 PROGRAM = "model.pte"  # the program, with the adapter in fp32

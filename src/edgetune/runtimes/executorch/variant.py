@@ -13,8 +13,9 @@ from pathlib import Path
 
 from edgetune.core.errors import EdgetuneError
 from edgetune.core.files import records
+from edgetune.runtimes import positional
 from edgetune.runtimes.base import PythonRuntime
-from edgetune.runtimes.executorch import INFO, PROGRAM, TOKENIZER, WEIGHTS, speed
+from edgetune.runtimes.executorch import INFO, PROGRAM, TOKENIZER, WEIGHTS
 
 NEEDED = (PROGRAM, WEIGHTS, INFO, "tokenizer.json", "tokenizer_config.json")
 
@@ -62,9 +63,7 @@ class ExecuTorchVariant(PythonRuntime):
         }
 
     def label_scorer(self, prompts, batch_size: int, max_new: int, threads: int, gpu_layers: int):
-        from edgetune.runtimes.executorch.scorer import ExecuTorchScorer
-
-        return ExecuTorchScorer(self, prompts, max_new, threads)
+        return positional.PositionalScorer(self, prompts, max_new, threads)
 
     def logits(self, ctx: int, threads: int | None):
         """A callable from a chunk's tokens to its logits, one row per token: the program returns the
@@ -75,13 +74,22 @@ class ExecuTorchVariant(PythonRuntime):
         return lambda tokens: np.stack([session.forward([t], i) for i, t in enumerate(tokens)])
 
     def speed(self, threads: int, prompt: Path, p) -> dict:
-        return speed.generation_speed(self, threads, prompt, p)
+        return positional.generation_speed(self, threads, prompt, p)
 
     def peak_memory(self, context: int, p) -> int:
-        return speed.peak_rss(self, context, p)
+        return positional.peak_rss(self, context, p)
 
     def bytes_read_per_token(self) -> dict:
-        return speed.bytes_read_per_token(self)
+        """The program and its weights (of the 8-bit embedding, one byte a weight and a scale a row,
+        one row), and the KV cache in f32."""
+        info = self.info
+        total = (self.folder / PROGRAM).stat().st_size + (self.folder / WEIGHTS).stat().st_size
+        embedding = info["vocab_size"] * info["dim"]
+        return {
+            "weights": int(total - embedding * (1 - 1 / info["vocab_size"])),
+            "adapter": 0,  # inside the program, counted with the weights
+            "kv_cache_per_context_token": 2 * info["n_layers"] * info["n_kv_heads"] * info["head_dim"] * 4,
+        }
 
     def without_adapter(self) -> "ExecuTorchVariant":
         raise EdgetuneError(
