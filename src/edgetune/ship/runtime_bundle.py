@@ -164,8 +164,9 @@ Engine(config).use {{ engine ->
     engine.initialize()
     // the chat template and stop tokens are inside model.litertlm; the run's system prompt and
     // instruction are the ones the model was trained on
-    val conversation = engine.createConversation(
-        ConversationConfig(systemInstruction = Contents.of({system})))
+    val conversation = engine.createConversation(ConversationConfig(
+        systemInstruction = Contents.of({system}),
+        samplerConfig = SamplerConfig(topK = 1, topP = 1.0, temperature = 0.0)))  // greedy, as measured
     conversation.use {{
         val answer = it.sendMessage({instruction} + review).toString()
     }}
