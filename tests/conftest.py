@@ -408,3 +408,74 @@ def labelled_rows(reviews: list[dict], tokenizer) -> list[dict]:
         }
         for r in reviews
     ]
+
+
+def kld(p_log, q_log):
+    """KL(p || q) per position, from log-probabilities."""
+    import numpy as np
+
+    return (np.exp(p_log) * (p_log - q_log)).sum(axis=-1)
+
+
+def peft_logprobs(peft_model, ids: list[int]):
+    """PEFT's log-probabilities at every position of `ids`, with the adapter and without it."""
+    import torch
+
+    from edgetune.core.labels import log_softmax
+
+    with torch.no_grad():
+        with_adapter = log_softmax(peft_model(torch.tensor([ids])).logits[0].numpy())
+        with peft_model.disable_adapter():
+            without = log_softmax(peft_model(torch.tensor([ids])).logits[0].numpy())
+    return with_adapter, without
+
+
+def biased_model_with_adapter(tiny_model: Path, workdir: Path, edit=None):
+    """The tiny model copied to workdir/model with biases of scale 1 (a bias a runtime dropped would
+    show; `edit(weights)` changes more), and a random PEFT adapter on every projection of its last
+    layer alone, saved to workdir/adapter: (the model's folder, the PEFT model)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    model = shutil.copytree(tiny_model, workdir / "model")
+    weights = load_file(model / "model.safetensors")
+    torch.manual_seed(0)
+    for name in weights:
+        if name.endswith(".bias"):
+            weights[name] = torch.randn(weights[name].shape)
+    if edit:
+        edit(weights)
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        layers_to_transform=[1], init_lora_weights=False, task_type="CAUSAL_LM",
+    )  # fmt: skip
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model), lora)
+    peft_model.save_pretrained(workdir / "adapter")
+    return model, peft_model.eval()
+
+
+def measured_like_a_gguf(workdir: Path, variant: str, files: list, tiny_gguf: Path, rows: list[dict], tokenizer):
+    """evaluate and quality on `rows` for another runtime's `variant` (`files`: --model and --lora
+    options), each as for a GGUF: every row evaluated, the quality stage's tokens scored in Python.
+    (the evaluation record, the quality record)."""
+    from edgetune.core.prompts import plain_text
+
+    data = write_jsonl(workdir / "test.jsonl", rows)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        result = run("evaluate", *files, "--variant", variant, "--data", data, "--val", data,
+                     "--out", workdir / "eval.json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        result = run("quality", "--f16", tiny_gguf, *files, "--variant", variant, "--data", data,
+                     "--out", workdir / "quality.json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+    evaluated = json.loads((workdir / "eval.json").read_text())
+    assert sum(map(sum, evaluated["confusion_matrix"]["matrix"])) == len(rows)
+    quality = json.loads((workdir / "quality.json").read_text())
+    q = committed("quality")
+    chunks = min(q.chunks, len(tokenizer(plain_text(rows)).input_ids) // q.ctx)
+    assert quality["computed_by"] == "python" and quality["scored_tokens"] == chunks * (q.ctx - q.ctx // 2 - 1)
+    return evaluated, quality

@@ -8,46 +8,36 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import LABELS, REPO, bundle_is_what_the_report_measured, committed, labelled_rows, run, write_jsonl
+from conftest import (
+    LABELS,
+    REPO,
+    biased_model_with_adapter,
+    bundle_is_what_the_report_measured,
+    committed,
+    kld,
+    labelled_rows,
+    measured_like_a_gguf,
+    peft_logprobs,
+    run,
+)
 
 from edgetune.core.labels import log_softmax
 from edgetune.runtimes.executorch.variant import ExecuTorchVariant
-
-
-def kld(p_log: np.ndarray, q_log: np.ndarray) -> np.ndarray:
-    return (np.exp(p_log) * (p_log - q_log)).sum(axis=-1)
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_model, tmp_path_factory):
     """The tiny model with biases of scale 1, a random PEFT adapter on its last layer only (the
     exporter pads the first with zeros), and the model exported at 8da4w with and without it."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM
-
     workdir = tmp_path_factory.mktemp("executorch")
     shutil.copy(REPO / "params.yaml", workdir / "params.yaml")
-    model = shutil.copytree(tiny_model, workdir / "model")
-    weights = load_file(model / "model.safetensors")
-    torch.manual_seed(0)
-    for name in weights:
-        if name.endswith(".bias"):
-            weights[name] = torch.randn(weights[name].shape)
-    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
-    lora = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        layers_to_transform=[1], init_lora_weights=False, task_type="CAUSAL_LM",
-    )  # fmt: skip
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model), lora)
-    peft_model.save_pretrained(workdir / "adapter")
+    model, peft_model = biased_model_with_adapter(tiny_model, workdir)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
         for out, adapter in (("8da4w", ["--adapter", workdir / "adapter"]), ("8da4w-base", [])):
             result = run("export-executorch", "--model", model, *adapter, "--type", "8da4w", "--out", workdir / out)
             assert result.exit_code == 0, result.output
-    return workdir, peft_model.eval()
+    return workdir, peft_model
 
 
 def et_logits(folder, ids) -> np.ndarray:
@@ -75,14 +65,9 @@ def test_with_the_adapter_in_the_program_it_gives_pefts_distribution(exported, q
     """Measured on this model: 8da4w with the adapter 1.1e-4 from PEFT, without it 1.2e-4 from HF
     (the 4-bit base and 8-bit activations); the adapter moves the distribution by 1.8e-2, so the
     bound still catches an adapter left out, applied twice, scaled wrong or a bias dropped."""
-    import torch
-
     workdir, peft_model = exported
     ids = qwen_tokenizer("这家酒店的服务很好，房间也很干净，下次还会再来。").input_ids
-    with torch.no_grad():
-        peft = log_softmax(peft_model(torch.tensor([ids])).logits[0].numpy())
-        with peft_model.disable_adapter():
-            hf = log_softmax(peft_model(torch.tensor([ids])).logits[0].numpy())
+    peft, hf = peft_logprobs(peft_model, ids)
     with_adapter, without = et_logits(workdir / "8da4w", ids), et_logits(workdir / "8da4w-base", ids)
     print(
         f"+lora {kld(peft, with_adapter).mean():.2e}, base {kld(hf, without).mean():.2e}, adapter {kld(peft, hf).mean():.2e}"
@@ -128,36 +113,20 @@ def test_shared_prefix_scoring_matches_a_fresh_evaluation(exported, qwen_tokeniz
 
 def test_the_stages_measure_an_executorch_variant_like_a_gguf(exported, tiny_gguf, reviews, qwen_tokenizer):
     """evaluate, quality and bench take the program as they take a GGUF; the bundle ships what they measured."""
-    from edgetune.core.prompts import plain_text
-
     workdir, _ = exported
     model = ["--model", workdir / "8da4w" / "model.pte"]
     rows = labelled_rows(reviews[:12], qwen_tokenizer)
-    data = write_jsonl(workdir / "test.jsonl", rows)
     name = "executorch-8da4w+lora"
+    evaluated, quality = measured_like_a_gguf(workdir, name, model, tiny_gguf, rows, qwen_tokenizer)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
-        result = run(
-            "evaluate", *model, "--variant", name, "--data", data, "--val", data, "--out", workdir / "eval.json"
-        )
-        assert result.exit_code == 0, result.output
-        result = run(
-            "quality", "--f16", tiny_gguf, *model, "--variant", name, "--data", data, "--out", workdir / "quality.json"
-        )
-        assert result.exit_code == 0, result.output
         result = run("bench", *model, "--variant", name, "--out", workdir / "bench.json")
         assert result.exit_code == 0, result.output
         refused = run("evaluate", *model, "--lora", workdir / "adapter" / "adapter_config.json", "--variant", name,
-                      "--data", data, "--val", data, "--out", workdir / "refused.json")  # fmt: skip
+                      "--data", workdir / "test.jsonl", "--val", workdir / "test.jsonl", "--out", workdir / "refused.json")  # fmt: skip
         assert refused.exit_code != 0 and "holds its adapter" in refused.output
-    evaluated = json.loads((workdir / "eval.json").read_text())
-    assert sum(map(sum, evaluated["confusion_matrix"]["matrix"])) == 12
     assert evaluated["runtime"] == "ExecuTorch (XNNPACK)"
     assert evaluated["adapter_bytes"] == (workdir / "8da4w" / "model.pte").stat().st_size
-    quality = json.loads((workdir / "quality.json").read_text())
-    q = committed("quality")
-    chunks = min(q.chunks, len(qwen_tokenizer(plain_text(rows)).input_ids) // q.ctx)
-    assert quality["computed_by"] == "python" and quality["scored_tokens"] == chunks * (q.ctx - q.ctx // 2 - 1)
     bench = json.loads((workdir / "bench.json").read_text())
     assert set(bench["peak_rss_bytes"]) == {str(c) for c in committed("bench").contexts}
     assert [s["threads"] for s in bench["speed"]] == bench["threads"]

@@ -10,7 +10,16 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import REPO, bundle_is_what_the_report_measured, committed, labelled_rows, run, write_jsonl
+from conftest import (
+    REPO,
+    biased_model_with_adapter,
+    bundle_is_what_the_report_measured,
+    kld,
+    labelled_rows,
+    measured_like_a_gguf,
+    peft_logprobs,
+    run,
+)
 
 from edgetune.core.labels import log_softmax
 from edgetune.runtimes.litert.variant import LiteRTVariant
@@ -22,35 +31,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def kld(p_log: np.ndarray, q_log: np.ndarray) -> np.ndarray:
-    return (np.exp(p_log) * (p_log - q_log)).sum(axis=-1)
-
-
 @pytest.fixture(scope="module")
 def exported(tiny_model, tmp_path_factory):
     """The tiny model with biases of scale 1 and one zero block in layer 0's down_proj, a random
     PEFT adapter on layer 1 (so the block stays zero when merged), exported at int8 and int4."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM
-
     workdir = tmp_path_factory.mktemp("litert")
     shutil.copy(REPO / "params.yaml", workdir / "params.yaml")
-    model = shutil.copytree(tiny_model, workdir / "model")
-    weights = load_file(model / "model.safetensors")
-    torch.manual_seed(0)
-    for name in weights:
-        if name.endswith(".bias"):
-            weights[name] = torch.randn(weights[name].shape)
-    weights["model.layers.0.mlp.down_proj.weight"][5, 32:64] = 0.0
-    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
-    lora = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        layers_to_transform=[1], init_lora_weights=False, task_type="CAUSAL_LM",
-    )  # fmt: skip
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model), lora)
-    peft_model.save_pretrained(workdir / "adapter")
+
+    def zero_block(weights):
+        weights["model.layers.0.mlp.down_proj.weight"][5, 32:64] = 0.0
+
+    model, peft_model = biased_model_with_adapter(tiny_model, workdir, zero_block)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
         mp.setenv("EDGETUNE_LITERT_PYTHON", os.environ.get("EDGETUNE_LITERT_PYTHON", str(PYTHON)))
@@ -58,7 +49,7 @@ def exported(tiny_model, tmp_path_factory):
             result = run("export-litert", "--model", model, "--adapter", workdir / "adapter", "--type", kind,
                          "--context", "256", "--out", workdir / kind)  # fmt: skip
             assert result.exit_code == 0, result.output
-    return workdir, peft_model.eval()
+    return workdir, peft_model
 
 
 def test_the_folder_holds_the_model_its_bundle_and_the_tokenizer(exported):
@@ -85,14 +76,9 @@ def test_the_folder_holds_the_model_its_bundle_and_the_tokenizer(exported):
 def test_it_gives_the_merged_models_distribution(exported, qwen_tokenizer):
     """Measured on this model: int8 2e-6 and int4 2e-4 from PEFT (the adapter merged), while the
     adapter moves the distribution by 2e-2: the bounds catch an adapter left out or a bias dropped."""
-    import torch
-
     workdir, peft_model = exported
     ids = qwen_tokenizer("这家酒店的服务很好，房间也很干净，下次还会再来。").input_ids
-    with torch.no_grad():
-        peft = log_softmax(peft_model(torch.tensor([ids])).logits[0].numpy())
-        with peft_model.disable_adapter():
-            hf = log_softmax(peft_model(torch.tensor([ids])).logits[0].numpy())
+    peft, hf = peft_logprobs(peft_model, ids)
     int8, int4 = (log_softmax(LiteRTVariant(workdir / k / "model.tflite").logits(len(ids), 2)(ids)) for k in ("int8", "int4"))  # fmt: skip
     print(f"int8 {kld(peft, int8).mean():.2e}, int4 {kld(peft, int4).mean():.2e}, adapter {kld(peft, hf).mean():.2e}")
     assert kld(peft, int8).mean() < 1e-4
@@ -119,37 +105,21 @@ def test_padded_prefill_agrees_with_decoding_token_by_token(exported, qwen_token
 
 def test_the_stages_measure_a_litert_variant_like_a_gguf(exported, tiny_gguf, reviews, qwen_tokenizer):
     """evaluate, quality and bench take the .tflite as they take a GGUF; the bundle ships what they measured."""
-    from edgetune.core.prompts import plain_text
-
     workdir, _ = exported
     model = ["--model", workdir / "int8" / "model.tflite"]
     rows = labelled_rows(reviews[:12], qwen_tokenizer)
-    data = write_jsonl(workdir / "test.jsonl", rows)
     name = "litert-int8"
+    evaluated, quality = measured_like_a_gguf(workdir, name, model, tiny_gguf, rows, qwen_tokenizer)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
-        result = run(
-            "evaluate", *model, "--variant", name, "--data", data, "--val", data, "--out", workdir / "eval.json"
-        )
-        assert result.exit_code == 0, result.output
-        result = run(
-            "quality", "--f16", tiny_gguf, *model, "--variant", name, "--data", data, "--out", workdir / "quality.json"
-        )
-        assert result.exit_code == 0, result.output
         result = run("bench", *model, "--variant", name, "--out", workdir / "bench.json")
         assert result.exit_code != 0 and "longer than the export's context (256)" in result.output
-    evaluated = json.loads((workdir / "eval.json").read_text())
-    assert sum(map(sum, evaluated["confusion_matrix"]["matrix"])) == 12
     assert evaluated["runtime"] == "LiteRT (XNNPACK)"
     folder = workdir / "int8"
     assert evaluated["model_bytes"] == sum(
         (folder / f).stat().st_size
         for f in ("model.tflite", "export.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
     )  # fmt: skip  the .litertlm wraps the same model: shipped, not counted twice
-    quality = json.loads((workdir / "quality.json").read_text())
-    q = committed("quality")
-    chunks = min(q.chunks, len(qwen_tokenizer(plain_text(rows)).input_ids) // q.ctx)
-    assert quality["computed_by"] == "python" and quality["scored_tokens"] == chunks * (q.ctx - q.ctx // 2 - 1)
     bundle_is_what_the_report_measured(workdir, name, evaluated, quality, rows[0])
     readme = (workdir / "bundle" / "README.md").read_text()
     assert 'EngineConfig(modelPath = "${context.filesDir}/litert-int8/model.litertlm"' in readme

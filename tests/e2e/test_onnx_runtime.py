@@ -7,13 +7,19 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import LABELS, REPO, bundle_is_what_the_report_measured, committed, labelled_rows, run, write_jsonl
+from conftest import (
+    LABELS,
+    REPO,
+    bundle_is_what_the_report_measured,
+    committed,
+    kld,
+    labelled_rows,
+    measured_like_a_gguf,
+    peft_logprobs,
+    run,
+)
 
 from edgetune.core.labels import log_softmax
-
-
-def kld(p_log: np.ndarray, q_log: np.ndarray) -> np.ndarray:
-    return (np.exp(p_log) * (p_log - q_log)).sum(axis=-1)
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +96,9 @@ def test_with_the_adapter_applied_it_gives_pefts_distribution(exported, qwen_tok
     another order); int4 1.5e-4 with it, 2.9e-4 without (the 4-bit base). The adapter moves the
     distribution by 2.3e-2, so either bound still catches an adapter not applied, applied twice or
     scaled wrong."""
-    import torch
-
     workdir, peft_model = exported
     ids = qwen_tokenizer("这家酒店的服务很好，房间也很干净，下次还会再来。").input_ids
-    with torch.no_grad():
-        peft = log_softmax(peft_model(torch.tensor([ids])).logits[0].numpy())
-        with peft_model.disable_adapter():
-            hf = log_softmax(peft_model(torch.tensor([ids])).logits[0].numpy())
+    peft, hf = peft_logprobs(peft_model, ids)
     with_adapter, without = onnx_logits(workdir / kind, ids, True), onnx_logits(workdir / kind, ids, False)
     print(
         f"{kind}: +lora {kld(peft, with_adapter).mean():.2e}, base {kld(hf, without).mean():.2e}, adapter {kld(peft, hf).mean():.2e}"
@@ -140,53 +141,17 @@ def test_shared_prefix_scoring_matches_a_fresh_evaluation(exported, qwen_tokeniz
 
 def test_the_stages_measure_an_onnx_variant_like_a_gguf(exported, tiny_gguf, reviews, qwen_tokenizer):
     """evaluate, quality and bench take the ONNX folder's model and adapter as they take a GGUF and its LoRA."""
-    from edgetune.core.prompts import plain_text
-
     workdir, _ = exported
     folder = workdir / "int4"
-    model, lora = ["--model", folder / "model.onnx"], ["--lora", folder / "adapter.onnx_adapter"]
+    files = ["--model", folder / "model.onnx", "--lora", folder / "adapter.onnx_adapter"]
     rows = labelled_rows(reviews[:12], qwen_tokenizer)
-    data = write_jsonl(workdir / "test.jsonl", rows)
+    evaluated, quality = measured_like_a_gguf(workdir, "onnx-int4+lora", files, tiny_gguf, rows, qwen_tokenizer)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
-        result = run(
-            "evaluate",
-            *model,
-            *lora,
-            "--variant",
-            "onnx-int4+lora",
-            "--data",
-            data,
-            "--val",
-            data,
-            "--out",
-            workdir / "eval.json",
-        )
+        result = run("bench", *files, "--variant", "onnx-int4+lora", "--out", workdir / "bench.json")
         assert result.exit_code == 0, result.output
-        result = run(
-            "quality",
-            "--f16",
-            tiny_gguf,
-            *model,
-            *lora,
-            "--variant",
-            "onnx-int4+lora",
-            "--data",
-            data,
-            "--out",
-            workdir / "quality.json",
-        )
-        assert result.exit_code == 0, result.output
-        result = run("bench", *model, *lora, "--variant", "onnx-int4+lora", "--out", workdir / "bench.json")
-        assert result.exit_code == 0, result.output
-    evaluated = json.loads((workdir / "eval.json").read_text())
-    assert sum(map(sum, evaluated["confusion_matrix"]["matrix"])) == 12
     assert evaluated["adapter_bytes"] == (folder / "adapter.onnx_adapter").stat().st_size
     assert [f["path"] for f in evaluated["files"]][-1] == str(folder / "adapter.onnx_adapter")
-    quality = json.loads((workdir / "quality.json").read_text())
-    q = committed("quality")
-    chunks = min(q.chunks, len(qwen_tokenizer(plain_text(rows)).input_ids) // q.ctx)
-    assert quality["computed_by"] == "python" and quality["scored_tokens"] == chunks * (q.ctx - q.ctx // 2 - 1)
     bench = json.loads((workdir / "bench.json").read_text())
     assert set(bench["peak_rss_bytes"]) == {str(c) for c in committed("bench").contexts}
     assert (
