@@ -173,14 +173,19 @@ def write_checksums(path: Path, sums: dict[str, str]) -> None:
     write_text(path, "".join(f"{digest}  {name}\n" for name, digest in sums.items()))
 
 
-def copy_measured(record: list[dict], folder: Path, metrics: Path) -> None:
-    """The files the report measured into `folder`, each checked against its recorded sha256, and SHA256SUMS."""
-    for f in record:
-        copy = folder / Path(f["path"]).name
+def copy_measured(record: list[dict], folder: Path, metrics: Path, root: Path | None = None) -> list[str]:
+    """The files the report measured into `folder`, each checked against its recorded sha256, and
+    SHA256SUMS; each by its name, or at its place under `root` where the files are a tree (a Core
+    ML package). The names written."""
+    names = [str(Path(f["path"]).relative_to(root)) if root else Path(f["path"]).name for f in record]
+    for f, name in zip(record, names):
+        copy = folder / name
+        copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f["path"], copy)
         if sha256_file(copy) != f["sha256"]:
             raise EdgetuneError(
                 f"{f['path']}: changed since the report measured it (its sha256 is not the one in {metrics}). "
                 "Rerun the pipeline (`dvc repro`) to measure the file you ship."
             )
-    write_checksums(folder / "SHA256SUMS", {Path(f["path"]).name: f["sha256"] for f in record})
+    write_checksums(folder / "SHA256SUMS", {name: f["sha256"] for f, name in zip(record, names)})
+    return names

@@ -16,13 +16,12 @@ recipe. Core ML: the package's tree as verify-coreml checked it, and a Swift rec
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import click
 
 from edgetune.core.errors import EdgetuneError
-from edgetune.core.files import copy_measured, sha256_file
+from edgetune.core.files import copy_measured
 from edgetune.core.outputs import atomic_dir, check_outputs
 from edgetune.core.params import reads
 from edgetune.core.variants import EXECUTORCH, LITERT, ONNX, runtime_of
@@ -230,34 +229,14 @@ def export_runtime_bundle(metrics: Path, variant: str, out: Path, params):
     record = v.get("files") or []
     check_outputs(inputs=[metrics, *(Path(f["path"]) for f in record)], folders=[out])
     with atomic_dir(out) as tmp:
-        if variant in report.get("coreml", {}):
-            names = copy_tree(record, tmp, metrics)
+        if variant in report.get("coreml", {}):  # a package is a tree: each file at its place in it
+            names = copy_measured(record, tmp, metrics, Path(os.path.commonpath([f["path"] for f in record])))
             text = coreml_card(variant, v, names, prompt_around(tmp, params.prompt))
         else:
-            copy_measured(record, tmp, metrics)
-            names = [Path(f["path"]).name for f in record]
+            names = copy_measured(record, tmp, metrics)
             text = card(variant, v, report["variants"]["f16"], names, prompt_around(tmp, params.prompt), params.prompt)
         (tmp / "README.md").write_text(text)
     click.echo(f"exported {variant} to {out}/ ({v['model_bytes'] / 1e6:.0f} MB)")
-
-
-def copy_tree(record: list[dict], folder: Path, metrics: Path) -> list[str]:
-    """The verified files into `folder` at their places under the export's folder (a Core ML package
-    is a tree), each checked against its recorded sha256, and SHA256SUMS with those paths."""
-    root = Path(os.path.commonpath([f["path"] for f in record]))
-    names = []
-    for f in record:
-        name = Path(f["path"]).relative_to(root)
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(f["path"], folder / name)
-        if sha256_file(folder / name) != f["sha256"]:
-            raise EdgetuneError(
-                f"{f['path']}: changed since the report verified it (its sha256 is not the one in {metrics}). "
-                "Rerun the pipeline (`dvc repro`)."
-            )
-        names.append(str(name))
-    (folder / "SHA256SUMS").write_text("".join(f"{f['sha256']}  {n}\n" for f, n in zip(record, names)))
-    return names
 
 
 def coreml_card(variant: str, v: dict, names: list[str], prompt: tuple[str, str]) -> str:
